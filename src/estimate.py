@@ -1,0 +1,903 @@
+"""Memorization and influence estimates from a sweep of subset-training records (the reduce step).
+
+    python -m src.estimate <sweep dir> [--out DIR] [--strict] [--theta-mem 0.25] [--theta-infl 0.15]
+        [--top-k 5] [--null-perms 2] [--block-mb 256] [--dense-cap-mb 512] [--gallery 64] [--seed 0]
+
+Notebook API: `stats, problems = load_sweep(dir)`, `est = estimate(stats)`,
+`write_outputs(out_dir, stats, est, summarize(stats, est, problems))`; `pair_influence` gives the
+influence of chosen (train, test) pairs with their standard errors.
+
+Estimators (K runs; M the K x n subset masks, C/P the train correctness/probability of the trained
+label, T the K x n_test test correctness; n_in(i) runs with i in the subset, n_out(i) = K - n_in(i)):
+- mem(i) = mean{C[k,i] : i in} - mean{C[k,i] : i out}; mem_soft the same with P (the probability of the
+  label the model was trained on: a lower-variance, different quantity).
+- infl(i, j) = S(i,j)/n_in(i) - (Tsum(j) - S(i,j))/n_out(i), S = M^T T, Tsum = column sums of T.
+- mem_se and infl_se: Agresti-Caffo, one pseudo success and one pseudo failure added to each side,
+  p~ = (s+1)/(n+2), se = sqrt(p~in(1-p~in)/(n_in+2) + p~out(1-p~out)/(n_out+2)); never zero, so an
+  all-correct side (flipped labels, small K) still gets an uncertainty. The estimates themselves are the
+  plain differences of means.
+- mem_soft_se: plug-in sqrt(var_in/n_in + var_out/n_out) with sample variances (ddof 1) from the
+  per-example sums and sums of squares; NaN when a side has fewer than 2 runs.
+- An example with n_in = 0 or n_out = 0 has no estimate: NaN mem, NaN infl row.
+- High-influence pair: infl >= theta_infl and mem(train) >= theta_mem and trained train label == test
+  label. NaN never passes a threshold.
+- Chance pairs: the rows of T are shuffled against M (`--null-perms` times, rng from `--seed`) and the
+  pairs recounted with the real mem filter and classes; shuffling the mask rows instead is the same
+  null (M^T T[s] = M[s^-1]^T T). Only rows with mem >= theta_mem can pair, so only those are recomputed.
+
+Outputs (in --out, default <sweep dir>/estimates/), each written atomically after everything is computed:
+estimates.npz (plain arrays, `summary` a 0-d JSON string; loads with allow_pickle=False),
+memorization.csv, pairs.csv (sorted by infl descending), summary.json, gallery.png when the training
+images can be loaded, influence.npy (float32 n_train x n_test, NaN rows for examples without an
+estimate) when it is at most --dense-cap-mb. In the CSV files a missing value (NaN) is an empty field
+and booleans are 0/1.
+
+Memory: loading keeps sufficient statistics only (`SweepStats`: float64 per-example sums, the packed
+masks K x ceil(n/8) and T as K x n_test uint8). Influence goes over blocks of training examples whose
+working set is at most about --block-mb, plus T as float32 (K x n_test x 4 bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import os
+import sys
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from src.errors import ConfigError, MeminfError, RecordError
+from src.records import Record, _tmp_path, find_records, read_meta, read_record, record_arrays, write_atomic
+from src.subsets import subset_mask
+
+IDENTITY_FIELDS = ("data_fingerprint", "n_train", "n_test", "num_classes", "ratio", "salt", "experiment_hash")
+IDENTITY_ARRAYS = ("train_label", "test_label", "flipped_idx", "flipped_orig_label")
+TRAIN_IN_ACC_WARNING = 0.99
+MEM_FRACTION_THRESHOLDS = (0.25, 0.3)
+SE_TARGETS = (0.05, 0.03, 0.02)
+# Bytes per training example in an influence block: its float32 mask column plus the uint8 gather (6 K),
+# and S, the difference with its two temporaries, or the int64 argpartition (16 n_test); +4 n_test margin.
+MASK_BYTES_PER_RUN = 6
+BLOCK_BYTES_PER_TEST = 20
+MB = 2**20
+PROGRESS_MIN_FILES = 500
+DENSE_NAME = "influence.npy"
+NAN_RULE = ("mem, infl and their SEs are NaN (empty in CSV, null in JSON) when an example was never in "
+            "or never out of a subset; NaN never passes a threshold, so such examples form no pairs and "
+            "are no top-k influencers.")
+
+
+class Problem(NamedTuple):
+    file: str
+    reason: str
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+@dataclass(frozen=True)
+class SweepIdentity:
+    """What records of one sweep share: identity metadata (as JSON) and digests of the label arrays."""
+
+    fields: tuple[tuple[str, str], ...]
+    digests: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> SweepIdentity:
+        return cls(
+            fields=tuple((key, json.dumps(meta.get(key), sort_keys=True)) for key in IDENTITY_FIELDS),
+            digests=tuple((key, _digest([np.asarray(arrays[key], dtype=np.int64)]))
+                          for key in IDENTITY_ARRAYS),
+        )
+
+    def differences(self, reference: SweepIdentity) -> list[str]:
+        """Human-readable differences from the reference, e.g. `ratio 0.5 (sweep: 0.7)`."""
+        fields = zip(self.fields, reference.fields, strict=True)
+        digests = zip(self.digests, reference.digests, strict=True)
+        return ([f"{key} {mine} (sweep: {theirs})" for (key, mine), (_, theirs) in fields if mine != theirs]
+                + [f"{key} differs" for (key, mine), (_, theirs) in digests if mine != theirs])
+
+
+def _digest(arrays: Iterable[np.ndarray]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
+
+
+def record_identity(record: Record) -> SweepIdentity:
+    return SweepIdentity.of(record.meta, {key: getattr(record, key) for key in IDENTITY_ARRAYS})
+
+
+def content_digest(record: Record) -> str:
+    """Digest of every array of a record (metadata such as wall time or host left out)."""
+    arrays = record_arrays(record)
+    return _digest(arrays[key] for key in sorted(arrays) if key != "meta")
+
+
+class _RowBuffer:
+    """A growing (rows x width) uint8 array: one row appended per run, doubling when full."""
+
+    def __init__(self, width: int, capacity: int) -> None:
+        self._data = np.empty((max(capacity, 1), width), dtype=np.uint8)
+        self._rows = 0
+
+    def append(self, row: np.ndarray) -> None:
+        if self._rows == len(self._data):
+            grown = np.empty((2 * len(self._data), self._data.shape[1]), dtype=np.uint8)
+            grown[:self._rows] = self._data
+            self._data = grown
+        self._data[self._rows] = row
+        self._rows += 1
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._data[:self._rows]
+
+
+@dataclass(eq=False)
+class SweepStats:
+    """Sufficient statistics of a sweep; `add_record` folds in one more run (any order)."""
+
+    meta: dict[str, Any]  # the first record's metadata
+    identity: SweepIdentity
+    train_label: np.ndarray  # int64 (n,), the trained (possibly flipped) labels
+    test_label: np.ndarray  # int64 (n_test,)
+    flipped_idx: np.ndarray
+    flipped_orig_label: np.ndarray
+    extras: dict[str, np.ndarray]  # the first record's per-example columns ("train_<name>", "test_<name>")
+    n_in: np.ndarray  # float64 (n,): runs with i in the subset
+    hard_in: np.ndarray  # float64 sums of C over runs with i in; hard_all over all runs
+    hard_all: np.ndarray
+    soft_in: np.ndarray  # float64 sums of P (and of P^2) over runs with i in / all runs
+    soft_all: np.ndarray
+    soft_in_sq: np.ndarray
+    soft_all_sq: np.ndarray
+    packed_masks: _RowBuffer  # (K, ceil(n/8)) np.packbits of the subset masks
+    test_correct: _RowBuffer  # (K, n_test) 0/1
+    seeds: list[int] = field(default_factory=list)
+    test_acc: list[float] = field(default_factory=list)
+    train_in_acc: list[float] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    identical_duplicates: list[str] = field(default_factory=list)  # copies of a seed skipped as identical
+
+    @classmethod
+    def from_record(cls, record: Record, path: str | Path = "<record>", capacity: int = 16) -> SweepStats:
+        n, n_test = record.train_label.size, record.test_label.size
+        stats = cls(
+            meta=dict(record.meta), identity=record_identity(record),
+            train_label=record.train_label.copy(), test_label=record.test_label.copy(),
+            flipped_idx=record.flipped_idx.copy(), flipped_orig_label=record.flipped_orig_label.copy(),
+            extras={key: np.asarray(values).copy() for key, values in record.extras.items()},
+            **{name: np.zeros(n) for name in ("n_in", "hard_in", "hard_all", "soft_in", "soft_all",
+                                              "soft_in_sq", "soft_all_sq")},
+            packed_masks=_RowBuffer((n + 7) // 8, capacity), test_correct=_RowBuffer(n_test, capacity),
+        )
+        stats.add_record(record, path)
+        return stats
+
+    def add_record(self, record: Record, path: str | Path = "<record>") -> None:
+        """Fold one run in; RecordError when it belongs to another sweep or repeats a seed."""
+        diffs = record_identity(record).differences(self.identity)
+        if diffs:
+            raise RecordError(path, f"does not belong to this sweep: {'; '.join(diffs)}")
+        if record.seed in self.seeds:
+            raise RecordError(path, f"seed {record.seed} is already in the sweep")
+        mask, correct = record.subset_mask, record.train_correct
+        prob = record.train_prob.astype(np.float64)
+        self.n_in += mask
+        self.hard_in += correct & mask
+        self.hard_all += correct
+        self.soft_in += np.where(mask, prob, 0.0)
+        self.soft_all += prob
+        self.soft_in_sq += np.where(mask, prob * prob, 0.0)
+        self.soft_all_sq += prob * prob
+        self.packed_masks.append(np.packbits(mask))
+        self.test_correct.append(record.test_correct)
+        self.seeds.append(record.seed)
+        self.test_acc.append(float(record.test_correct.mean()))
+        self.train_in_acc.append(float(correct[mask].mean()))
+        self.paths.append(str(path))
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def n_train(self) -> int:
+        return self.train_label.size
+
+    @property
+    def n_test(self) -> int:
+        return self.test_label.size
+
+    @property
+    def orig_label(self) -> np.ndarray:
+        orig = self.train_label.copy()
+        orig[self.flipped_idx] = self.flipped_orig_label
+        return orig
+
+
+class _ProblemLog:
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.problems: dict[Path, str] = {}
+
+    def add(self, path: Path, reason: str) -> None:
+        if self.strict:
+            raise RecordError(path, f"{reason} (--strict stops at the first problem)")
+        self.problems.setdefault(path, reason)
+
+    def sorted(self) -> list[Problem]:
+        return [Problem(str(path), reason) for path, reason in sorted(self.problems.items())]
+
+
+class _FileInfo(NamedTuple):
+    path: Path
+    seed: int
+    identity: SweepIdentity
+
+
+def read_file_info(path: Path) -> _FileInfo:
+    """Seed and identity of a record file, reading only its metadata and label arrays."""
+    meta = read_meta(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in IDENTITY_ARRAYS}
+        seed = int(meta["seed"])
+    except KeyError as err:
+        raise RecordError(path, f"missing array {err}") from err
+    except (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile) as err:
+        raise RecordError(path, f"unreadable label arrays or seed ({err})") from err
+    return _FileInfo(path, seed, SweepIdentity.of(meta, arrays))
+
+
+def _reference_identity(infos: list[_FileInfo]) -> SweepIdentity | None:
+    """The identity of the largest group; ties go to the group of the first file (infos are sorted)."""
+    counts = Counter(info.identity for info in infos)
+    if not counts:
+        return None
+    largest = max(counts.values())
+    return next(info.identity for info in infos if counts[info.identity] == largest)
+
+
+def _resolve_duplicate_seeds(infos: list[_FileInfo], log: _ProblemLog) -> tuple[list[_FileInfo], list[str]]:
+    """Keep one file per seed: identical copies collapse to the first; differing copies all go."""
+    by_seed: dict[int, list[_FileInfo]] = {}
+    for info in infos:
+        by_seed.setdefault(info.seed, []).append(info)
+    keep, identical = [], []
+    for seed, copies in by_seed.items():
+        if len(copies) > 1:
+            copies = _identical_copies(seed, copies, log)
+            identical += [str(info.path) for info in copies[1:]]
+        keep += copies[:1]
+    return sorted(keep, key=lambda info: info.path), identical
+
+
+def _identical_copies(seed: int, copies: list[_FileInfo], log: _ProblemLog) -> list[_FileInfo]:
+    digests = {}
+    for info in copies:
+        try:
+            digests[info.path] = content_digest(read_record(info.path))
+        except RecordError as err:
+            log.add(info.path, err.reason)
+    readable = [info for info in copies if info.path in digests]
+    if len({digests[info.path] for info in readable}) <= 1:
+        return readable
+    for info in readable:
+        others = ", ".join(str(other.path) for other in readable if other is not info)
+        log.add(info.path, f"seed {seed} is also in {others} with different content; "
+                           "delete the wrong copies and rerun that seed")
+    return []
+
+
+def _check_subset_mask(record: Record, path: Path) -> None:
+    meta = record.meta
+    expected = subset_mask(record.seed, int(meta["n_train"]), float(meta["ratio"]), int(meta["salt"]))
+    if not np.array_equal(record.subset_mask, expected):
+        raise RecordError(path, f"subset_mask is not the subset of seed {record.seed} "
+                                f"(ratio {meta['ratio']}, salt {meta['salt']}); rerun that seed")
+
+
+def load_sweep(sweep_dir: str | Path, strict: bool = False,
+               progress: Callable[[int, int], None] | None = None) -> tuple[SweepStats, list[Problem]]:
+    """Read every record under `sweep_dir` once into `SweepStats`; problems are (file, reason), one per
+    excluded file. Records belong together when `SweepIdentity` agrees; the largest group is the sweep."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        state = "is not a directory" if sweep_dir.exists() else "does not exist"
+        raise MeminfError(f"{sweep_dir} {state}; pass the sweep directory that holds seed=<k>/record.npz")
+    files = find_records(sweep_dir)
+    if not files:
+        raise MeminfError(f"no record.npz under {sweep_dir}; train the sweep first (python -m src.run -m "
+                          "seed=0..N) or pass the directory that holds seed=<k>/record.npz")
+    log = _ProblemLog(strict)
+    infos = []
+    for path in files:
+        try:
+            infos.append(read_file_info(path))
+        except RecordError as err:
+            log.add(path, err.reason)
+    reference = _reference_identity(infos)
+    for info in infos:
+        if info.identity != reference:
+            diffs = "; ".join(info.identity.differences(reference))
+            log.add(info.path, f"does not belong to this sweep: {diffs}")
+    keep, identical = _resolve_duplicate_seeds([info for info in infos if info.identity == reference], log)
+    stats = _stream_records(keep, log, progress)
+    if stats is None:
+        first = log.sorted()[0]
+        raise MeminfError(f"no usable record under {sweep_dir}: all {len(files)} were skipped (first: "
+                          f"{first.file}: {first.reason}); fix or rerun those seeds")
+    stats.identical_duplicates = identical
+    return stats, log.sorted()
+
+
+def _stream_records(infos: list[_FileInfo], log: _ProblemLog,
+                    progress: Callable[[int, int], None] | None) -> SweepStats | None:
+    stats = None
+    for done, info in enumerate(infos, start=1):
+        try:
+            record = read_record(info.path)
+            _check_subset_mask(record, info.path)
+            if stats is None:
+                stats = SweepStats.from_record(record, info.path, capacity=len(infos))
+            else:
+                stats.add_record(record, info.path)
+        except RecordError as err:
+            log.add(info.path, err.reason)
+        except ConfigError as err:
+            log.add(info.path, str(err))
+        if progress is not None:
+            progress(done, len(infos))
+    return stats
+
+
+# ------------------------------------------------------------------------------------------- estimators
+
+def _mean(total: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """total / count, NaN where count == 0; keeps float32 when both are float32."""
+    total, count = np.asarray(total), np.asarray(count)
+    shape = np.broadcast_shapes(total.shape, count.shape)
+    out = np.full(shape, np.nan, dtype=np.result_type(total, count, 1.0))
+    return np.divide(total, count, out=out, where=count > 0)
+
+
+def mean_difference(s_in: np.ndarray, n_in: np.ndarray, s_out: np.ndarray, n_out: np.ndarray) -> np.ndarray:
+    """s_in/n_in - s_out/n_out; NaN where a side has no run."""
+    diff = _mean(s_in, n_in)
+    diff -= _mean(s_out, n_out)
+    return diff
+
+
+def agresti_caffo_se(s_in: np.ndarray, n_in: np.ndarray, s_out: np.ndarray, n_out: np.ndarray) -> np.ndarray:
+    """SE of a difference of two proportions with one pseudo success and failure per side; NaN where a side
+    has no run."""
+    s_in, n_in, s_out, n_out = (np.asarray(a, dtype=np.float64) for a in (s_in, n_in, s_out, n_out))
+    p_in, p_out = (s_in + 1) / (n_in + 2), (s_out + 1) / (n_out + 2)
+    se = np.sqrt(p_in * (1 - p_in) / (n_in + 2) + p_out * (1 - p_out) / (n_out + 2))
+    return np.where((n_in > 0) & (n_out > 0), se, np.nan)
+
+
+def _plug_in_se(sum_in: np.ndarray, sq_in: np.ndarray, n_in: np.ndarray,
+                sum_out: np.ndarray, sq_out: np.ndarray, n_out: np.ndarray) -> np.ndarray:
+    """sqrt(var_in/n_in + var_out/n_out), sample variances from sums and sums of squares; NaN below 2 runs."""
+    def var_over_n(total: np.ndarray, squares: np.ndarray, n: np.ndarray) -> np.ndarray:
+        var = np.maximum(_mean(squares - total * _mean(total, n), n - 1), 0.0)
+        return _mean(var, n)
+
+    return np.sqrt(var_over_n(sum_in, sq_in, n_in) + var_over_n(sum_out, sq_out, n_out))
+
+
+@dataclass(frozen=True)
+class EstimateConfig:
+    theta_mem: float = 0.25
+    theta_infl: float = 0.15
+    top_k: int = 5
+    null_perms: int = 2
+    block_mb: float = 256.0
+    dense_cap_mb: float = 512.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        if self.top_k < 1 or self.null_perms < 0:
+            raise ConfigError(f"--top-k {self.top_k} must be >= 1 and --null-perms {self.null_perms} >= 0")
+        if self.block_mb <= 0 or self.dense_cap_mb < 0:
+            raise ConfigError(f"--block-mb {self.block_mb} must be > 0 and --dense-cap-mb "
+                              f"{self.dense_cap_mb} >= 0 (0 turns influence.npy off)")
+        if not (np.isfinite(self.theta_mem) and np.isfinite(self.theta_infl)):
+            raise ConfigError("--theta-mem and --theta-infl must be finite numbers")
+
+
+@dataclass
+class Pairs:
+    """High-influence pairs, sorted by infl descending (ties: test index, then train index)."""
+
+    train_idx: np.ndarray
+    test_idx: np.ndarray
+    infl: np.ndarray
+    infl_se: np.ndarray
+
+    def influencers_per_test(self, n_test: int) -> np.ndarray:
+        return np.bincount(self.test_idx, minlength=n_test)
+
+
+@dataclass
+class Estimates:
+    config: EstimateConfig
+    mem: np.ndarray
+    mem_se: np.ndarray
+    mem_soft: np.ndarray
+    mem_soft_se: np.ndarray
+    n_in: np.ndarray  # int64
+    n_out: np.ndarray
+    acc_in: np.ndarray
+    acc_out: np.ndarray
+    topk_idx: np.ndarray  # int64 (n_test, top_k); -1 where fewer train examples have an estimate
+    topk_infl: np.ndarray  # float32 (n_test, top_k), descending; NaN where topk_idx is -1
+    pairs: Pairs
+    null_pair_counts: list[int]
+    dense: DenseFile | None = None  # the influence matrix in a temp file; write_outputs moves it into place
+
+    def discard_dense(self) -> None:
+        if self.dense is not None:
+            self.dense.discard()
+            self.dense = None
+
+
+def _memorization(stats: SweepStats) -> dict[str, np.ndarray]:
+    n_in = stats.n_in
+    n_out = stats.n_runs - n_in
+    hard_out = stats.hard_all - stats.hard_in
+    soft_out, soft_out_sq = stats.soft_all - stats.soft_in, stats.soft_all_sq - stats.soft_in_sq
+    return {
+        "mem": mean_difference(stats.hard_in, n_in, hard_out, n_out),
+        "mem_se": agresti_caffo_se(stats.hard_in, n_in, hard_out, n_out),
+        "mem_soft": mean_difference(stats.soft_in, n_in, soft_out, n_out),
+        "mem_soft_se": _plug_in_se(stats.soft_in, stats.soft_in_sq, n_in, soft_out, soft_out_sq, n_out),
+        "n_in": n_in.astype(np.int64), "n_out": n_out.astype(np.int64),
+        "acc_in": _mean(stats.hard_in, n_in), "acc_out": _mean(hard_out, n_out),
+    }
+
+
+class _InfluenceBlocks:
+    """Influence over blocks of training examples: unpack the block's mask columns, one matmul with T."""
+
+    def __init__(self, stats: SweepStats, mem: np.ndarray, config: EstimateConfig) -> None:
+        self.packed = stats.packed_masks.array
+        self.test_correct = stats.test_correct.array.astype(np.float32)
+        self.test_sum = self.test_correct.sum(axis=0)  # float32 counts, exact below 2**24 runs
+        self.n_in = stats.n_in.astype(np.float32)
+        self.n_out = np.float32(stats.n_runs) - self.n_in
+        self.has_estimate = (self.n_in > 0) & (self.n_out > 0)
+        self.mem, self.config = mem, config
+        self.train_label, self.test_label = stats.train_label, stats.test_label
+        row_bytes = MASK_BYTES_PER_RUN * stats.n_runs + BLOCK_BYTES_PER_TEST * stats.n_test
+        self.block_rows = max(1, int(config.block_mb * MB // row_bytes))
+
+    def unpack(self, cols: np.ndarray, run_order: np.ndarray | None) -> np.ndarray:
+        """float32 (K, len(cols)) 0/1 masks of the training examples `cols`, runs in `run_order`."""
+        rows = np.arange(len(self.packed)) if run_order is None else run_order
+        packed = self.packed[rows[:, None], (cols >> 3)[None, :]]
+        return ((packed >> (7 - (cols & 7)).astype(np.uint8)) & 1).astype(np.float32)
+
+    def blocks(self, columns: np.ndarray,
+               run_order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """(cols, S, infl) per block; S (b, n_test) float32 counts, infl NaN rows without an estimate."""
+        for start in range(0, len(columns), self.block_rows):
+            cols = columns[start:start + self.block_rows]
+            masks = self.unpack(cols, run_order)
+            s_in = masks.T @ self.test_correct
+            del masks
+            n_in, n_out = self.n_in[cols, None], self.n_out[cols, None]
+            yield cols, s_in, mean_difference(s_in, n_in, self.test_sum - s_in, n_out)
+
+    def pair_candidates(self, cols: np.ndarray, infl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(block rows, test indices) of the pairs that pass all three filters."""
+        rows = np.flatnonzero(self.mem[cols] >= self.config.theta_mem)
+        same_class = self.train_label[cols[rows], None] == self.test_label[None, :]
+        hits_r, hits_j = np.nonzero((infl[rows] >= self.config.theta_infl) & same_class)
+        return rows[hits_r], hits_j
+
+
+class _TopK:
+    """Running top-k training examples per test example, merged block by block."""
+
+    def __init__(self, k: int, n_test: int) -> None:
+        self.k = k
+        self.values = np.full((k, n_test), -np.inf, dtype=np.float32)
+        self.indices = np.full((k, n_test), -1, dtype=np.int64)
+
+    def merge(self, cols: np.ndarray, infl: np.ndarray, has_estimate: np.ndarray) -> None:
+        """Merge a block; overwrites its rows without an estimate (NaN) with -inf."""
+        infl[~has_estimate] = -np.inf
+        b = len(cols)
+        if b > self.k:
+            part = np.argpartition(infl, b - self.k, axis=0)[b - self.k:]
+        else:
+            part = np.broadcast_to(np.arange(b)[:, None], (b, infl.shape[1]))
+        values = np.concatenate([self.values, np.take_along_axis(infl, part, axis=0)])
+        indices = np.concatenate([self.indices, cols[part]])
+        best = np.argpartition(values, len(values) - self.k, axis=0)[len(values) - self.k:]
+        self.values = np.take_along_axis(values, best, axis=0)
+        self.indices = np.take_along_axis(indices, best, axis=0)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(indices, values), each (n_test, k), descending; ties by train index; -1/NaN padding."""
+        order = np.lexsort((self.indices, -self.values), axis=0)
+        values = np.take_along_axis(self.values, order, axis=0)
+        indices = np.take_along_axis(self.indices, order, axis=0)
+        empty = np.isneginf(values)
+        values[empty], indices[empty] = np.nan, -1
+        return indices.T.copy(), values.T.copy()
+
+
+def _sorted_pairs(train_idx: np.ndarray, test_idx: np.ndarray, infl: np.ndarray,
+                  infl_se: np.ndarray) -> Pairs:
+    order = np.lexsort((train_idx, test_idx, -infl))
+    return Pairs(train_idx[order], test_idx[order], infl[order], infl_se[order])
+
+
+@dataclass
+class DenseFile:
+    """influence.npy being filled in a temp file (named like record temps: remove_stale_temps finds it)."""
+
+    tmp: Path
+    created_dir: bool  # the directory did not exist before
+
+    @classmethod
+    def open(cls, directory: Path, shape: tuple[int, int]) -> tuple[DenseFile, np.memmap]:
+        created_dir = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        dense = cls(_tmp_path(directory / DENSE_NAME), created_dir)
+        return dense, np.lib.format.open_memmap(dense.tmp, mode="w+", dtype=np.float32, shape=shape)
+
+    def commit(self, path: Path) -> None:
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(self.tmp, path)
+
+    def discard(self) -> None:
+        self.tmp.unlink(missing_ok=True)
+        if self.created_dir:
+            with contextlib.suppress(OSError):  # not empty: something else was written there
+                self.tmp.parent.rmdir()
+
+
+def _influence(stats: SweepStats, blocks: _InfluenceBlocks, config: EstimateConfig,
+               matrix: np.memmap | None) -> tuple[np.ndarray, np.ndarray, Pairs]:
+    topk = _TopK(config.top_k, stats.n_test)
+    found: list[tuple[np.ndarray, ...]] = []
+    for cols, s_in, infl in blocks.blocks(np.arange(stats.n_train)):
+        rows, test_idx = blocks.pair_candidates(cols, infl)
+        train_idx, hits = cols[rows], s_in[rows, test_idx]
+        se = agresti_caffo_se(hits, blocks.n_in[train_idx], blocks.test_sum[test_idx] - hits,
+                              blocks.n_out[train_idx])
+        found.append((train_idx, test_idx, infl[rows, test_idx].astype(np.float64), se))
+        if matrix is not None:
+            matrix[cols[0]:cols[-1] + 1] = infl
+        topk.merge(cols, infl, blocks.has_estimate[cols])
+    train_idx, test_idx, infl_values, infl_se = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    return *topk.result(), _sorted_pairs(train_idx, test_idx, infl_values, infl_se)
+
+
+def _null_pair_counts(blocks: _InfluenceBlocks, n_runs: int, config: EstimateConfig) -> list[int]:
+    memorized = np.flatnonzero(blocks.mem >= config.theta_mem)
+    rng = np.random.default_rng(config.seed)
+    counts = []
+    for _ in range(config.null_perms):
+        run_order = rng.permutation(n_runs)
+        counts.append(sum(len(blocks.pair_candidates(cols, infl)[0])
+                          for cols, _, infl in blocks.blocks(memorized, run_order)))
+    return counts
+
+
+def estimate(stats: SweepStats, config: EstimateConfig | None = None,
+             dense_dir: Path | None = None) -> Estimates:
+    """All estimates of a sweep. With `dense_dir`, the influence matrix (when within the cap) is filled in a
+    temp file there, which `write_outputs` moves to influence.npy (or `Estimates.discard_dense` removes)."""
+    config = config or EstimateConfig()
+    config.validate()
+    mem = _memorization(stats)
+    blocks = _InfluenceBlocks(stats, mem["mem"], config)
+    dense, matrix = None, None
+    if dense_dir is not None and stats.n_train * stats.n_test * 4 <= config.dense_cap_mb * MB:
+        dense, matrix = DenseFile.open(Path(dense_dir), (stats.n_train, stats.n_test))
+    try:
+        topk_idx, topk_infl, pairs = _influence(stats, blocks, config, matrix)
+        if matrix is not None:
+            matrix.flush()
+            del matrix
+        null_counts = _null_pair_counts(blocks, stats.n_runs, config)
+    except BaseException:
+        if dense is not None:
+            dense.discard()
+        raise
+    return Estimates(config=config, **mem, topk_idx=topk_idx, topk_infl=topk_infl, pairs=pairs,
+                     null_pair_counts=null_counts, dense=dense)
+
+
+def pair_influence(stats: SweepStats, train_idx: np.ndarray,
+                   test_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """infl and its Agresti-Caffo SE for chosen (train, test) pairs, computed directly."""
+    train_idx, test_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
+    blocks = _InfluenceBlocks(stats, np.zeros(stats.n_train), EstimateConfig())
+    s_in = np.einsum("kp,kp->p", blocks.unpack(train_idx, None), blocks.test_correct[:, test_idx])
+    s_out = blocks.test_sum[test_idx] - s_in
+    n_in, n_out = blocks.n_in[train_idx], blocks.n_out[train_idx]
+    return mean_difference(s_in, n_in, s_out, n_out), agresti_caffo_se(s_in, n_in, s_out, n_out)
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+def runs_needed(ratio: float, n_runs: int) -> dict[str, Any]:
+    """Runs for a target SE of mem at the worst case p = 1/2: plug-in K = 0.25 c / se^2 and the paper's
+    bound sd ~ sqrt(c / K), with c = 1/r + 1/(1-r) (0.035 at K=4000, 0.05 at K=2000 for r=0.7)."""
+    c = 1 / ratio + 1 / (1 - ratio) if ratio < 1 else float("inf")
+    return {
+        "worst_case_se_now": {"plug_in": _number(np.sqrt(0.25 * c / n_runs)),
+                              "paper_bound": _number(np.sqrt(c / n_runs))},
+        "targets": [{"se": se, "plug_in_runs": _count(0.25 * c / se**2),
+                     "paper_bound_runs": _count(c / se**2)} for se in SE_TARGETS],
+    }
+
+
+def _count(value: float) -> int | None:
+    return int(np.ceil(value)) if np.isfinite(value) else None
+
+
+def _number(value: Any) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+def summarize(stats: SweepStats, est: Estimates, problems: list[Problem]) -> dict[str, Any]:
+    meta, config = stats.meta, est.config
+    has_estimate = ~np.isnan(est.mem)
+    influencers = est.pairs.influencers_per_test(stats.n_test)
+    train_in_acc = float(np.mean(stats.train_in_acc))
+    warning = None
+    if train_in_acc < TRAIN_IN_ACC_WARNING:
+        warning = (f"mean in-subset train accuracy {train_in_acc:.4f} < {TRAIN_IN_ACC_WARNING}: the models "
+                   "do not fit their subsets, so memorization is underestimated; train longer")
+    return {
+        "runs_used": stats.n_runs, "problems_excluded": len(problems),
+        "identical_duplicates_skipped": len(stats.identical_duplicates),
+        **{key: meta.get(key) for key in ("dataset", "model", "experiment_name", "experiment_hash",
+                                          "data_fingerprint", "num_classes", "ratio", "salt")},
+        "n_train": stats.n_train, "n_test": stats.n_test, "n_flipped": int(stats.flipped_idx.size),
+        "mean_test_acc": _number(np.mean(stats.test_acc)), "mean_train_in_acc": _number(train_in_acc),
+        "train_in_acc_warning": warning,
+        "examples_with_estimate": int(has_estimate.sum()),
+        "examples_without_estimate": int((~has_estimate).sum()),
+        **{f"frac_mem_ge_{theta}": _number(np.mean(est.mem[has_estimate] >= theta)) if has_estimate.any()
+           else None for theta in MEM_FRACTION_THRESHOLDS},
+        "memorized": int(np.sum(est.mem >= config.theta_mem)),
+        "pairs": int(est.pairs.infl.size),
+        "pair_train_examples": int(np.unique(est.pairs.train_idx).size),
+        "pair_test_examples": int(np.sum(influencers > 0)),
+        "test_with_one_influencer": int(np.sum(influencers == 1)),
+        "null_pair_counts": est.null_pair_counts,
+        "expected_false_pairs": _number(np.mean(est.null_pair_counts)) if est.null_pair_counts else None,
+        "runs_needed": runs_needed(float(meta["ratio"]), stats.n_runs),
+        "thresholds": {"theta_mem": config.theta_mem, "theta_infl": config.theta_infl, "top_k": config.top_k,
+                       "null_perms": config.null_perms, "seed": config.seed},
+        "influence_npy": est.dense is not None,
+        "estimators": {"mem": "hard: 0/1 correctness of the trained label; SE Agresti-Caffo",
+                       "mem_soft": "probability of the trained label; plug-in SE with sample variances",
+                       "pairs": "infl >= theta_infl and mem >= theta_mem and same trained class",
+                       "nan": NAN_RULE},
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    se_now = summary["runs_needed"]["worst_case_se_now"]
+    thresholds = summary["thresholds"]
+    fractions = ", ".join(f"{_percent(summary[f'frac_mem_ge_{t}'])} >= {t}" for t in MEM_FRACTION_THRESHOLDS)
+    lines = [
+        f"{summary['experiment_name']} ({summary['experiment_hash']}): {summary['dataset']}, "
+        f"{summary['model']}, {summary['runs_used']} runs ({summary['problems_excluded']} skipped), "
+        f"{summary['n_train']} train x {summary['n_test']} test, ratio {summary['ratio']}",
+        f"accuracy: test {_fmt(summary['mean_test_acc'])}, "
+        f"in-subset train {_fmt(summary['mean_train_in_acc'])}",
+        f"memorization: {summary['examples_with_estimate']} examples with an estimate "
+        f"({summary['examples_without_estimate']} without), {fractions}; worst-case SE "
+        f"{_fmt(se_now['plug_in'])} (plug-in), {_fmt(se_now['paper_bound'])} (paper bound)",
+        f"influence: {summary['pairs']} pairs (infl >= {thresholds['theta_infl']}, mem >= "
+        f"{thresholds['theta_mem']}, same class) over {summary['pair_test_examples']} test examples "
+        f"({summary['test_with_one_influencer']} with one influencer); expected by chance "
+        f"{_fmt(summary['expected_false_pairs'], '.1f')} ({thresholds['null_perms']} shuffles)",
+    ]
+    if summary["train_in_acc_warning"]:
+        lines.append(f"warning: {summary['train_in_acc_warning']}")
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+# ---------------------------------------------------------------------------------------------- outputs
+
+def _format_column(values: np.ndarray) -> list[str]:
+    """Floats with 6 significant digits and NaN as an empty field; booleans as 0/1."""
+    if values.dtype.kind == "f":
+        return ["" if v != v else f"{v:.6g}" for v in values.tolist()]
+    if values.dtype.kind == "b":
+        values = values.astype(np.int64)
+    return [str(v) for v in values.tolist()]
+
+
+def csv_text(columns: Mapping[str, np.ndarray]) -> str:
+    formatted = [_format_column(np.asarray(values)) for values in columns.values()]
+    lines = [",".join(columns), *(",".join(row) for row in zip(*formatted, strict=True))]
+    return "\n".join(lines) + "\n"
+
+
+def memorization_columns(stats: SweepStats, est: Estimates) -> dict[str, np.ndarray]:
+    flipped = np.zeros(stats.n_train, dtype=bool)
+    flipped[stats.flipped_idx] = True
+    columns = {"index": np.arange(stats.n_train), "label": stats.train_label, "orig_label": stats.orig_label,
+               "flipped": flipped}
+    columns.update({name: getattr(est, name) for name in ("mem", "mem_se", "mem_soft", "mem_soft_se", "n_in",
+                                                          "n_out", "acc_in", "acc_out")})
+    columns.update({name: values for name, values in stats.extras.items() if name.startswith("train_")})
+    return columns
+
+
+def pairs_columns(stats: SweepStats, est: Estimates) -> dict[str, np.ndarray]:
+    pairs = est.pairs
+    return {"test_index": pairs.test_idx, "train_index": pairs.train_idx,
+            "label": stats.test_label[pairs.test_idx], "infl": pairs.infl, "infl_se": pairs.infl_se,
+            "mem": est.mem[pairs.train_idx],
+            "influencers_of_test": pairs.influencers_per_test(stats.n_test)[pairs.test_idx]}
+
+
+def estimate_arrays(stats: SweepStats, est: Estimates, summary: dict[str, Any]) -> dict[str, np.ndarray]:
+    mem_columns = memorization_columns(stats, est)
+    arrays = {name: mem_columns[name] for name in ("mem", "mem_se", "mem_soft", "mem_soft_se", "n_in",
+                                                   "n_out", "acc_in", "acc_out", "orig_label", "flipped")}
+    arrays.update({
+        "train_label": stats.train_label, "test_label": stats.test_label,
+        "topk_idx": est.topk_idx, "topk_infl": est.topk_infl,
+        "pair_train_idx": est.pairs.train_idx, "pair_test_idx": est.pairs.test_idx,
+        "pair_infl": est.pairs.infl, "pair_infl_se": est.pairs.infl_se,
+        "seeds": np.asarray(stats.seeds, dtype=np.int64), "test_acc": np.asarray(stats.test_acc),
+        "train_in_acc": np.asarray(stats.train_in_acc), "summary": np.array(json.dumps(summary)),
+    })
+    arrays.update({f"extra_{name}": np.asarray(values) for name, values in stats.extras.items()})
+    return arrays
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=False, **arrays)
+    return buffer.getvalue()
+
+
+def write_outputs(out_dir: str | Path, stats: SweepStats, est: Estimates, summary: dict[str, Any],
+                  gallery_png: bytes | None = None) -> list[Path]:
+    """Serialize every output in memory, then write each atomically; returns the written paths."""
+    out_dir = Path(out_dir)
+    payloads = {
+        "estimates.npz": _npz_bytes(estimate_arrays(stats, est, summary)),
+        "memorization.csv": csv_text(memorization_columns(stats, est)).encode(),
+        "pairs.csv": csv_text(pairs_columns(stats, est)).encode(),
+        "summary.json": (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode(),
+    }
+    if gallery_png is not None:
+        payloads["gallery.png"] = gallery_png
+    written = [write_atomic(out_dir / name, lambda handle, data=data: handle.write(data))
+               for name, data in payloads.items()]
+    dense_path = out_dir / DENSE_NAME
+    if est.dense is not None:
+        est.dense.commit(dense_path)
+        est.dense = None
+        written.append(dense_path)
+    else:
+        dense_path.unlink(missing_ok=True)  # a stale matrix from an earlier run would not match
+    return written
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m src.estimate", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", type=Path, help="directory holding seed=<k>/record.npz")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output directory (default <sweep dir>/estimates)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first bad or foreign record")
+    parser.add_argument("--theta-mem", type=float, default=EstimateConfig.theta_mem)
+    parser.add_argument("--theta-infl", type=float, default=EstimateConfig.theta_infl)
+    parser.add_argument("--top-k", type=int, default=EstimateConfig.top_k)
+    parser.add_argument("--null-perms", type=int, default=EstimateConfig.null_perms)
+    parser.add_argument("--block-mb", type=float, default=EstimateConfig.block_mb)
+    parser.add_argument("--dense-cap-mb", type=float, default=EstimateConfig.dense_cap_mb)
+    parser.add_argument("--gallery", type=int, default=64, help="examples in gallery.png (0: none)")
+    parser.add_argument("--seed", type=int, default=EstimateConfig.seed, help="seed of the permutation null")
+    return parser.parse_args(argv)
+
+
+def _print_progress(done: int, total: int) -> None:
+    if total >= PROGRESS_MIN_FILES and done * 10 // total != (done - 1) * 10 // total:
+        print(f"loaded {done}/{total} records", flush=True)
+
+
+def most_memorized(mem: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the `count` largest mem values (NaN left out), descending, ties by index."""
+    candidates = np.flatnonzero(~np.isnan(mem))
+    return candidates[np.lexsort((candidates, -mem[candidates]))][:count]
+
+
+def _gallery_png(stats: SweepStats, est: Estimates, count: int) -> bytes | None:
+    if count <= 0:
+        return None
+    try:
+        from src.data import train_images_from_meta
+
+        images = train_images_from_meta(stats.meta)
+    except (ImportError, MeminfError, OSError) as err:
+        print(f"gallery skipped: training images unavailable ({err})")
+        return None
+    if images is None:
+        print("gallery skipped: the data are not images")
+        return None
+    from src.gallery import render_gallery
+
+    try:
+        return render_gallery(images, most_memorized(est.mem, count), stats.train_label, stats.orig_label,
+                              est.mem, est.mem_se)
+    except MeminfError as err:
+        print(f"gallery skipped: {err}")
+        return None
+
+
+def run(args: argparse.Namespace) -> None:
+    out_dir = args.out if args.out is not None else args.sweep_dir / "estimates"
+    config = EstimateConfig(theta_mem=args.theta_mem, theta_infl=args.theta_infl, top_k=args.top_k,
+                            null_perms=args.null_perms, block_mb=args.block_mb,
+                            dense_cap_mb=args.dense_cap_mb, seed=args.seed)
+    config.validate()
+    stats, problems = load_sweep(args.sweep_dir, strict=args.strict, progress=_print_progress)
+    for problem in problems:
+        print(f"skipped {problem.file}: {problem.reason}")
+    est = estimate(stats, config, dense_dir=out_dir)
+    try:
+        summary = summarize(stats, est, problems)
+        written = write_outputs(out_dir, stats, est, summary, _gallery_png(stats, est, args.gallery))
+    finally:
+        est.discard_dense()
+    print(format_summary(summary))
+    print(f"wrote {', '.join(path.name for path in written)} to {out_dir}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        run(args)
+    except (MeminfError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

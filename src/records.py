@@ -1,0 +1,281 @@
+"""The record contract between a training job (map) and the aggregator (reduce).
+
+One record per trained subset model: `<sweep dir>/seed=<k>/record.npz`, a plain `.npz` archive that
+loads with `allow_pickle=False`. Format version 1 holds:
+
+| key | dtype, shape | meaning |
+|---|---|---|
+| `meta` | 0-d unicode | JSON object, see `REQUIRED_META` |
+| `subset_mask` | uint8, ceil(n_train/8) | `np.packbits` of the 0/1 subset membership |
+| `train_label`, `test_label` | int16/int32, (n,) | the label trained/evaluated with (flipped where flipped) |
+| `train_pred`, `test_pred` | int16/int32, (n,) | predicted class, no augmentation |
+| `train_correct`, `test_correct` | uint8, ceil(n/8) | packed `pred == label` |
+| `train_prob`, `test_prob` | float32, (n,) | softmax probability of `label` |
+| `flipped_idx` | int64, (n_flipped,) | training indices whose label was flipped |
+| `flipped_orig_label` | int16/int32, (n_flipped,) | their original labels |
+| `extra_train_<name>`, `extra_test_<name>` | numeric, (n,) | optional per-example columns (e.g. subpopulation) |
+
+Records are written atomically: a temp file named `record.npz.tmp.<host>.<pid>` in the same directory,
+fsync, then `os.replace`. Readers only ever look at `record.npz`, so a killed writer leaves at most a
+temp file that no reader picks up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from src.errors import RecordError
+
+FORMAT_VERSION = 1
+RECORD_NAME = "record.npz"
+EXTRA_PREFIXES = ("extra_train_", "extra_test_")
+REQUIRED_META = (
+    "format_version", "dataset", "n_train", "n_test", "num_classes", "data_fingerprint", "model",
+    "ratio", "salt", "epochs", "seed", "experiment_hash", "experiment_name", "test_acc", "train_in_acc",
+    "versions", "git", "wall_time_s",
+)
+ARRAY_KEYS = (
+    "subset_mask", "train_label", "train_pred", "train_correct", "train_prob",
+    "test_label", "test_pred", "test_correct", "test_prob", "flipped_idx", "flipped_orig_label",
+)
+# Tolerance for "the accuracy in meta equals the accuracy of the arrays" (float32 round trip).
+ACC_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Record:
+    """One trained subset model, evaluated on every training and test example."""
+
+    meta: dict[str, Any]
+    subset_mask: np.ndarray  # bool (n_train,)
+    train_label: np.ndarray  # int64 (n_train,)
+    train_pred: np.ndarray  # int64 (n_train,)
+    train_prob: np.ndarray  # float32 (n_train,)
+    test_label: np.ndarray  # int64 (n_test,)
+    test_pred: np.ndarray  # int64 (n_test,)
+    test_prob: np.ndarray  # float32 (n_test,)
+    flipped_idx: np.ndarray  # int64 (n_flipped,)
+    flipped_orig_label: np.ndarray  # int64 (n_flipped,)
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # keys "train_<name>", "test_<name>"
+
+    @property
+    def train_correct(self) -> np.ndarray:
+        return self.train_pred == self.train_label
+
+    @property
+    def test_correct(self) -> np.ndarray:
+        return self.test_pred == self.test_label
+
+    @property
+    def seed(self) -> int:
+        return int(self.meta["seed"])
+
+
+def record_path(sweep_dir: str | Path, seed: int) -> Path:
+    return Path(sweep_dir) / f"seed={seed}" / RECORD_NAME
+
+
+def find_records(sweep_dir: str | Path) -> list[Path]:
+    """Every `record.npz` under the directory, sorted; temp files are never matched."""
+    return sorted(Path(sweep_dir).rglob(RECORD_NAME))
+
+
+def _label_dtype(num_classes: int) -> type:
+    return np.int16 if num_classes <= np.iinfo(np.int16).max else np.int32
+
+
+def record_arrays(record: Record) -> dict[str, np.ndarray]:
+    """The archive members of a record, in their on-disk dtypes."""
+    label_dtype = _label_dtype(int(record.meta["num_classes"]))
+    arrays = {
+        "meta": np.array(json.dumps(record.meta, sort_keys=True)),
+        "subset_mask": np.packbits(record.subset_mask.astype(bool)),
+        "flipped_idx": record.flipped_idx.astype(np.int64),
+        "flipped_orig_label": record.flipped_orig_label.astype(label_dtype),
+    }
+    for split in ("train", "test"):
+        label, pred = getattr(record, f"{split}_label"), getattr(record, f"{split}_pred")
+        arrays[f"{split}_label"] = label.astype(label_dtype)
+        arrays[f"{split}_pred"] = pred.astype(label_dtype)
+        arrays[f"{split}_correct"] = np.packbits(pred == label)
+        arrays[f"{split}_prob"] = getattr(record, f"{split}_prob").astype(np.float32)
+    for name, values in record.extras.items():
+        arrays[f"extra_{name}"] = np.asarray(values)
+    return arrays
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp.{socket.gethostname()}.{os.getpid()}")
+
+
+def write_atomic(path: str | Path, write: Any) -> Path:
+    """Call `write(file_object)` on a temp file beside `path`, fsync it, then rename it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete temp files a killed writer left beside `path` (any host, any pid); returns them."""
+    path = Path(path)
+    stale = sorted(path.parent.glob(f"{path.name}.tmp.*")) if path.parent.is_dir() else []
+    for tmp in stale:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return stale
+
+
+def write_record(path: str | Path, record: Record) -> Path:
+    validate_record(record, path)
+    arrays = record_arrays(record)
+    return write_atomic(path, lambda handle: np.savez(handle, **arrays))
+
+
+def _open_archive(path: Path) -> np.lib.npyio.NpzFile:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise RecordError(path, f"not a readable .npz archive ({err}); delete it and rerun that seed") from err
+
+
+def _parse_meta(archive: np.lib.npyio.NpzFile, path: Path) -> dict[str, Any]:
+    if "meta" not in archive.files:
+        raise RecordError(path, "no 'meta' member; not a meminf record")
+    try:
+        meta = json.loads(str(archive["meta"][()]))
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as err:
+        raise RecordError(path, f"unreadable metadata ({err})") from err
+    if not isinstance(meta, dict):
+        raise RecordError(path, "metadata is not a JSON object")
+    version = meta.get("format_version")
+    if version != FORMAT_VERSION:
+        raise RecordError(path, f"format version {version!r}, this meminf reads {FORMAT_VERSION}; "
+                                "use the meminf version that wrote it")
+    missing = [key for key in REQUIRED_META if key not in meta]
+    if missing:
+        raise RecordError(path, f"metadata lacks {', '.join(missing)}")
+    return meta
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    """Only the metadata of a record (cheap: the arrays are not read)."""
+    path = Path(path)
+    with _open_archive(path) as archive:
+        return _parse_meta(archive, path)
+
+
+def _unpack(bits: np.ndarray, n: int, path: Path, key: str) -> np.ndarray:
+    if bits.dtype != np.uint8 or bits.shape != ((n + 7) // 8,):
+        raise RecordError(path, f"'{key}' has dtype {bits.dtype} shape {bits.shape}, "
+                                f"expected uint8 ({(n + 7) // 8},)")
+    return np.unpackbits(bits, count=n).astype(bool)
+
+
+def read_record(path: str | Path) -> Record:
+    """Read and validate one record; any problem raises RecordError naming the file and the reason."""
+    path = Path(path)
+    with _open_archive(path) as archive:
+        meta = _parse_meta(archive, path)
+        missing = [key for key in ARRAY_KEYS if key not in archive.files]
+        if missing:
+            raise RecordError(path, f"missing arrays {', '.join(missing)}")
+        try:
+            raw = {key: archive[key] for key in archive.files if key != "meta"}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise RecordError(path, f"truncated or damaged array data ({err})") from err
+    try:
+        n_train, n_test = int(meta["n_train"]), int(meta["n_test"])
+    except (TypeError, ValueError) as err:
+        raise RecordError(path, "n_train/n_test are not integers") from err
+    record = Record(
+        meta=meta,
+        subset_mask=_unpack(raw["subset_mask"], n_train, path, "subset_mask"),
+        train_label=_ints(raw, "train_label", path), train_pred=_ints(raw, "train_pred", path),
+        train_prob=raw["train_prob"],
+        test_label=_ints(raw, "test_label", path), test_pred=_ints(raw, "test_pred", path),
+        test_prob=raw["test_prob"],
+        flipped_idx=_ints(raw, "flipped_idx", path),
+        flipped_orig_label=_ints(raw, "flipped_orig_label", path),
+        extras={key.removeprefix("extra_"): value for key, value in raw.items()
+                if key.startswith(EXTRA_PREFIXES)},
+    )
+    validate_record(record, path)
+    for split, n in (("train", n_train), ("test", n_test)):
+        stored_correct = _unpack(raw[f"{split}_correct"], n, path, f"{split}_correct")
+        if not np.array_equal(stored_correct, getattr(record, f"{split}_correct")):
+            raise RecordError(path, f"'{split}_correct' disagrees with {split}_pred == {split}_label")
+    return record
+
+
+def _ints(raw: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
+    values = raw[key]
+    if values.dtype.kind not in "iu" or values.ndim != 1:
+        raise RecordError(path, f"'{key}' has dtype {values.dtype} shape {values.shape}, expected 1-d integers")
+    return values.astype(np.int64)
+
+
+def validate_record(record: Record, path: str | Path = "<record>") -> None:
+    """Shapes, dtypes and value ranges of a record against its own metadata."""
+    meta = record.meta
+    n_train, n_test, classes = int(meta["n_train"]), int(meta["n_test"]), int(meta["num_classes"])
+    expected = {
+        "subset_mask": n_train, "train_label": n_train, "train_pred": n_train, "train_prob": n_train,
+        "test_label": n_test, "test_pred": n_test, "test_prob": n_test,
+    }
+    for key, n in expected.items():
+        shape = getattr(record, key).shape
+        if shape != (n,):
+            raise RecordError(path, f"'{key}' has shape {shape}, expected ({n},)")
+    for key in ("train_label", "train_pred", "test_label", "test_pred", "flipped_orig_label"):
+        values = getattr(record, key)
+        if values.size and (values.min() < 0 or values.max() >= classes):
+            raise RecordError(path, f"'{key}' has values outside [0, {classes})")
+    for key in ("train_prob", "test_prob"):
+        values = getattr(record, key)
+        if values.dtype.kind != "f" or not np.all((values >= 0) & (values <= 1)):
+            raise RecordError(path, f"'{key}' must be float probabilities in [0, 1] (found NaN or out of range)")
+    _validate_flips(record, n_train, path)
+    for name, values in record.extras.items():
+        n = n_train if name.startswith("train_") else n_test
+        if np.asarray(values).shape != (n,):
+            raise RecordError(path, f"extra '{name}' has shape {np.asarray(values).shape}, expected ({n},)")
+    in_size = int(record.subset_mask.sum())
+    if in_size == 0:
+        raise RecordError(path, "empty subset mask")
+    if abs(float(meta["test_acc"]) - float(record.test_correct.mean())) > ACC_TOLERANCE:
+        raise RecordError(path, "meta test_acc disagrees with test_correct")
+
+
+def _validate_flips(record: Record, n_train: int, path: str | Path) -> None:
+    flipped, orig = record.flipped_idx, record.flipped_orig_label
+    if flipped.shape != orig.shape:
+        raise RecordError(path, "flipped_idx and flipped_orig_label differ in length")
+    if flipped.size and (flipped.min() < 0 or flipped.max() >= n_train or np.unique(flipped).size != flipped.size):
+        raise RecordError(path, "flipped_idx must be distinct training indices")
+    if np.any(record.train_label[flipped] == orig):
+        raise RecordError(path, "a flipped example keeps its original label")

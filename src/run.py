@@ -1,0 +1,151 @@
+"""The Hydra entry point: command line → subset-training jobs, one record per seed.
+
+    python -m src.run                                   # one job, seed 0
+    python -m src.run -m seed=0..1999                   # 2,000 jobs (a..b is inclusive)
+    python -m src.run -m experiment=fz_mnist seed=0..63 hydra/launcher=joblib
+
+Before Hydra sees the command line, `a..b` seed ranges become `range(a, b+1)` (plain Hydra reads
+`0..1999` as one string). For a sweep over seeds only, a pre-flight then composes the config once,
+checks it and the data, and drops the seeds whose valid record already exists, so a relaunched sweep
+trains only what is missing and a bad sweep fails once, not once per job. Each job checks its own
+record again, so the pre-flight is an optimisation, never the only guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from pathlib import Path
+
+import hydra
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import DictConfig
+
+from src.errors import ConfigError, MeminfError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+MULTIRUN_FLAGS = ("-m", "--multirun")
+SEED_RANGE = re.compile(r"^(?P<key>[+~]{0,2}seed)=(?P<first>-?\d+)\.\.(?P<last>-?\d+)$")
+log = logging.getLogger("src.run")
+
+
+def expand_seed_ranges(args: list[str]) -> list[str]:
+    """`seed=a..b` (inclusive) → `seed=range(a,b+1)`; needs -m, refuses empty or reversed ranges."""
+    multirun = any(arg in MULTIRUN_FLAGS for arg in args)
+    expanded = []
+    for arg in args:
+        match = SEED_RANGE.match(arg)
+        if match is None:
+            expanded.append(arg)
+            continue
+        first, last = int(match["first"]), int(match["last"])
+        if not multirun:
+            raise ConfigError(f"{arg} is a sweep: add -m (python -m src.run -m {arg})")
+        if last < first:
+            raise ConfigError(f"{arg} is empty: the range is inclusive and must go up, e.g. seed={last}..{first}")
+        expanded.append(f"{match['key']}=range({first},{last + 1})")
+    return expanded
+
+
+def _is_hydra_override(arg: str) -> bool:
+    return arg.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
+def _compose(overrides: list[str]) -> DictConfig:
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose("config", overrides=overrides)
+    except HydraException as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ConfigError("; ".join([*lines[:1], ", ".join(lines[2:])] if len(lines) > 2 else lines)) from err
+
+
+def pending_seeds(cfg: DictConfig, seeds: list[int]) -> list[int]:
+    """Validate config and data once, then the seeds that still need a record (in order)."""
+    from src.data import load_dataset
+    from src.experiment import experiment_hash, seed_record_path, validate_config
+    from src.records import RecordError, read_meta
+    from src.subsets import check_seed
+
+    for seed in seeds:
+        check_seed(seed)
+    validate_config(cfg)
+    dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    exp_hash = experiment_hash(cfg, dataset.fingerprint)
+    pending = []
+    for seed in seeds:
+        path = seed_record_path(cfg, seed)
+        try:
+            stored_hash = read_meta(path)["experiment_hash"] if path.exists() else None
+        except RecordError:
+            stored_hash = None
+        if stored_hash is not None and stored_hash != exp_hash and not cfg.overwrite:
+            raise ConfigError(f"{path} holds experiment {stored_hash}, not {exp_hash}: "
+                              "choose another name=..., or overwrite=true to replace it")
+        if stored_hash != exp_hash or cfg.overwrite:
+            pending.append(seed)
+    return pending
+
+
+def seed_override(seeds: list[int]) -> str:
+    contiguous = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    return f"seed=range({seeds[0]},{seeds[-1] + 1})" if contiguous else "seed=" + ",".join(map(str, seeds))
+
+
+def plan_command_line(args: list[str]) -> list[str] | None:
+    """The arguments Hydra gets, or None when every requested seed is already done."""
+    args = expand_seed_ranges(args)
+    if any(arg.startswith("-") and arg not in MULTIRUN_FLAGS for arg in args):
+        return args  # --cfg, --help, --config-name ...: Hydra's business
+    overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS and not _is_hydra_override(arg)]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    seed_parsed = [o for o in parsed if o.key_or_group == "seed"]
+    multirun = any(arg in MULTIRUN_FLAGS for arg in args)
+    other_sweeps = any(o.is_sweep_override() for o in parsed if o.key_or_group != "seed")
+    seeds = [int(s) for s in seed_parsed[0].sweep_iterator()] if seed_parsed and \
+        seed_parsed[0].is_sweep_override() else []
+    fixed = [arg for arg, o in zip(overrides, parsed, strict=True) if o.key_or_group != "seed"]
+    if other_sweeps or (multirun and not seeds):
+        return args
+    cfg = _compose(fixed + ([f"seed={seeds[0]}"] if seeds else [o.input_line for o in seed_parsed]))
+    if not seeds:
+        pending_seeds(cfg, [cfg.seed])
+        return args
+    pending = pending_seeds(cfg, seeds)
+    from src.experiment import sweep_dir
+    print(f"sweep {sweep_dir(cfg)}: {len(seeds)} seeds, {len(seeds) - len(pending)} done, "
+          f"{len(pending)} to train", file=sys.stderr)
+    if not pending:
+        return None
+    return [seed_override(pending) if arg.lstrip("+~").startswith("seed=") else arg for arg in args]
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def hydra_entry(cfg: DictConfig) -> None:
+    from src.training import run_job  # torch and Lightning load in the job, not before Hydra starts
+
+    try:
+        run_job(cfg)
+    except MeminfError as err:
+        log.error("seed=%s: %s", cfg.get("seed"), err)
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    try:
+        args = plan_command_line(sys.argv[1:])
+    except MeminfError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if args is None:
+        return
+    sys.argv = [sys.argv[0], *args]
+    hydra_entry()
+
+
+if __name__ == "__main__":
+    main()
