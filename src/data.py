@@ -129,9 +129,9 @@ def record_extras(dataset: Dataset) -> dict[str, np.ndarray]:
     return extras
 
 
-def train_images_from_meta(meta: Mapping[str, Any]) -> np.ndarray | None:
-    """Training images (N, C, H, W) in [0, 1] of the data set a record was trained on, or None when
-    the data are vectors. Raises DataError when the data cannot be loaded here."""
+def train_images_from_meta(meta: Mapping[str, Any], indices: np.ndarray) -> np.ndarray | None:
+    """The training images `indices` ((len(indices), C, H, W) in [0, 1]) of the data set a record was
+    trained on, or None when the data are vectors. Raises DataError when the data cannot be loaded here."""
     config = meta.get("config") or {}
     if "dataset" not in config or "paths" not in config:
         raise DataError("the record's metadata holds no data set configuration")
@@ -140,4 +140,4 @@ def train_images_from_meta(meta: Mapping[str, Any]) -> np.ndarray | None:
         raise DataError("the data set found here differs from the one the records were trained on")
     if not dataset.is_image:
         return None
-    return dataset.x_train.astype(np.float32) * dataset.pixel_scale
+    return dataset.x_train[indices].astype(np.float32) * dataset.pixel_scale

@@ -26,11 +26,13 @@ label, T the K x n_test test correctness; n_in(i) runs with i in the subset, n_o
   null (M^T T[s] = M[s^-1]^T T). Only rows with mem >= theta_mem can pair, so only those are recomputed.
 
 Outputs (in --out, default <sweep dir>/estimates/), each written atomically after everything is computed:
-estimates.npz (plain arrays, `summary` a 0-d JSON string; loads with allow_pickle=False),
-memorization.csv, pairs.csv (sorted by infl descending), summary.json, gallery.png when the training
-images can be loaded, influence.npy (float32 n_train x n_test, NaN rows for examples without an
-estimate) when it is at most --dense-cap-mb. In the CSV files a missing value (NaN) is an empty field
-and booleans are 0/1.
+estimates.npz (loads with allow_pickle=False: mem, mem_se, mem_soft, mem_soft_se, n_in, n_out, acc_in,
+acc_out, train_label, orig_label, flipped, test_label, topk_idx/topk_infl (n_test, top_k; -1/NaN padding),
+pair_train_idx, pair_test_idx, pair_infl, pair_infl_se, seeds, test_acc, train_in_acc (per run),
+extra_<record extra>, and `summary`, a 0-d JSON string), memorization.csv, pairs.csv (sorted by infl
+descending), summary.json, gallery.png when the training images can be loaded, influence.npy (float32
+n_train x n_test, NaN rows for examples without an estimate) when it is at most --dense-cap-mb. In the
+CSV files a missing value (NaN) is an empty field and booleans are 0/1.
 
 Memory: loading keeps sufficient statistics only (`SweepStats`: float64 per-example sums, the packed
 masks K x ceil(n/8) and T as K x n_test uint8). Influence goes over blocks of training examples whose
@@ -56,7 +58,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from src.errors import ConfigError, MeminfError, RecordError
-from src.records import Record, _tmp_path, find_records, read_meta, read_record, record_arrays, write_atomic
+from src.records import Record, find_records, read_meta, read_record, record_arrays, tmp_path, write_atomic
 from src.subsets import subset_mask
 
 IDENTITY_FIELDS = ("data_fingerprint", "n_train", "n_test", "num_classes", "ratio", "salt", "experiment_hash")
@@ -64,10 +66,11 @@ IDENTITY_ARRAYS = ("train_label", "test_label", "flipped_idx", "flipped_orig_lab
 TRAIN_IN_ACC_WARNING = 0.99
 MEM_FRACTION_THRESHOLDS = (0.25, 0.3)
 SE_TARGETS = (0.05, 0.03, 0.02)
-# Bytes per training example in an influence block: its float32 mask column plus the uint8 gather (6 K),
-# and S, the difference with its two temporaries, or the int64 argpartition (16 n_test); +4 n_test margin.
+# Bytes per training example in an influence block (peak of tracemalloc over block sizes, K and n_test):
+# unpacking its mask column (uint8 gather and bits, float32: 6 K), then S with the difference and its two
+# temporaries, or S, infl and the int64 argpartition of the top-k merge (16 n_test).
 MASK_BYTES_PER_RUN = 6
-BLOCK_BYTES_PER_TEST = 20
+BLOCK_BYTES_PER_TEST = 16
 MB = 2**20
 PROGRESS_MIN_FILES = 500
 DENSE_NAME = "influence.npy"
@@ -125,6 +128,17 @@ def content_digest(record: Record) -> str:
     return _digest(arrays[key] for key in sorted(arrays) if key != "meta")
 
 
+def _check_subset_mask(record: Record, path: str | Path) -> None:
+    meta = record.meta
+    try:
+        expected = subset_mask(record.seed, int(meta["n_train"]), float(meta["ratio"]), int(meta["salt"]))
+    except (ValueError, TypeError, ConfigError) as err:
+        raise RecordError(path, f"cannot recompute the subset of seed {meta['seed']} ({err})") from err
+    if not np.array_equal(record.subset_mask, expected):
+        raise RecordError(path, f"subset_mask is not the subset of seed {record.seed} "
+                                f"(ratio {meta['ratio']}, salt {meta['salt']}); rerun that seed")
+
+
 class _RowBuffer:
     """A growing (rows x width) uint8 array: one row appended per run, doubling when full."""
 
@@ -147,7 +161,7 @@ class _RowBuffer:
 
 @dataclass(eq=False)
 class SweepStats:
-    """Sufficient statistics of a sweep; `add_record` folds in one more run (any order)."""
+    """Sufficient statistics of a sweep; `add_record` checks and folds in one more run (any order)."""
 
     meta: dict[str, Any]  # the first record's metadata
     identity: SweepIdentity
@@ -187,12 +201,14 @@ class SweepStats:
         return stats
 
     def add_record(self, record: Record, path: str | Path = "<record>") -> None:
-        """Fold one run in; RecordError when it belongs to another sweep or repeats a seed."""
+        """Fold one run in; RecordError when it belongs to another sweep, repeats a seed, or its mask is
+        not its seed's subset."""
         diffs = record_identity(record).differences(self.identity)
         if diffs:
             raise RecordError(path, f"does not belong to this sweep: {'; '.join(diffs)}")
         if record.seed in self.seeds:
             raise RecordError(path, f"seed {record.seed} is already in the sweep")
+        _check_subset_mask(record, path)
         mask, correct = record.subset_mask, record.train_correct
         prob = record.train_prob.astype(np.float64)
         self.n_in += mask
@@ -234,12 +250,17 @@ class _ProblemLog:
         self.problems: dict[Path, str] = {}
 
     def add(self, path: Path, reason: str) -> None:
+        reason = _one_line(reason)
         if self.strict:
-            raise RecordError(path, f"{reason} (--strict stops at the first problem)")
+            raise RecordError(path, f"{reason} (strict mode stops at the first problem)")
         self.problems.setdefault(path, reason)
 
     def sorted(self) -> list[Problem]:
         return [Problem(str(path), reason) for path, reason in sorted(self.problems.items())]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 class _FileInfo(NamedTuple):
@@ -285,11 +306,19 @@ def _resolve_duplicate_seeds(infos: list[_FileInfo], log: _ProblemLog) -> tuple[
     return sorted(keep, key=lambda info: info.path), identical
 
 
+def _read(path: Path) -> Record:
+    """read_record, with bad metadata values (int("four")) also a RecordError: records are untrusted input."""
+    try:
+        return read_record(path)
+    except (ValueError, TypeError) as err:
+        raise RecordError(path, f"invalid metadata value ({err})") from err
+
+
 def _identical_copies(seed: int, copies: list[_FileInfo], log: _ProblemLog) -> list[_FileInfo]:
     digests = {}
     for info in copies:
         try:
-            digests[info.path] = content_digest(read_record(info.path))
+            digests[info.path] = content_digest(_read(info.path))
         except RecordError as err:
             log.add(info.path, err.reason)
     readable = [info for info in copies if info.path in digests]
@@ -300,14 +329,6 @@ def _identical_copies(seed: int, copies: list[_FileInfo], log: _ProblemLog) -> l
         log.add(info.path, f"seed {seed} is also in {others} with different content; "
                            "delete the wrong copies and rerun that seed")
     return []
-
-
-def _check_subset_mask(record: Record, path: Path) -> None:
-    meta = record.meta
-    expected = subset_mask(record.seed, int(meta["n_train"]), float(meta["ratio"]), int(meta["salt"]))
-    if not np.array_equal(record.subset_mask, expected):
-        raise RecordError(path, f"subset_mask is not the subset of seed {record.seed} "
-                                f"(ratio {meta['ratio']}, salt {meta['salt']}); rerun that seed")
 
 
 def load_sweep(sweep_dir: str | Path, strict: bool = False,
@@ -349,16 +370,13 @@ def _stream_records(infos: list[_FileInfo], log: _ProblemLog,
     stats = None
     for done, info in enumerate(infos, start=1):
         try:
-            record = read_record(info.path)
-            _check_subset_mask(record, info.path)
+            record = _read(info.path)
             if stats is None:
                 stats = SweepStats.from_record(record, info.path, capacity=len(infos))
             else:
                 stats.add_record(record, info.path)
         except RecordError as err:
             log.add(info.path, err.reason)
-        except ConfigError as err:
-            log.add(info.path, str(err))
         if progress is not None:
             progress(done, len(infos))
     return stats
@@ -449,6 +467,7 @@ class Estimates:
     pairs: Pairs
     null_pair_counts: list[int]
     dense: DenseFile | None = None  # the influence matrix in a temp file; write_outputs moves it into place
+    has_dense: bool = False  # the influence matrix was within the cap and computed into `dense`
 
     def discard_dense(self) -> None:
         if self.dense is not None:
@@ -492,16 +511,19 @@ class _InfluenceBlocks:
         packed = self.packed[rows[:, None], (cols >> 3)[None, :]]
         return ((packed >> (7 - (cols & 7)).astype(np.uint8)) & 1).astype(np.float32)
 
-    def blocks(self, columns: np.ndarray,
-               run_order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """(cols, S, infl) per block; S (b, n_test) float32 counts, infl NaN rows without an estimate."""
+    def chunks(self, columns: np.ndarray) -> Iterator[np.ndarray]:
+        """Blocks of training indices. Callers handle a block inside a function, so that no block array
+        outlives its block (a loop variable would keep the previous block alive during the next)."""
         for start in range(0, len(columns), self.block_rows):
-            cols = columns[start:start + self.block_rows]
-            masks = self.unpack(cols, run_order)
-            s_in = masks.T @ self.test_correct
-            del masks
-            n_in, n_out = self.n_in[cols, None], self.n_out[cols, None]
-            yield cols, s_in, mean_difference(s_in, n_in, self.test_sum - s_in, n_out)
+            yield columns[start:start + self.block_rows]
+
+    def compute(self, cols: np.ndarray, run_order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(S, infl) of a block: S (b, n_test) float32 counts, infl with NaN rows for no estimate."""
+        masks = self.unpack(cols, run_order)
+        s_in = masks.T @ self.test_correct
+        del masks
+        n_in, n_out = self.n_in[cols, None], self.n_out[cols, None]
+        return s_in, mean_difference(s_in, n_in, self.test_sum - s_in, n_out)
 
     def pair_candidates(self, cols: np.ndarray, infl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(block rows, test indices) of the pairs that pass all three filters."""
@@ -560,7 +582,7 @@ class DenseFile:
     def open(cls, directory: Path, shape: tuple[int, int]) -> tuple[DenseFile, np.memmap]:
         created_dir = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
-        dense = cls(_tmp_path(directory / DENSE_NAME), created_dir)
+        dense = cls(tmp_path(directory / DENSE_NAME), created_dir)
         return dense, np.lib.format.open_memmap(dense.tmp, mode="w+", dtype=np.float32, shape=shape)
 
     def commit(self, path: Path) -> None:
@@ -578,19 +600,25 @@ class DenseFile:
                 self.tmp.parent.rmdir()
 
 
+def _influence_block(blocks: _InfluenceBlocks, cols: np.ndarray, topk: _TopK,
+                     matrix: np.memmap | None) -> tuple[np.ndarray, ...]:
+    """Pairs (train_idx, test_idx, infl, infl_se) of one block; fills its rows of `matrix`, merges top-k."""
+    s_in, infl = blocks.compute(cols)
+    rows, test_idx = blocks.pair_candidates(cols, infl)
+    train_idx, hits = cols[rows], s_in[rows, test_idx]
+    se = agresti_caffo_se(hits, blocks.n_in[train_idx], blocks.test_sum[test_idx] - hits,
+                          blocks.n_out[train_idx])
+    pairs = (train_idx, test_idx, infl[rows, test_idx].astype(np.float64), se)
+    if matrix is not None:
+        matrix[cols[0]:cols[-1] + 1] = infl
+    topk.merge(cols, infl, blocks.has_estimate[cols])
+    return pairs
+
+
 def _influence(stats: SweepStats, blocks: _InfluenceBlocks, config: EstimateConfig,
                matrix: np.memmap | None) -> tuple[np.ndarray, np.ndarray, Pairs]:
     topk = _TopK(config.top_k, stats.n_test)
-    found: list[tuple[np.ndarray, ...]] = []
-    for cols, s_in, infl in blocks.blocks(np.arange(stats.n_train)):
-        rows, test_idx = blocks.pair_candidates(cols, infl)
-        train_idx, hits = cols[rows], s_in[rows, test_idx]
-        se = agresti_caffo_se(hits, blocks.n_in[train_idx], blocks.test_sum[test_idx] - hits,
-                              blocks.n_out[train_idx])
-        found.append((train_idx, test_idx, infl[rows, test_idx].astype(np.float64), se))
-        if matrix is not None:
-            matrix[cols[0]:cols[-1] + 1] = infl
-        topk.merge(cols, infl, blocks.has_estimate[cols])
+    found = [_influence_block(blocks, cols, topk, matrix) for cols in blocks.chunks(np.arange(stats.n_train))]
     train_idx, test_idx, infl_values, infl_se = (np.concatenate(parts) for parts in zip(*found, strict=True))
     return *topk.result(), _sorted_pairs(train_idx, test_idx, infl_values, infl_se)
 
@@ -601,8 +629,8 @@ def _null_pair_counts(blocks: _InfluenceBlocks, n_runs: int, config: EstimateCon
     counts = []
     for _ in range(config.null_perms):
         run_order = rng.permutation(n_runs)
-        counts.append(sum(len(blocks.pair_candidates(cols, infl)[0])
-                          for cols, _, infl in blocks.blocks(memorized, run_order)))
+        counts.append(sum(len(blocks.pair_candidates(cols, blocks.compute(cols, run_order)[1])[0])
+                          for cols in blocks.chunks(memorized)))
     return counts
 
 
@@ -628,7 +656,7 @@ def estimate(stats: SweepStats, config: EstimateConfig | None = None,
             dense.discard()
         raise
     return Estimates(config=config, **mem, topk_idx=topk_idx, topk_infl=topk_infl, pairs=pairs,
-                     null_pair_counts=null_counts, dense=dense)
+                     null_pair_counts=null_counts, dense=dense, has_dense=dense is not None)
 
 
 def pair_influence(stats: SweepStats, train_idx: np.ndarray,
@@ -657,7 +685,8 @@ def runs_needed(ratio: float, n_runs: int) -> dict[str, Any]:
 
 
 def _count(value: float) -> int | None:
-    return int(np.ceil(value)) if np.isfinite(value) else None
+    """Runs rounded up; rounding to 6 decimals first keeps float noise (624.99999999) from adding one."""
+    return int(np.ceil(round(value, 6))) if np.isfinite(value) else None
 
 
 def _number(value: Any) -> float | None:
@@ -696,7 +725,7 @@ def summarize(stats: SweepStats, est: Estimates, problems: list[Problem]) -> dic
         "runs_needed": runs_needed(float(meta["ratio"]), stats.n_runs),
         "thresholds": {"theta_mem": config.theta_mem, "theta_infl": config.theta_infl, "top_k": config.top_k,
                        "null_perms": config.null_perms, "seed": config.seed},
-        "influence_npy": est.dense is not None,
+        "influence_npy": est.has_dense,
         "estimators": {"mem": "hard: 0/1 correctness of the trained label; SE Agresti-Caffo",
                        "mem_soft": "probability of the trained label; plug-in SE with sample variances",
                        "pairs": "infl >= theta_infl and mem >= theta_mem and same trained class",
@@ -781,7 +810,8 @@ def estimate_arrays(stats: SweepStats, est: Estimates, summary: dict[str, Any]) 
         "pair_train_idx": est.pairs.train_idx, "pair_test_idx": est.pairs.test_idx,
         "pair_infl": est.pairs.infl, "pair_infl_se": est.pairs.infl_se,
         "seeds": np.asarray(stats.seeds, dtype=np.int64), "test_acc": np.asarray(stats.test_acc),
-        "train_in_acc": np.asarray(stats.train_in_acc), "summary": np.array(json.dumps(summary)),
+        "train_in_acc": np.asarray(stats.train_in_acc),
+        "summary": np.array(json.dumps(summary, allow_nan=False)),
     })
     arrays.update({f"extra_{name}": np.asarray(values) for name, values in stats.extras.items()})
     return arrays
@@ -853,7 +883,8 @@ def _gallery_png(stats: SweepStats, est: Estimates, count: int) -> bytes | None:
     try:
         from src.data import train_images_from_meta
 
-        images = train_images_from_meta(stats.meta)
+        order = most_memorized(est.mem, count)
+        images = train_images_from_meta(stats.meta, order)
     except (ImportError, MeminfError, OSError) as err:
         print(f"gallery skipped: training images unavailable ({err})")
         return None
@@ -863,8 +894,7 @@ def _gallery_png(stats: SweepStats, est: Estimates, count: int) -> bytes | None:
     from src.gallery import render_gallery
 
     try:
-        return render_gallery(images, most_memorized(est.mem, count), stats.train_label, stats.orig_label,
-                              est.mem, est.mem_se)
+        return render_gallery(images, order, stats.train_label, stats.orig_label, est.mem, est.mem_se)
     except MeminfError as err:
         print(f"gallery skipped: {err}")
         return None
@@ -894,7 +924,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (MeminfError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_one_line(str(err))}", file=sys.stderr)
         return 2
     return 0
 

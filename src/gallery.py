@@ -43,8 +43,8 @@ def gallery_size(count: int) -> tuple[int, int]:
 def _check_images(images: np.ndarray, order: np.ndarray) -> None:
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise DataError(f"gallery images must be (N, C, H, W) with 1 or 3 channels, got shape {images.shape}")
-    if order.size and (order.min() < 0 or order.max() >= len(images)):
-        raise DataError(f"gallery index {order.max()} is outside the {len(images)} training images")
+    if len(images) != order.size:
+        raise DataError(f"{len(images)} gallery images for {order.size} training indices")
 
 
 def _label_name(label: int, class_names: Sequence[str] | None) -> str:
@@ -59,8 +59,8 @@ def _title(index: int, label: int, orig_label: int, mem: float, mem_se: float,
 
 def render_gallery(images: np.ndarray, order: np.ndarray, labels: np.ndarray, orig_labels: np.ndarray,
                    mem: np.ndarray, mem_se: np.ndarray, class_names: Sequence[str] | None = None) -> bytes:
-    """PNG bytes of images[order] in a grid. images: (N, C, H, W) floats in [0, 1]; the per-example
-    arrays are indexed by training index."""
+    """PNG bytes of a grid: images[k] ((N, C, H, W) floats in [0, 1]) is training example order[k]; the
+    per-example arrays are indexed by training index."""
     images, order = np.asarray(images), np.asarray(order, dtype=np.int64)
     _check_images(images, order)
     rows, columns = grid_shape(order.size)
@@ -71,8 +71,8 @@ def render_gallery(images: np.ndarray, order: np.ndarray, labels: np.ndarray, or
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for ax in axes:
         ax.set_axis_off()
-    for ax, index in zip(axes, order.tolist(), strict=False):
-        image = np.clip(images[index].astype(np.float32), 0, 1)
+    for ax, stored, index in zip(axes, images, order.tolist(), strict=False):
+        image = np.clip(stored.astype(np.float32), 0, 1)
         if image.shape[0] == 1:
             ax.imshow(image[0], cmap="gray", vmin=0, vmax=1)
         else:

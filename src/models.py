@@ -6,10 +6,11 @@ registry (``timm.models.register_model``) under ``meminf_*`` names: ``meminf_mlp
 registered is skipped, so re-importing or reloading this module registers nothing twice. Their architecture
 numbers are not defaulted in code: they come from the ``kwargs`` of the YAML files in ``conf/model/``.
 
-Small-input stem: ImageNet stems (stride-2 7x7 conv + max-pool for ResNet, stride-2 conv for MobileNetV2)
-shrink a 32x32 image 4x before the first block. For ResNet, DenseNet and EfficientNet-family models (which
-includes MobileNetV2) the stem conv is replaced by a 3x3 stride-1 conv with the same output channels, and the
-stem pool, where there is one, by ``Identity``. ``small_input_stem`` in the model config decides: ``true``
+Small-input stem: ImageNet stems shrink a 32x32 image before the first block (4x by a stride-2 7x7 conv +
+max-pool in ResNet and DenseNet, 2x by a stride-2 conv in MobileNetV2). For ResNet, DenseNet and
+EfficientNet-family models (which includes MobileNetV2) the stem conv is replaced by a 3x3 stride-1 conv with
+the same output channels, initialised like the family's other convs, and the stem pool, where there is one,
+by ``Identity``. ``small_input_stem`` in the model config decides: ``true``
 always (an error for a model without such a stem), ``false`` never, ``auto`` when the model has such a stem
 and ``max(H, W) <= small_input_max_px``. The other models here are built for small inputs and have no stem
 to swap.
@@ -27,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from timm.models import build_model_with_cfg, create_model, generate_default_cfgs, is_model, register_model
 from timm.models.densenet import DenseNet
 from timm.models.efficientnet import EfficientNet
@@ -245,7 +246,9 @@ class ModelConfig:
 
     @classmethod
     def parse(cls, cfg: DictConfig | Mapping) -> ModelConfig:
-        values = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+        # Through OmegaConf so that nested DictConfig/ListConfig values become plain dicts and lists for timm.
+        container = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+        values = OmegaConf.to_container(container, resolve=True)
         fields = [field.name for field in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(fields))
         if unknown:
@@ -274,10 +277,11 @@ def build_model(cfg: DictConfig | Mapping, input_shape: tuple[int, ...], num_cla
     config = ModelConfig.parse(cfg)
     input_shape = tuple(int(dim) for dim in input_shape)
     model = _create(config, input_shape, num_classes)
-    stem = _small_stem_to_apply(config, model, input_shape)
-    if stem is not None:
+    stem = _stem_of(model)
+    use_small_stem = _use_small_stem(config, stem, input_shape)
+    if use_small_stem:
         _apply_small_stem(model, stem)
-    _check_forward(model, config, input_shape, stem_unused=stem is None and _stem_of(model) is not None)
+    _check_forward(model, config, input_shape, stem_unused=stem is not None and not use_small_stem)
     return model
 
 
@@ -288,15 +292,14 @@ def _create(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int)
             "use a name from timm.list_models() or a meminf_* model registered by src.models"
         )
     input_kwargs = _input_kwargs(config, input_shape)
-    kwargs = _plain(config.kwargs)
     try:
         return create_model(
-            config.timm_name, pretrained=False, num_classes=num_classes, **input_kwargs, **kwargs
+            config.timm_name, pretrained=False, num_classes=num_classes, **input_kwargs, **config.kwargs
         )
     except (TypeError, ValueError) as err:
         raise ModelError(
-            f"model '{config.name}' ({config.timm_name}) rejected kwargs {kwargs}: {_first_line(err)}; "
-            f"fix kwargs in conf/model/{config.name}.yaml"
+            f"model '{config.name}' ({config.timm_name}) rejected kwargs {dict(config.kwargs)}: "
+            f"{_first_line(err)}; fix kwargs in conf/model/{config.name}.yaml"
         ) from err
 
 
@@ -312,33 +315,19 @@ def _input_kwargs(config: ModelConfig, input_shape: tuple[int, ...]) -> dict[str
     return {"in_chans": input_shape[0]}
 
 
-def _plain(value: Any) -> Any:
-    """OmegaConf containers -> dicts and lists, so timm classes get ordinary Python values."""
-    if isinstance(value, DictConfig | ListConfig):
-        return OmegaConf.to_container(value, resolve=True)
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    return value
-
-
 def _stem_of(model: nn.Module) -> SmallStem | None:
     return next((stem for cls, stem in _SMALL_STEMS.items() if isinstance(model, cls)), None)
 
 
-def _small_stem_to_apply(
-    config: ModelConfig, model: nn.Module, input_shape: tuple[int, ...]
-) -> SmallStem | None:
-    stem = _stem_of(model)
-    if config.small_input_stem is True:
-        if stem is None:
-            raise ModelError(
-                f"model '{config.name}' has no stem that small_input_stem knows how to replace; "
-                "set model.small_input_stem=false"
-            )
-        return stem
-    if config.small_input_stem == "auto" and len(input_shape) == 3:
-        return stem if max(input_shape[1:]) <= config.small_input_max_px else None
-    return None
+def _use_small_stem(config: ModelConfig, stem: SmallStem | None, input_shape: tuple[int, ...]) -> bool:
+    if config.small_input_stem is True and stem is None:
+        raise ModelError(
+            f"model '{config.name}' has no stem that small_input_stem knows how to replace; "
+            "set model.small_input_stem=false"
+        )
+    if config.small_input_stem == "auto":
+        return stem is not None and max(input_shape[1:]) <= config.small_input_max_px
+    return config.small_input_stem
 
 
 def _apply_small_stem(model: nn.Module, stem: SmallStem) -> None:

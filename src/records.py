@@ -113,7 +113,7 @@ def record_arrays(record: Record) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _tmp_path(path: Path) -> Path:
+def tmp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp.{socket.gethostname()}.{os.getpid()}")
 
 
@@ -121,7 +121,7 @@ def write_atomic(path: str | Path, write: Any) -> Path:
     """Call `write(file_object)` on a temp file beside `path`, fsync it, then rename it onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
+    tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as handle:
             write(handle)
@@ -208,10 +208,7 @@ def read_record(path: str | Path) -> Record:
             raw = {key: archive[key] for key in archive.files if key != "meta"}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
             raise RecordError(path, f"truncated or damaged array data ({err})") from err
-    try:
-        n_train, n_test = int(meta["n_train"]), int(meta["n_test"])
-    except (TypeError, ValueError) as err:
-        raise RecordError(path, "n_train/n_test are not integers") from err
+    n_train, n_test, _ = _meta_counts(meta, path)
     record = Record(
         meta=meta,
         subset_mask=_unpack(raw["subset_mask"], n_train, path, "subset_mask"),
@@ -239,10 +236,25 @@ def _ints(raw: dict[str, np.ndarray], key: str, path: Path) -> np.ndarray:
     return values.astype(np.int64)
 
 
+def _meta_counts(meta: dict[str, Any], path: str | Path) -> tuple[int, int, int]:
+    try:
+        counts = int(meta["n_train"]), int(meta["n_test"]), int(meta["num_classes"])
+        int(meta["seed"]), float(meta["ratio"]), float(meta["test_acc"]), float(meta["train_in_acc"])
+    except (TypeError, ValueError) as err:
+        raise RecordError(path, f"metadata has a non-numeric count, seed, ratio or accuracy ({err})") from err
+    if min(counts) < 1:
+        raise RecordError(path, f"n_train, n_test and num_classes must be positive, got {counts}")
+    return counts
+
+
+def _check_accuracy(meta: dict[str, Any], key: str, correct: np.ndarray, path: str | Path) -> None:
+    if not abs(float(meta[key]) - float(correct.mean())) <= ACC_TOLERANCE:  # NaN fails too
+        raise RecordError(path, f"meta {key}={meta[key]} disagrees with the stored predictions")
+
+
 def validate_record(record: Record, path: str | Path = "<record>") -> None:
     """Shapes, dtypes and value ranges of a record against its own metadata."""
-    meta = record.meta
-    n_train, n_test, classes = int(meta["n_train"]), int(meta["n_test"]), int(meta["num_classes"])
+    n_train, n_test, classes = _meta_counts(record.meta, path)
     expected = {
         "subset_mask": n_train, "train_label": n_train, "train_pred": n_train, "train_prob": n_train,
         "test_label": n_test, "test_pred": n_test, "test_prob": n_test,
@@ -260,15 +272,23 @@ def validate_record(record: Record, path: str | Path = "<record>") -> None:
         if values.dtype.kind != "f" or not np.all((values >= 0) & (values <= 1)):
             raise RecordError(path, f"'{key}' must be float probabilities in [0, 1] (found NaN or out of range)")
     _validate_flips(record, n_train, path)
-    for name, values in record.extras.items():
-        n = n_train if name.startswith("train_") else n_test
-        if np.asarray(values).shape != (n,):
-            raise RecordError(path, f"extra '{name}' has shape {np.asarray(values).shape}, expected ({n},)")
-    in_size = int(record.subset_mask.sum())
-    if in_size == 0:
+    _validate_extras(record, n_train, n_test, path)
+    if not record.subset_mask.any():
         raise RecordError(path, "empty subset mask")
-    if abs(float(meta["test_acc"]) - float(record.test_correct.mean())) > ACC_TOLERANCE:
-        raise RecordError(path, "meta test_acc disagrees with test_correct")
+    _check_accuracy(record.meta, "test_acc", record.test_correct, path)
+    _check_accuracy(record.meta, "train_in_acc", record.train_correct[record.subset_mask], path)
+
+
+def _validate_extras(record: Record, n_train: int, n_test: int, path: str | Path) -> None:
+    for name, values in record.extras.items():
+        values = np.asarray(values)
+        if not name.startswith(("train_", "test_")):
+            raise RecordError(path, f"extra '{name}' must be named train_<column> or test_<column>")
+        if values.dtype.kind not in "biuf":
+            raise RecordError(path, f"extra '{name}' has dtype {values.dtype}; extras are numeric columns")
+        n = n_train if name.startswith("train_") else n_test
+        if values.shape != (n,):
+            raise RecordError(path, f"extra '{name}' has shape {values.shape}, expected ({n},)")
 
 
 def _validate_flips(record: Record, n_train: int, path: str | Path) -> None:

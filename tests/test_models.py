@@ -99,6 +99,20 @@ def test_small_stem_replaces_stride2_stem_at_32px(
 
 
 @pytest.mark.parametrize(
+    ("name", "conv_path", "fan"),
+    [
+        ("resnet18", "conv1", 64 * 9),  # fan_out, as ResNet.init_weights
+        ("densenet_bc100", "features.conv0", 3 * 9),  # fan_in, as DenseNet.__init__
+        ("mobilenetv2", "conv_stem", 32 * 9),  # fan_out, as timm's _init_weight_goog
+    ],
+)
+def test_small_stem_conv_gets_the_model_family_init(name: str, conv_path: str, fan: int) -> None:
+    weight = seeded_build(name, CIFAR, seed=0).get_submodule(conv_path).weight
+    # kaiming_normal_ with ReLU gain: std sqrt(2 / fan); torch's default conv init would give 1 / sqrt(3 * fan_in).
+    assert weight.std().item() == pytest.approx((2 / fan) ** 0.5, rel=0.15)
+
+
+@pytest.mark.parametrize(
     ("small_input_stem", "pixels", "expect_small_stem"),
     [("auto", 32, True), ("auto", 64, True), ("auto", 96, False), ("auto", 224, False),
      (False, 32, False), (True, 96, True)],

@@ -1,0 +1,35 @@
+"""Shared fixtures: the real `conf/` composed and shrunk to CPU-test size."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+# Small and fast: the 8×8 digits, a narrow MLP, 2 epochs, no logger.
+TINY = ["dataset=digits", "model=mlp", "model.kwargs.hidden=[32]", "trainer.max_epochs=2", "logger=none",
+        "batch_size=64"]
+
+
+@pytest.fixture
+def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
+    def _compose(*overrides: str, tiny: bool = True) -> DictConfig:
+        base = [*TINY, f"paths.output_dir={tmp_path / 'outputs'}", f"paths.data_dir={tmp_path / 'data'}"]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=[*(base if tiny else []), *overrides])
+    return _compose
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`python -m <args>` in a subprocess with wandb kept offline."""
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)

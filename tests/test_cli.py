@@ -1,0 +1,85 @@
+"""The commands a user types: a real multirun composed from conf/, its relaunch, the aggregator, bad input."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src.records import find_records, read_record
+from tests.conftest import TINY, run_cli
+
+
+def sweep_args(tmp_path: Path, *extra: str) -> list[str]:
+    return ["src.run", "-m", *TINY, f"paths.output_dir={tmp_path / 'out'}", "name=e2e", *extra]
+
+
+def test_multirun_relaunch_and_aggregate(tmp_path: Path) -> None:
+    launched = run_cli(*sweep_args(tmp_path, "seed=0..3", "dataset.label_noise=0.05"), cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    sweep = tmp_path / "out" / "e2e"
+    records = find_records(sweep)
+    assert [r.parent.name for r in records] == [f"seed={k}" for k in range(4)]
+    assert {read_record(r).seed for r in records} == {0, 1, 2, 3}
+    assert not list(sweep.rglob(".hydra")) and not list(sweep.rglob("*.tmp.*"))
+
+    relaunched = run_cli(*sweep_args(tmp_path, "seed=0..5", "dataset.label_noise=0.05"), cwd=tmp_path)
+    assert relaunched.returncode == 0, relaunched.stderr
+    assert "6 seeds, 4 done, 2 to train" in relaunched.stderr
+    assert [read_record(r).seed for r in find_records(sweep)] == [0, 1, 2, 3, 4, 5]
+
+    aggregated = run_cli("src.estimate", str(sweep), cwd=tmp_path)
+    assert aggregated.returncode == 0, aggregated.stderr
+    summary = json.loads((sweep / "estimates" / "summary.json").read_text())
+    assert summary["runs"] == 6
+    with np.load(sweep / "estimates" / "estimates.npz", allow_pickle=False) as est:
+        assert est["mem"].shape == (1437,)
+        assert int(est["flipped"].sum()) == round(0.05 * 1437)
+    for name in ("memorization.csv", "pairs.csv", "gallery.png"):
+        assert (sweep / "estimates" / name).stat().st_size > 0
+
+
+BAD_RUNS = {
+    "ratio zero": (["-m", "seed=0..1", "subset.ratio=0"], "subset.ratio"),
+    "ratio above one": (["subset.ratio=1.5"], "subset.ratio"),
+    "unknown dataset": (["-m", "seed=0..1", "dataset=nope"], "dataset/nope"),
+    "unknown model": (["model=nope"], "model/nope"),
+    "missing data": (["-m", "seed=0..1", "dataset=cifar10", "model=cnn_small"], "dataset.download"),
+    "reversed range": (["-m", "seed=5..2"], "seed=5..2"),
+    "range without -m": (["seed=0..3"], "add -m"),
+    "negative seed": (["seed=-1"], "seed="),
+    "label noise of one": (["dataset.label_noise=1.0"], "label_noise"),
+    "vectors into a convnet": (["dataset=longtail", "model=resnet18"], "model=mlp"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RUNS)
+def test_bad_input_one_line_error_and_nothing_written(tmp_path: Path, case: str) -> None:
+    args, expected = BAD_RUNS[case]
+    result = run_cli("src.run", *[a for a in TINY if not a.startswith(("dataset=", "model"))],
+                     f"paths.output_dir={tmp_path / 'out'}", f"paths.data_dir={tmp_path / 'data'}", *args,
+                     cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not find_records(tmp_path)
+
+
+def test_aggregator_refuses_an_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run_cli("src.estimate", str(tmp_path / "empty"), cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.startswith("error:")
+    assert not (tmp_path / "empty" / "estimates").exists()
+
+
+def test_aggregator_excludes_another_experiment_and_strict_refuses(tmp_path: Path) -> None:
+    assert run_cli(*sweep_args(tmp_path, "seed=0..2"), cwd=tmp_path).returncode == 0
+    assert run_cli(*sweep_args(tmp_path, "seed=3", "optim.lr=0.01"), cwd=tmp_path).returncode == 0
+    sweep = tmp_path / "out" / "e2e"
+    lenient = run_cli("src.estimate", str(sweep), cwd=tmp_path)
+    assert lenient.returncode == 0, lenient.stderr
+    assert "seed=3" in lenient.stdout + lenient.stderr
+    assert json.loads((sweep / "estimates" / "summary.json").read_text())["runs"] == 3
+    strict = run_cli("src.estimate", str(sweep), "--strict", "--out", str(tmp_path / "strict"), cwd=tmp_path)
+    assert strict.returncode == 2 and not (tmp_path / "strict").exists()

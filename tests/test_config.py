@@ -1,0 +1,63 @@
+"""The real conf/ composes for every option, and the experiment hash sees exactly what changes a model."""
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from omegaconf import DictConfig
+
+from src.errors import ConfigError
+from src.experiment import experiment_hash, seed_record_path, validate_config
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+GROUPS = ["dataset", "model", "optim", "trainer", "logger", "experiment"]
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))])
+def test_every_option_composes(compose_cfg: Callable[..., DictConfig], group: str, option: str) -> None:
+    cfg = compose_cfg(f"{group}={option}", tiny=False)
+    assert cfg[group] if group != "experiment" else cfg.name == option
+    validate_config(cfg)
+
+
+def test_default_is_mnist5k_mlp_at_07(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg(tiny=False)
+    assert (cfg.dataset.name, cfg.model.name, cfg.subset.ratio, cfg.logger.kind) == ("mnist5k", "mlp", 0.7, "csv")
+    assert seed_record_path(cfg, 12).as_posix().endswith("mnist5k_mlp_r0.7/seed=12/record.npz")
+
+
+def test_experiments_set_the_papers_settings(compose_cfg: Callable[..., DictConfig]) -> None:
+    mnist = compose_cfg("experiment=fz_mnist", tiny=False)
+    assert (mnist.dataset.name, mnist.model.name, list(mnist.model.kwargs.hidden)) == ("mnist5k", "mlp", [512, 256])
+    assert (mnist.optim.lr, mnist.optim.momentum, mnist.batch_size) == (0.1, 0.9, 128)
+    cifar = compose_cfg("experiment=fz_cifar100", tiny=False)
+    assert (cifar.dataset.name, cifar.model.name, cifar.subset.ratio) == ("cifar100", "resnet50", 0.7)
+
+
+UNCHANGED = ["seed=7", "logger=wandb", "logger=none", "trainer=gpu", "paths.output_dir=/elsewhere",
+             "paths.data_dir=/data", "overwrite=true", "dataset.eval_batch_size=7", "trainer.deterministic=true",
+             "name=other", "record.save_model=true", "trainer.enable_progress_bar=true"]
+CHANGED = ["optim.lr=0.05", "optim=adamw", "subset.ratio=0.5", "subset.salt=1", "dataset.label_noise=0.1",
+           "model=cnn_small", "trainer.max_epochs=3", "batch_size=32", "trainer.precision=bf16-mixed",
+           "dataset.augment.hflip=true"]
+
+
+@pytest.mark.parametrize("override", UNCHANGED)
+def test_hash_ignores_what_does_not_change_the_model(compose_cfg: Callable[..., DictConfig], override: str) -> None:
+    assert experiment_hash(compose_cfg(override), "fp") == experiment_hash(compose_cfg(), "fp")
+
+
+@pytest.mark.parametrize("override", CHANGED)
+def test_hash_covers_what_changes_the_model(compose_cfg: Callable[..., DictConfig], override: str) -> None:
+    assert experiment_hash(compose_cfg(override), "fp") != experiment_hash(compose_cfg(), "fp")
+
+
+def test_hash_covers_the_data(compose_cfg: Callable[..., DictConfig]) -> None:
+    assert experiment_hash(compose_cfg(), "a") != experiment_hash(compose_cfg(), "b")
+
+
+@pytest.mark.parametrize("override", ["subset.ratio=0", "subset.ratio=1.5", "seed=-1", "batch_size=0",
+                                      "trainer.max_epochs=0", "subset.salt=-2", "name=a/b"])
+def test_validate_config_rejects(compose_cfg: Callable[..., DictConfig], override: str) -> None:
+    with pytest.raises(ConfigError):
+        validate_config(compose_cfg(override))

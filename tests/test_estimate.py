@@ -1,0 +1,501 @@
+"""The aggregator: calibration on planted ground truth, block-wise influence against a naive loop, the
+permutation null, sweep validation, and the output files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import tracemalloc
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from src.errors import MeminfError, RecordError
+from src.estimate import (
+    MB,
+    EstimateConfig,
+    SweepStats,
+    _influence,
+    _InfluenceBlocks,
+    estimate,
+    load_sweep,
+    main,
+    pair_influence,
+    runs_needed,
+    summarize,
+    write_outputs,
+)
+from src.gallery import gallery_size, render_gallery, write_gallery
+from src.records import FORMAT_VERSION, REQUIRED_META, Record, record_path, write_record
+from src.subsets import subset_mask
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+# ------------------------------------------------------------------------------------------- synthetic
+
+@dataclass
+class Sweep:
+    """Planted runs: C (K, n) and T (K, n_test) correctness drawn from known probabilities."""
+
+    masks: np.ndarray  # bool (K, n)
+    train_correct: np.ndarray  # bool (K, n)
+    train_prob: np.ndarray  # float32 (K, n)
+    test_correct: np.ndarray  # bool (K, n_test)
+    train_label: np.ndarray
+    test_label: np.ndarray
+    ratio: float
+    num_classes: int
+    flipped_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> range:
+        return range(len(self.masks))
+
+    def record(self, k: int, **meta_overrides: object) -> Record:
+        wrong = (self.train_label + 1) % self.num_classes
+        test_pred = np.where(self.test_correct[k], self.test_label, (self.test_label + 1) % self.num_classes)
+        meta = make_meta(k, len(self.train_label), len(self.test_label), self.num_classes, self.ratio)
+        meta.update(test_acc=float(self.test_correct[k].mean()),
+                    train_in_acc=float(self.train_correct[k][self.masks[k]].mean()), **meta_overrides)
+        return Record(
+            meta=meta, subset_mask=self.masks[k], train_label=self.train_label,
+            train_pred=np.where(self.train_correct[k], self.train_label, wrong),
+            train_prob=self.train_prob[k], test_label=self.test_label, test_pred=test_pred,
+            test_prob=np.full(len(self.test_label), 0.5, dtype=np.float32),
+            flipped_idx=self.flipped_idx, flipped_orig_label=wrong[self.flipped_idx], extras=self.extras,
+        )
+
+    def stats(self) -> SweepStats:
+        stats = SweepStats.from_record(self.record(0), capacity=len(self.masks))
+        for k in self.seeds[1:]:
+            stats.add_record(self.record(k))
+        return stats
+
+    def write(self, sweep_dir: Path) -> Path:
+        for k in self.seeds:
+            write_record(record_path(sweep_dir, k), self.record(k))
+        return sweep_dir
+
+
+def make_meta(seed: int, n_train: int, n_test: int, num_classes: int, ratio: float) -> dict:
+    meta = {
+        "format_version": FORMAT_VERSION, "dataset": "synthetic", "n_train": n_train, "n_test": n_test,
+        "num_classes": num_classes, "data_fingerprint": "fp0", "model": "planted", "ratio": ratio, "salt": 0,
+        "epochs": 1, "seed": seed, "experiment_hash": "hash0", "experiment_name": "planted", "test_acc": 0.0,
+        "train_in_acc": 0.0, "versions": {"numpy": np.__version__}, "git": {"commit": None},
+        "wall_time_s": 0.0,
+    }
+    assert set(meta) == set(REQUIRED_META)
+    return meta
+
+
+def planted_sweep(n: int, n_runs: int, n_test: int, rng: np.random.Generator, p_in: np.ndarray,
+                  p_out: np.ndarray, t_in: np.ndarray | None = None, t_out: np.ndarray | None = None,
+                  influencer: np.ndarray | None = None, ratio: float = 0.7, num_classes: int = 10,
+                  test_p: float = 0.6, soft: tuple[np.ndarray, np.ndarray] | None = None) -> Sweep:
+    """Train example i is correct with p_in(i) when in the subset, p_out(i) when out. Test example j is
+    correct with t_in(j) when influencer(j) is in the subset, t_out(j) when out (test_p without influencer).
+    soft = (a_in, a_out): P uniform on a +- 0.15 around the side's mean. Labels are drawn first, so sweeps
+    that differ only in n_runs share them."""
+    train_label, test_label = rng.integers(0, num_classes, n), rng.integers(0, num_classes, n_test)
+    masks = np.stack([subset_mask(seed, n, ratio) for seed in range(n_runs)])
+    train_correct = rng.random((n_runs, n)) < np.where(masks, p_in, p_out)
+    test_p_matrix = np.full((n_runs, n_test), test_p)
+    if influencer is not None:
+        test_p_matrix = np.where(masks[:, influencer], t_in, t_out)
+    test_correct = rng.random((n_runs, n_test)) < test_p_matrix
+    if soft is None:
+        train_prob = rng.random((n_runs, n))
+    else:
+        train_prob = np.where(masks, *soft) + rng.uniform(-0.15, 0.15, (n_runs, n))
+    return Sweep(masks=masks, train_correct=train_correct, train_prob=train_prob.astype(np.float32),
+                 test_correct=test_correct, train_label=train_label, test_label=test_label, ratio=ratio,
+                 num_classes=num_classes)
+
+
+def small_sweep(seed: int = 0, n: int = 60, n_runs: int = 12, n_test: int = 25, ratio: float = 0.8,
+                num_classes: int = 3) -> Sweep:
+    """Small enough for naive loops; ratio 0.8 with 12 runs leaves a few examples never out (NaN)."""
+    rng = np.random.default_rng(seed)
+    sweep = planted_sweep(n, n_runs, n_test, rng, rng.uniform(0.2, 1, n), rng.uniform(0, 0.8, n),
+                          ratio=ratio, num_classes=num_classes)
+    sweep.flipped_idx = np.array([1, 7, 30])
+    sweep.extras = {"train_subpop": np.arange(n) % 5, "test_subpop": np.arange(n_test) % 5}
+    return sweep
+
+
+def z_stats(z: np.ndarray) -> tuple[float, float, float]:
+    return float(np.mean(z)), float(np.std(z)), float(np.mean(np.abs(z) <= 1.96))
+
+
+def assert_calibrated(z: np.ndarray) -> None:
+    mean, sd, coverage = z_stats(z)
+    tolerance = 3 * np.sqrt(0.95 * 0.05 / z.size)
+    assert abs(mean) < 0.1 and 0.9 <= sd <= 1.1 and abs(coverage - 0.95) <= tolerance, (mean, sd, coverage)
+
+
+# ---------------------------------------------------------------------------------------- calibration
+
+def test_mem_calibrated_on_planted_truth() -> None:
+    rng = np.random.default_rng(1)
+    n, n_all_correct = 4000, 50
+    p_in = np.concatenate([rng.uniform(0.05, 0.95, n), np.ones(n_all_correct)])
+    p_out = np.concatenate([rng.uniform(0.05, 0.95, n), rng.uniform(0.2, 0.8, n_all_correct)])
+    soft = rng.uniform(0.2, 0.8, n + n_all_correct), rng.uniform(0.2, 0.8, n + n_all_correct)
+    est = estimate(planted_sweep(n + n_all_correct, 400, 50, rng, p_in, p_out, soft=soft).stats())
+    assert_calibrated(((est.mem - (p_in - p_out)) / est.mem_se)[:n])
+    assert_calibrated(((est.mem_soft - (soft[0] - soft[1])) / est.mem_soft_se)[:n])
+    all_correct = slice(n, None)
+    assert np.all(est.acc_in[all_correct] == 1) and np.all(est.mem_se[all_correct] > 0.005)
+
+
+def test_infl_calibrated_on_planted_influence() -> None:
+    rng = np.random.default_rng(2)
+    n, n_test = 400, 1500
+    influencer = rng.integers(0, n, n_test)
+    t_in, t_out = rng.uniform(0.05, 0.95, n_test), rng.uniform(0.05, 0.95, n_test)
+    sweep = planted_sweep(n, 400, n_test, rng, np.full(n, 0.9), np.full(n, 0.5), t_in, t_out, influencer)
+    infl, infl_se = pair_influence(sweep.stats(), influencer, np.arange(n_test))
+    assert_calibrated((infl - (t_in - t_out)) / infl_se)
+
+
+# ------------------------------------------------------------------------------ block-wise vs naive
+
+def naive_influence(sweep: Sweep) -> np.ndarray:
+    n, n_test = sweep.masks.shape[1], sweep.test_correct.shape[1]
+    infl = np.full((n, n_test), np.nan)
+    for i in range(n):
+        inside = sweep.masks[:, i]
+        if inside.all() or not inside.any():
+            continue
+        for j in range(n_test):
+            infl[i, j] = sweep.test_correct[inside, j].mean() - sweep.test_correct[~inside, j].mean()
+    return infl
+
+
+def naive_agresti_caffo(sweep: Sweep, i: int, j: int) -> float:
+    inside = sweep.masks[:, i]
+    sides = [sweep.test_correct[inside, j], sweep.test_correct[~inside, j]]
+    p = [(side.sum() + 1) / (side.size + 2) for side in sides]
+    return float(np.sqrt(sum(pk * (1 - pk) / (side.size + 2) for pk, side in zip(p, sides, strict=True))))
+
+
+@pytest.mark.parametrize("block_mb", [0.0005, 0.004, 64])
+def test_blockwise_influence_equals_naive(tmp_path: Path, block_mb: float) -> None:
+    sweep = small_sweep()
+    stats = sweep.stats()
+    config = EstimateConfig(theta_mem=0.1, theta_infl=0.1, top_k=4, block_mb=block_mb)
+    est = estimate(stats, config, dense_dir=tmp_path)
+    write_outputs(tmp_path, stats, est, summarize(stats, est, []))
+    naive = naive_influence(sweep)
+    assert np.isnan(naive).any(axis=1).sum() >= 2, "the fixture should have examples without an estimate"
+    np.testing.assert_allclose(np.load(tmp_path / "influence.npy"), naive, atol=1e-6)
+
+    for j in range(naive.shape[1]):
+        column = np.where(np.isnan(naive[:, j]), -np.inf, naive[:, j])
+        np.testing.assert_allclose(est.topk_infl[j], np.sort(column)[::-1][:4], atol=1e-6)
+        np.testing.assert_allclose(naive[est.topk_idx[j], j], est.topk_infl[j], atol=1e-6)
+
+    mem = est.mem
+    expected = {(i, j) for i, j in zip(*np.nonzero(naive >= 0.1 - 1e-6), strict=True)
+                if mem[i] >= 0.1 and sweep.train_label[i] == sweep.test_label[j]}
+    found = set(zip(est.pairs.train_idx.tolist(), est.pairs.test_idx.tolist(), strict=True))
+    assert found == expected and found
+    assert np.all(np.diff(est.pairs.infl) <= 0)
+    np.testing.assert_allclose(est.pairs.infl, naive[est.pairs.train_idx, est.pairs.test_idx], atol=1e-6)
+    np.testing.assert_allclose(est.pairs.infl_se, [naive_agresti_caffo(sweep, i, j) for i, j in
+                                                   zip(est.pairs.train_idx, est.pairs.test_idx, strict=True)])
+    direct, _ = pair_influence(stats, est.pairs.train_idx, est.pairs.test_idx)
+    np.testing.assert_allclose(direct, est.pairs.infl, atol=1e-6)
+
+
+def test_block_working_set_stays_within_block_mb() -> None:
+    rng = np.random.default_rng(3)
+    n = 2000
+    stats = planted_sweep(n, 200, 500, rng, rng.uniform(0.05, 0.95, n), rng.uniform(0.05, 0.95, n)).stats()
+    config = EstimateConfig(block_mb=2)
+    est = estimate(stats, config)
+    blocks = _InfluenceBlocks(stats, est.mem, config)
+    assert blocks.block_rows < n / 4
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    _influence(stats, blocks, config, None)
+    peak = tracemalloc.get_traced_memory()[1] - base
+    tracemalloc.stop()
+    assert peak <= config.block_mb * MB, peak / MB
+
+
+def test_never_left_out_has_no_estimate() -> None:
+    sweep = small_sweep(seed=4)
+    never_out = sweep.masks.all(axis=0)
+    assert never_out.any()
+    est = estimate(sweep.stats(), EstimateConfig(theta_mem=-1, theta_infl=-1))
+    for values in (est.mem, est.mem_se, est.mem_soft, est.mem_soft_se, est.acc_out):
+        assert np.all(np.isnan(values[never_out]))
+    assert not np.isnan(est.mem[~never_out]).any()
+    assert not np.isin(est.pairs.train_idx, np.flatnonzero(never_out)).any()
+    assert not np.isin(est.topk_idx, np.flatnonzero(never_out)).any()
+
+
+# ------------------------------------------------------------------------------------ permutation null
+
+def null_sweep(planted: bool, seed: int = 5) -> Sweep:
+    """60 memorized train examples (mem ~ 0.6); with `planted`, each sets 8 same-class test examples."""
+    rng = np.random.default_rng(seed)
+    n, n_test, memorized = 600, 500, 60
+    p_in, p_out = np.full(n, 0.7), np.full(n, 0.7)
+    p_in[:memorized], p_out[:memorized] = 0.95, 0.35
+    influencer = np.repeat(np.arange(memorized), 8)
+    influencer = np.concatenate([influencer, rng.integers(memorized, n, n_test - influencer.size)])
+    t_in = np.where(influencer < memorized, 0.9, 0.6) if planted else np.full(n_test, 0.6)
+    sweep = planted_sweep(n, 400, n_test, rng, p_in, p_out, t_in, np.full(n_test, 0.6), influencer,
+                          num_classes=5)
+    sweep.test_label = sweep.train_label[influencer]
+    return sweep
+
+
+def test_null_matches_real_without_influence() -> None:
+    est = estimate(null_sweep(planted=False).stats(), EstimateConfig(theta_infl=0.12, null_perms=4))
+    real, null = est.pairs.infl.size, np.mean(est.null_pair_counts)
+    assert null > 5 and 0.5 * null <= real <= 2 * null, (real, est.null_pair_counts)
+
+
+def test_planted_influence_far_above_null() -> None:
+    est = estimate(null_sweep(planted=True).stats(), EstimateConfig(null_perms=2))
+    real, null = est.pairs.infl.size, np.mean(est.null_pair_counts)
+    assert real >= 450 and real > 5 * null + 20, (real, est.null_pair_counts)
+
+
+# -------------------------------------------------------------------------------------------- loading
+
+def rewrite(sweep_dir: Path, seed: int, record: Record) -> Path:
+    return write_record(record_path(sweep_dir, seed), record)
+
+
+@pytest.fixture
+def sweep_dir(tmp_path: Path) -> Path:
+    return small_sweep(n_runs=8).write(tmp_path / "sweep")
+
+
+@pytest.mark.parametrize(("field_name", "overrides"), [
+    ("data_fingerprint", {"data_fingerprint": "other"}),
+    ("ratio", {"ratio": 0.5}),
+    ("experiment_hash", {"experiment_hash": "hash1"}),
+    ("train_label", {}),
+])
+def test_foreign_record_excluded_and_reported_once(sweep_dir: Path, field_name: str, overrides: dict) -> None:
+    sweep = small_sweep()
+    if field_name == "ratio":
+        sweep.masks[0] = subset_mask(100, sweep.masks.shape[1], 0.5)
+    if field_name == "train_label":
+        sweep.train_label = (sweep.train_label + 1) % sweep.num_classes
+    path = rewrite(sweep_dir, 100, sweep.record(0, seed=100, **overrides))
+    stats, problems = load_sweep(sweep_dir)
+    assert stats.n_runs == 8 and 100 not in stats.seeds
+    assert [problem.file for problem in problems] == [str(path)]
+    assert field_name in problems[0].reason
+    with pytest.raises(RecordError, match=field_name):
+        load_sweep(sweep_dir, strict=True)
+
+
+def test_largest_group_wins_ties_go_to_first_file(tmp_path: Path) -> None:
+    sweep = small_sweep(n_runs=4)
+    for k in sweep.seeds:  # seeds 0, 1 in hash0, 2, 3 in hash1: a tie
+        rewrite(tmp_path, k, sweep.record(k, experiment_hash="hash0" if k < 2 else "hash1"))
+    stats, problems = load_sweep(tmp_path)
+    assert stats.meta["experiment_hash"] == "hash0" and sorted(stats.seeds) == [0, 1] and len(problems) == 2
+    rewrite(tmp_path, 4, small_sweep(n_runs=5).record(4, experiment_hash="hash1"))
+    stats, problems = load_sweep(tmp_path)
+    assert stats.meta["experiment_hash"] == "hash1" and sorted(stats.seeds) == [2, 3, 4]
+    assert len(problems) == 2
+
+
+def test_identical_duplicate_kept_once(sweep_dir: Path) -> None:
+    copy = sweep_dir / "copy" / "seed=3" / "record.npz"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(record_path(sweep_dir, 3), copy)
+    stats, problems = load_sweep(sweep_dir)
+    assert problems == [] and stats.n_runs == 8 and stats.seeds.count(3) == 1
+    assert len(stats.identical_duplicates) == 1
+
+
+def test_differing_duplicate_excludes_every_copy(sweep_dir: Path) -> None:
+    other = small_sweep()
+    other.train_correct[3] = ~other.train_correct[3]
+    copy = write_record(sweep_dir / "copy" / "seed=3" / "record.npz", other.record(3))
+    stats, problems = load_sweep(sweep_dir)
+    assert stats.n_runs == 7 and 3 not in stats.seeds
+    assert sorted(problem.file for problem in problems) == sorted([str(copy), str(record_path(sweep_dir, 3))])
+    assert all("seed 3" in problem.reason for problem in problems)
+
+
+def test_mask_not_of_its_seed_reported(sweep_dir: Path) -> None:
+    sweep = small_sweep()
+    sweep.masks[0] = subset_mask(101, sweep.masks.shape[1], sweep.ratio)
+    path = rewrite(sweep_dir, 100, sweep.record(0, seed=100))
+    stats, problems = load_sweep(sweep_dir)
+    assert stats.n_runs == 8 and problems == [(str(path), problems[0].reason)]
+    assert "subset_mask" in problems[0].reason
+
+
+def test_unreadable_record_reported_once(sweep_dir: Path) -> None:
+    broken = record_path(sweep_dir, 50)
+    broken.parent.mkdir()
+    broken.write_bytes(b"")
+    stats, problems = load_sweep(sweep_dir)
+    assert stats.n_runs == 8 and [problem.file for problem in problems] == [str(broken)]
+
+
+def test_no_usable_record_is_one_error(tmp_path: Path) -> None:
+    with pytest.raises(MeminfError, match=r"no record\.npz"):
+        load_sweep(tmp_path)
+    broken = record_path(tmp_path, 0)
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a zip")
+    with pytest.raises(MeminfError, match="no usable record"):
+        load_sweep(tmp_path)
+
+
+def run_cli(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([PYTHON, "-m", "src.estimate", *map(str, args)], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("case", ["empty", "missing", "strict"])
+def test_cli_errors_exit_2_and_write_nothing(tmp_path: Path, case: str) -> None:
+    sweep = tmp_path / "sweep"
+    if case == "empty":
+        sweep.mkdir()
+    if case == "strict":
+        small_sweep(n_runs=4).write(sweep)
+        rewrite(sweep, 100, small_sweep().record(0, seed=100, data_fingerprint="other"))
+    result = run_cli(sweep, "--out", tmp_path / "out", *(["--strict"] if case == "strict" else []))
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+# -------------------------------------------------------------------------------------------- outputs
+
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        return list(reader.fieldnames or []), list(reader)
+
+
+def csv_floats(rows: list[dict[str, str]], column: str) -> np.ndarray:
+    return np.array([float(row[column]) if row[column] else np.nan for row in rows])
+
+
+def test_outputs_written_and_consistent(sweep_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    stats, problems = load_sweep(sweep_dir)
+    est = estimate(stats, EstimateConfig(theta_mem=0.1, theta_infl=0.1), dense_dir=out)
+    summary = summarize(stats, est, problems)
+    images = np.random.default_rng(0).random((stats.n_train, 3, 16, 16))
+    order = np.argsort(-np.nan_to_num(est.mem, nan=-9))[:10]
+    png = render_gallery(images[order], order, stats.train_label, stats.orig_label, est.mem, est.mem_se)
+    write_outputs(out, stats, est, summary, png)
+    assert sorted(path.name for path in out.iterdir()) == sorted(
+        ["estimates.npz", "memorization.csv", "pairs.csv", "summary.json", "gallery.png", "influence.npy"])
+
+    with np.load(out / "estimates.npz", allow_pickle=False) as arrays:
+        np.testing.assert_array_equal(arrays["mem"], est.mem)
+        assert json.loads(str(arrays["summary"][()])) == summary
+        assert arrays["flipped"].sum() == 3 and arrays["seeds"].size == 8
+        np.testing.assert_array_equal(arrays["topk_idx"], est.topk_idx)
+        mem, pair_train_idx = arrays["mem"], arrays["pair_train_idx"]
+
+    header, rows = read_csv(out / "memorization.csv")
+    assert header == ["index", "label", "orig_label", "flipped", "mem", "mem_se", "mem_soft", "mem_soft_se",
+                      "n_in", "n_out", "acc_in", "acc_out", "train_subpop"]
+    np.testing.assert_allclose(csv_floats(rows, "mem"), mem, rtol=1e-5, equal_nan=True)
+    assert [row["flipped"] for row in rows if row["flipped"] == "1"] == ["1"] * 3
+    assert any(row["mem"] == "" for row in rows)
+
+    header, rows = read_csv(out / "pairs.csv")
+    assert header == ["test_index", "train_index", "label", "infl", "infl_se", "mem", "influencers_of_test"]
+    assert [int(row["train_index"]) for row in rows] == pair_train_idx.tolist() and rows
+    assert np.all(np.diff(csv_floats(rows, "infl")) <= 0)
+
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == summary and saved["runs_used"] == 8 and saved["pairs"] == len(rows)
+    assert saved["examples_without_estimate"] == int(np.isnan(mem).sum()) > 0
+    assert saved["frac_mem_ge_0.25"] == pytest.approx(np.mean(mem[~np.isnan(mem)] >= 0.25))
+    assert saved["test_with_one_influencer"] == sum(row["influencers_of_test"] == "1" for row in rows)
+    assert saved["train_in_acc_warning"] is not None
+    target = saved["runs_needed"]["targets"][0]  # ratio 0.8: 1/r + 1/(1-r) = 6.25
+    assert (target["se"], target["plug_in_runs"], target["paper_bound_runs"]) == (0.05, 625, 2500)
+
+    assert matplotlib.image.imread(out / "gallery.png").shape[:2] == gallery_size(10)
+
+
+def test_runs_needed_reproduces_paper_bound() -> None:
+    assert runs_needed(0.7, 4000)["worst_case_se_now"]["paper_bound"] == pytest.approx(0.0345, abs=5e-4)
+    assert runs_needed(0.7, 2000)["worst_case_se_now"]["paper_bound"] == pytest.approx(0.0488, abs=5e-4)
+    assert runs_needed(0.7, 4000)["worst_case_se_now"]["plug_in"] == pytest.approx(0.0173, abs=5e-4)
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 8), (3, 224)])
+def test_gallery_sizes(tmp_path: Path, channels: int, size: int) -> None:
+    images = np.random.default_rng(0).random((5, channels, size, size))
+    labels = np.arange(5)
+    path = write_gallery(tmp_path / "gallery.png", images[::-1], np.arange(5)[::-1], labels, (labels + 1) % 5,
+                         np.linspace(0, 1, 5), np.full(5, 0.05), class_names=[f"class {c}" for c in range(5)])
+    assert matplotlib.image.imread(path).shape[:2] == gallery_size(5)
+    with pytest.raises(MeminfError, match="channels"):
+        render_gallery(np.zeros((2, 2, 8, 8)), np.arange(2), labels, labels, np.zeros(5), np.zeros(5))
+    with pytest.raises(MeminfError, match="gallery images for"):
+        render_gallery(np.zeros((3, 1, 8, 8)), np.arange(2), labels, labels, np.zeros(5), np.zeros(5))
+
+
+def test_cli_end_to_end(sweep_dir: Path) -> None:
+    broken = record_path(sweep_dir, 50)
+    broken.parent.mkdir()
+    broken.write_bytes(b"")
+    result = run_cli(sweep_dir, "--theta-mem", "0.1", "--null-perms", "1")
+    assert result.returncode == 0, result.stderr
+    out = sweep_dir / "estimates"
+    assert {"estimates.npz", "memorization.csv", "pairs.csv", "summary.json", "influence.npy"} <= {
+        path.name for path in out.iterdir()}
+    assert not list(out.glob("*.tmp.*"))
+    assert result.stdout.count(f"skipped {broken}:") == 1
+    assert "gallery skipped" in result.stdout and str(out) in result.stdout
+    assert json.loads((out / "summary.json").read_text())["problems_excluded"] == 1
+
+
+def test_cli_gallery_and_dense_cap(sweep_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    fake_data = types.ModuleType("src.data")
+    fake_data.train_images_from_meta = lambda meta, indices: np.full((len(indices), 1, 8, 8), 0.5)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "src.data", fake_data)
+    out = sweep_dir / "estimates"
+    assert main([str(sweep_dir), "--gallery", "12"]) == 0
+    assert matplotlib.image.imread(out / "gallery.png").shape[:2] == gallery_size(12)
+    assert (out / "influence.npy").exists() and "gallery skipped" not in capsys.readouterr().out
+    assert main([str(sweep_dir), "--dense-cap-mb", "0", "--gallery", "0"]) == 0
+    assert not (out / "influence.npy").exists()
+    assert json.loads((out / "summary.json").read_text())["influence_npy"] is False
+
+
+def test_add_record_updates_like_a_full_load() -> None:
+    sweep = small_sweep()
+    stats = SweepStats.from_record(sweep.record(0))
+    for k in sweep.seeds[1:-1]:
+        stats.add_record(sweep.record(k))
+    stats.add_record(sweep.record(sweep.seeds[-1]))
+    np.testing.assert_array_equal(estimate(stats).mem, estimate(sweep.stats()).mem)
+    with pytest.raises(RecordError, match="already in the sweep"):
+        stats.add_record(sweep.record(3))
+    with pytest.raises(RecordError, match="ratio"):
+        stats.add_record(sweep.record(0, seed=200, ratio=0.5))

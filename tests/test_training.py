@@ -1,0 +1,112 @@
+"""One training job in-process: data plan, augmentation, schedules, the record it writes, reruns."""
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+
+from src.errors import ConfigError, TrainingError
+from src.experiment import seed_record_path
+from src.records import read_record
+from src.subsets import subset_mask
+from src.training import EpochPlan, lr_factor, pad_crop_flip, run_job
+
+
+def plan_batches(seed: int, epoch: int, n: int = 50) -> list[tuple[torch.Tensor, ...]]:
+    plan = EpochPlan(n, batch_size=16, seed=seed, crop_padding=4, hflip=True)
+    plan.set_epoch(epoch)
+    return list(plan)
+
+
+def test_epoch_plan_covers_each_example_once_and_depends_on_seed_and_epoch_only() -> None:
+    batches = plan_batches(seed=3, epoch=1)
+    order = torch.cat([idx for idx, _, _ in batches])
+    assert sorted(order.tolist()) == list(range(50)) and len(batches) == 4
+    again = plan_batches(seed=3, epoch=1)
+    assert all(torch.equal(a, b) for x, y in zip(batches, again, strict=True) for a, b in zip(x, y, strict=True))
+    assert not torch.equal(order, torch.cat([idx for idx, _, _ in plan_batches(seed=3, epoch=2)]))
+    assert not torch.equal(order, torch.cat([idx for idx, _, _ in plan_batches(seed=4, epoch=1)]))
+    shifts = torch.cat([s for _, s, _ in batches])
+    assert shifts.min() >= 0 and shifts.max() <= 8
+
+
+def test_pad_crop_flip_matches_a_per_example_loop() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 5, 7, generator=gen)
+    shifts = torch.randint(0, 5, (6, 2), generator=gen)
+    flips = torch.tensor([True, False, True, False, False, True])
+    out = pad_crop_flip(x, shifts, flips, padding=2)
+    for b in range(6):
+        padded = torch.nn.functional.pad(x[b], (2, 2, 2, 2))
+        dy, dx = shifts[b].tolist()
+        expected = padded[:, dy:dy + 5, dx:dx + 7]
+        torch.testing.assert_close(out[b], expected.flip(2) if flips[b] else expected)
+
+
+def test_pad_zero_leaves_images_alone_without_flips() -> None:
+    x = torch.rand(2, 1, 4, 4)
+    assert torch.equal(pad_crop_flip(x, torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.bool), 0), x)
+
+
+@pytest.mark.parametrize(("schedule", "step", "expected"), [
+    ("constant", 50, 1.0), ("cosine", 0, 1.0), ("cosine", 100, 0.0), ("cosine", 50, 0.5), ("linear", 25, 0.75),
+    ("step", 59, 1.0), ("step", 60, 0.1), ("step", 90, 0.01)])
+def test_lr_schedules(schedule: str, step: int, expected: float) -> None:
+    assert lr_factor(step, 100, 0, schedule, [60, 80], 0.1) == pytest.approx(expected, abs=1e-9)
+
+
+def test_lr_warmup_then_unknown_schedule() -> None:
+    assert lr_factor(0, 100, 10, "constant", [], 0.1) == pytest.approx(0.1)
+    with pytest.raises(ConfigError):
+        lr_factor(50, 100, 0, "exponential", [], 0.1)
+
+
+def test_job_writes_a_valid_record_against_the_trained_labels(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("seed=4", "dataset.label_noise=0.1", "trainer.max_epochs=3")
+    path = run_job(cfg)
+    assert path == seed_record_path(cfg, 4)
+    record = read_record(path)
+    n = record.meta["n_train"]
+    assert np.array_equal(record.subset_mask, subset_mask(4, n, 0.7))
+    assert len(record.flipped_idx) == round(0.1 * n)
+    assert np.all(record.train_label[record.flipped_idx] != record.flipped_orig_label)
+    assert record.meta["train_in_acc"] == pytest.approx(record.train_correct[record.subset_mask].mean())
+    assert record.meta["test_acc"] > 0.5  # 3 epochs on digits: far above chance (0.1)
+    # Memorizing a flipped label means predicting it: flipped training examples in the subset are fitted
+    # to their flipped label more often than out-of-subset ones.
+    flipped_in = record.subset_mask[record.flipped_idx]
+    correct_flipped = record.train_correct[record.flipped_idx]
+    assert correct_flipped[flipped_in].mean() > correct_flipped[~flipped_in].mean()
+    for key in ("versions", "git", "config", "wall_time_s", "experiment_hash"):
+        assert record.meta[key] is not None
+    assert record.meta["config"]["dataset"]["label_noise"] == 0.1
+
+
+def test_rerun_skips_another_experiment_errors_overwrite_replaces(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("seed=1")
+    path = run_job(cfg)
+    stamp = path.stat().st_mtime_ns
+    assert run_job(cfg) is None and path.stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match=r"overwrite=true"):
+        run_job(compose_cfg("seed=1", "optim.lr=0.01"))
+    assert path.stat().st_mtime_ns == stamp
+    assert run_job(compose_cfg("seed=1", "optim.lr=0.01", "overwrite=true")) == path
+    assert read_record(path).meta["config"]["optim"]["lr"] == 0.01
+
+
+def test_same_seed_same_record(compose_cfg: Callable[..., DictConfig]) -> None:
+    first = read_record(run_job(compose_cfg("seed=2", "trainer.deterministic=true", "name=a")))
+    second = read_record(run_job(compose_cfg("seed=2", "trainer.deterministic=true", "name=b")))
+    for key in ("subset_mask", "train_pred", "train_prob", "test_pred", "test_prob"):
+        assert np.array_equal(getattr(first, key), getattr(second, key)), key
+
+
+def test_diverging_run_writes_no_record(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("seed=0", "optim.lr=1e12")
+    with pytest.raises(TrainingError, match=r"optim\.lr"):
+        run_job(cfg)
+    path = seed_record_path(cfg)
+    assert not path.exists()
+    assert not list(path.parent.glob("record.npz*"))
