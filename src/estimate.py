@@ -871,10 +871,12 @@ def _print_progress(done: int, total: int) -> None:
         print(f"loaded {done}/{total} records", flush=True)
 
 
-def most_memorized(mem: np.ndarray, count: int) -> np.ndarray:
-    """Indices of the `count` largest mem values (NaN left out), descending, ties by index."""
+def most_memorized(mem: np.ndarray, mem_soft: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the `count` largest mem values (NaN left out), descending; ties (common: mem is a
+    difference of counts) by mem_soft, then by index."""
     candidates = np.flatnonzero(~np.isnan(mem))
-    return candidates[np.lexsort((candidates, -mem[candidates]))][:count]
+    soft = np.nan_to_num(mem_soft[candidates], nan=-np.inf)
+    return candidates[np.lexsort((candidates, -soft, -mem[candidates]))][:count]
 
 
 def _gallery_png(stats: SweepStats, est: Estimates, count: int) -> bytes | None:
@@ -883,7 +885,7 @@ def _gallery_png(stats: SweepStats, est: Estimates, count: int) -> bytes | None:
     try:
         from src.data import train_images_from_meta
 
-        order = most_memorized(est.mem, count)
+        order = most_memorized(est.mem, est.mem_soft, count)
         images = train_images_from_meta(stats.meta, order)
     except (ImportError, MeminfError, OSError) as err:
         print(f"gallery skipped: training images unavailable ({err})")

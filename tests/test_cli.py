@@ -31,7 +31,7 @@ def test_multirun_relaunch_and_aggregate(tmp_path: Path) -> None:
     aggregated = run_cli("src.estimate", str(sweep), cwd=tmp_path)
     assert aggregated.returncode == 0, aggregated.stderr
     summary = json.loads((sweep / "estimates" / "summary.json").read_text())
-    assert summary["runs"] == 6
+    assert summary["runs_used"] == 6
     with np.load(sweep / "estimates" / "estimates.npz", allow_pickle=False) as est:
         assert est["mem"].shape == (1437,)
         assert int(est["flipped"].sum()) == round(0.05 * 1437)
@@ -80,6 +80,6 @@ def test_aggregator_excludes_another_experiment_and_strict_refuses(tmp_path: Pat
     lenient = run_cli("src.estimate", str(sweep), cwd=tmp_path)
     assert lenient.returncode == 0, lenient.stderr
     assert "seed=3" in lenient.stdout + lenient.stderr
-    assert json.loads((sweep / "estimates" / "summary.json").read_text())["runs"] == 3
+    assert json.loads((sweep / "estimates" / "summary.json").read_text())["runs_used"] == 3
     strict = run_cli("src.estimate", str(sweep), "--strict", "--out", str(tmp_path / "strict"), cwd=tmp_path)
     assert strict.returncode == 2 and not (tmp_path / "strict").exists()

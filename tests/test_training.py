@@ -110,3 +110,20 @@ def test_diverging_run_writes_no_record(compose_cfg: Callable[..., DictConfig]) 
     path = seed_record_path(cfg)
     assert not path.exists()
     assert not list(path.parent.glob("record.npz*"))
+
+
+def test_bf16_mixed_precision_runs_on_cpu(compose_cfg: Callable[..., DictConfig]) -> None:
+    # The GPU recipe's precision option, exercised on the CPU: Lightning autocasts to bfloat16.
+    record = read_record(run_job(compose_cfg("seed=0", "trainer.precision=bf16-mixed", "trainer.max_epochs=3")))
+    assert record.meta["config"]["trainer"]["precision"] == "bf16-mixed"
+    assert record.meta["test_acc"] > 0.5
+
+
+def test_augmented_image_job_and_saved_weights_load_without_pickle(
+        compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("seed=0", "model=cnn_small", "model.kwargs.hidden=32", "dataset.augment.crop_padding=1",
+                      "dataset.augment.hflip=true",
+                      "record.save_model=true")
+    path = run_job(cfg)
+    state = torch.load(path.parent / "model.pt", weights_only=True)
+    assert all(isinstance(value, torch.Tensor) for value in state.values())
