@@ -36,7 +36,8 @@ def sweep(compose_cfg: Callable[..., DictConfig], seeds: int, *overrides: str):
 
 
 LONGTAIL = ["dataset=longtail", "dataset.n_subpops=400", "dataset.n_train=1200", "dataset.n_test=600",
-            "dataset.dim=64", "model.kwargs.hidden=[256]", "optim=adamw", "trainer.max_epochs=15", "name=lt"]
+            "dataset.dim=64", "model.kwargs.hidden=[256]", "optim=adamw", "optim.lr=0.003", "trainer.max_epochs=20",
+            "name=lt"]
 
 
 def test_longtail_singletons_are_memorized_and_support_their_test_points(
