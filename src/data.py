@@ -15,7 +15,6 @@ so each flipped label is uniform over the *other* classes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.datasets import load_raw
 from src.errors import ConfigError, DataError
+from src.records import content_hash
 
 # A process keeps this many data sets (a sweep uses one; a comparison may alternate two).
 CACHE_SIZE = 2
@@ -80,13 +80,8 @@ def apply_label_noise(y: np.ndarray, num_classes: int, fraction: float,
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
-    """Content hash of arrays (shape, dtype and bytes): two data sets agree iff fingerprints do."""
-    digest = hashlib.blake2b(digest_size=16)
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.data)
-    return digest.hexdigest()
+    """Content hash of the data arrays: two data sets agree iff fingerprints do."""
+    return content_hash(arrays)
 
 
 def _cache_key(dataset_cfg: Mapping[str, Any], data_dir: str | Path) -> str:

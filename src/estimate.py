@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import io
 import json
 import os
 import sys
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -58,7 +57,16 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from src.errors import ConfigError, MeminfError, RecordError
-from src.records import Record, find_records, read_meta, read_record, record_arrays, tmp_path, write_atomic
+from src.records import (
+    Record,
+    content_hash,
+    find_records,
+    read_meta,
+    read_record,
+    record_arrays,
+    tmp_path,
+    write_atomic,
+)
 from src.subsets import subset_mask
 
 IDENTITY_FIELDS = ("data_fingerprint", "n_train", "n_test", "num_classes", "ratio", "salt", "experiment_hash")
@@ -97,7 +105,7 @@ class SweepIdentity:
     def of(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> SweepIdentity:
         return cls(
             fields=tuple((key, json.dumps(meta.get(key), sort_keys=True)) for key in IDENTITY_FIELDS),
-            digests=tuple((key, _digest([np.asarray(arrays[key], dtype=np.int64)]))
+            digests=tuple((key, content_hash([np.asarray(arrays[key], dtype=np.int64)]))
                           for key in IDENTITY_ARRAYS),
         )
 
@@ -109,15 +117,6 @@ class SweepIdentity:
                 + [f"{key} differs" for (key, mine), (_, theirs) in digests if mine != theirs])
 
 
-def _digest(arrays: Iterable[np.ndarray]) -> str:
-    digest = hashlib.blake2b(digest_size=16)
-    for array in arrays:
-        array = np.ascontiguousarray(array)
-        digest.update(f"{array.dtype.str}{array.shape}".encode())
-        digest.update(array.data)
-    return digest.hexdigest()
-
-
 def record_identity(record: Record) -> SweepIdentity:
     return SweepIdentity.of(record.meta, {key: getattr(record, key) for key in IDENTITY_ARRAYS})
 
@@ -125,7 +124,7 @@ def record_identity(record: Record) -> SweepIdentity:
 def content_digest(record: Record) -> str:
     """Digest of every array of a record (metadata such as wall time or host left out)."""
     arrays = record_arrays(record)
-    return _digest(arrays[key] for key in sorted(arrays) if key != "meta")
+    return content_hash(arrays[key] for key in sorted(arrays) if key != "meta")
 
 
 def _check_subset_mask(record: Record, path: str | Path) -> None:

@@ -23,10 +23,12 @@ temp file that no reader picks up.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import socket
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,16 @@ class Record:
     @property
     def seed(self) -> int:
         return int(self.meta["seed"])
+
+
+def content_hash(arrays: Iterable[np.ndarray]) -> str:
+    """Hash of arrays (dtype, shape and bytes): equal iff the arrays are. Data fingerprints use it too."""
+    digest = hashlib.blake2b(digest_size=16)
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.data)
+    return digest.hexdigest()
 
 
 def record_path(sweep_dir: str | Path, seed: int) -> Path:
