@@ -34,7 +34,7 @@ test-all: setup  ## every test
 	$(PY) -m pytest -q
 
 lint: setup  ## ruff
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check .
 
 clean:  ## remove outputs (keeps .venv)
 	rm -rf outputs/*/ .pytest_cache

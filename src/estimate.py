@@ -1,7 +1,8 @@
 """Memorization and influence estimates from a sweep of subset-training records (the reduce step).
 
-    python -m src.estimate <sweep dir> [--out DIR] [--strict] [--theta-mem 0.25] [--theta-infl 0.15]
-        [--top-k 5] [--null-perms 2] [--block-mb 256] [--dense-cap-mb 512] [--gallery 64] [--seed 0]
+    python -m src.estimate <sweep dir> [--out DIR] [--strict] [--no-cache] [--theta-mem 0.25]
+        [--theta-infl 0.15] [--top-k 5] [--null-perms 2] [--block-mb 256] [--dense-cap-mb 512]
+        [--gallery 64] [--seed 0]
 
 Notebook API: `stats, problems = load_sweep(dir)`, `est = estimate(stats)`,
 `write_outputs(out_dir, stats, est, summarize(stats, est, problems))`; `pair_influence` gives the
@@ -21,18 +22,36 @@ label, T the K x n_test test correctness; n_in(i) runs with i in the subset, n_o
 - An example with n_in = 0 or n_out = 0 has no estimate: NaN mem, NaN infl row.
 - High-influence pair: infl >= theta_infl and mem(train) >= theta_mem and trained train label == test
   label. NaN never passes a threshold.
+- Top-k influencers of a test example: the k largest infl, ties to the lower train index (exact, so the
+  result does not depend on --block-mb).
 - Chance pairs: the rows of T are shuffled against M (`--null-perms` times, rng from `--seed`) and the
   pairs recounted with the real mem filter and classes; shuffling the mask rows instead is the same
   null (M^T T[s] = M[s^-1]^T T). Only rows with mem >= theta_mem can pair, so only those are recomputed.
 
+Order of runs: nothing depends on the order in which records are read. The per-example sums are exact
+(0/1 counts, and P and P^2 rounded to multiples of 2^-30, at most 4.7e-10 off, so every partial float64
+sum up to 2^23 runs is exact and addition order cannot change a bit), and `load_sweep` sorts the runs by
+seed, which fixes the rows the permutation null shuffles and the order of the per-run outputs.
+
 Outputs (in --out, default <sweep dir>/estimates/), each written atomically after everything is computed:
 estimates.npz (loads with allow_pickle=False: mem, mem_se, mem_soft, mem_soft_se, n_in, n_out, acc_in,
 acc_out, train_label, orig_label, flipped, test_label, topk_idx/topk_infl (n_test, top_k; -1/NaN padding),
-pair_train_idx, pair_test_idx, pair_infl, pair_infl_se, seeds, test_acc, train_in_acc (per run),
+pair_train_idx, pair_test_idx, pair_infl, pair_infl_se, seeds, test_acc, train_in_acc (per run, by seed),
 extra_<record extra>, and `summary`, a 0-d JSON string), memorization.csv, pairs.csv (sorted by infl
 descending), summary.json, gallery.png when the training images can be loaded, influence.npy (float32
 n_train x n_test, NaN rows for examples without an estimate) when it is at most --dense-cap-mb. In the
 CSV files a missing value (NaN) is an empty field and booleans are 0/1.
+
+Stats cache (`stats.npz` in --out): after a successful load the CLI stores the sufficient statistics
+(`SweepStats`) and, for every record file behind them, its path relative to the sweep dir, seed, size,
+mtime_ns and content digest; see `write_stats_cache` for the format. The next run reads only record files
+that are new or whose (size, mtime_ns) changed, plus the metadata and label arrays of one cached record
+to check that the cache belongs to this sweep. A cached record whose file is gone, changed, or no longer
+used (a differing copy of its seed appeared; another sweep became the largest group) cannot be
+subtracted: everything is read again, as it is for a damaged, foreign or other-version cache and with
+--no-cache (which still writes a fresh cache). One line says which. Damaged or foreign records are never
+cached, so they are read and reported on every run. The influence products are not cached: they are
+recomputed from the cached masks and T (one matrix product).
 
 Memory: loading keeps sufficient statistics only (`SweepStats`: float64 per-example sums, the packed
 masks K x ceil(n/8) and T as K x n_test uint8). Influence goes over blocks of training examples whose
@@ -80,8 +99,15 @@ SE_TARGETS = (0.05, 0.03, 0.02)
 MASK_BYTES_PER_RUN = 6
 BLOCK_BYTES_PER_TEST = 16
 MB = 2**20
+INFLUENCE_CHUNK_ENTRIES = 2**18  # 1 MB of float32: rows of a block post-processed together, cache-sized
 PROGRESS_MIN_FILES = 500
 DENSE_NAME = "influence.npy"
+CACHE_NAME = "stats.npz"
+CACHE_VERSION = 1
+# P and P^2 are summed on a grid of 2^-30: every term is then a multiple of 2^-30 in [0, 1], so every
+# partial sum over up to 2^23 runs is a multiple of 2^-30 below 2^23, which a float64 (53 bits) holds
+# exactly: the sums do not depend on the order runs are added in (tests/test_estimate.py checks it).
+SOFT_GRID = 2.0**30
 NAN_RULE = ("mem, infl and their SEs are NaN (empty in CSV, null in JSON) when an example was never in "
             "or never out of a subset; NaN never passes a threshold, so such examples form no pairs and "
             "are no top-k influencers.")
@@ -145,11 +171,23 @@ class _RowBuffer:
         self._data = np.empty((max(capacity, 1), width), dtype=np.uint8)
         self._rows = 0
 
+    @classmethod
+    def of(cls, rows: np.ndarray, capacity: int = 0) -> _RowBuffer:
+        """A buffer holding a copy of `rows` (2-d uint8), with room for at least `capacity` rows."""
+        buffer = cls(rows.shape[1], max(capacity, len(rows)))
+        buffer._data[:len(rows)] = rows
+        buffer._rows = len(rows)
+        return buffer
+
+    def reserve(self, capacity: int) -> None:
+        if capacity > len(self._data):
+            grown = np.empty((capacity, self._data.shape[1]), dtype=np.uint8)
+            grown[:self._rows] = self.array
+            self._data = grown
+
     def append(self, row: np.ndarray) -> None:
         if self._rows == len(self._data):
-            grown = np.empty((2 * len(self._data), self._data.shape[1]), dtype=np.uint8)
-            grown[:self._rows] = self._data
-            self._data = grown
+            self.reserve(2 * len(self._data))
         self._data[self._rows] = row
         self._rows += 1
 
@@ -158,21 +196,38 @@ class _RowBuffer:
         return self._data[:self._rows]
 
 
+def _on_soft_grid(values: np.ndarray) -> np.ndarray:
+    """float64 values rounded to the nearest multiple of 1/SOFT_GRID (exact: scaling by 2^30 is)."""
+    return np.round(values * SOFT_GRID) / SOFT_GRID
+
+
+class RecordFile(NamedTuple):
+    """A record file behind the stats: a run (`used`) or an identical copy of a run's record."""
+
+    rel_path: str  # relative to the sweep dir, '/'-separated
+    seed: int
+    size: int
+    mtime_ns: int
+    digest: str  # content_digest of the record
+    used: bool
+
+
 @dataclass(eq=False)
 class SweepStats:
-    """Sufficient statistics of a sweep; `add_record` checks and folds in one more run (any order)."""
+    """Sufficient statistics of a sweep; `add_record` checks and folds in one more run. The sums do not
+    depend on the order runs are added in (see SOFT_GRID); `sort_by_seed` puts the per-run rows in order."""
 
-    meta: dict[str, Any]  # the first record's metadata
+    meta: dict[str, Any]  # the metadata of the run with the lowest seed
     identity: SweepIdentity
     train_label: np.ndarray  # int64 (n,), the trained (possibly flipped) labels
     test_label: np.ndarray  # int64 (n_test,)
     flipped_idx: np.ndarray
     flipped_orig_label: np.ndarray
-    extras: dict[str, np.ndarray]  # the first record's per-example columns ("train_<name>", "test_<name>")
+    extras: dict[str, np.ndarray]  # per-example columns ("train_<name>", "test_<name>") of that run
     n_in: np.ndarray  # float64 (n,): runs with i in the subset
     hard_in: np.ndarray  # float64 sums of C over runs with i in; hard_all over all runs
     hard_all: np.ndarray
-    soft_in: np.ndarray  # float64 sums of P (and of P^2) over runs with i in / all runs
+    soft_in: np.ndarray  # float64 sums of P (and of P^2), each on the SOFT_GRID, over runs with i in / all
     soft_all: np.ndarray
     soft_in_sq: np.ndarray
     soft_all_sq: np.ndarray
@@ -183,6 +238,7 @@ class SweepStats:
     train_in_acc: list[float] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     identical_duplicates: list[str] = field(default_factory=list)  # copies of a seed skipped as identical
+    files: list[RecordFile] = field(default_factory=list)  # set by load_sweep, for the stats cache
 
     @classmethod
     def from_record(cls, record: Record, path: str | Path = "<record>", capacity: int = 16) -> SweepStats:
@@ -209,20 +265,35 @@ class SweepStats:
             raise RecordError(path, f"seed {record.seed} is already in the sweep")
         _check_subset_mask(record, path)
         mask, correct = record.subset_mask, record.train_correct
-        prob = record.train_prob.astype(np.float64)
+        prob = _on_soft_grid(record.train_prob.astype(np.float64))
+        prob_sq = _on_soft_grid(prob * prob)
         self.n_in += mask
         self.hard_in += correct & mask
         self.hard_all += correct
         self.soft_in += np.where(mask, prob, 0.0)
         self.soft_all += prob
-        self.soft_in_sq += np.where(mask, prob * prob, 0.0)
-        self.soft_all_sq += prob * prob
+        self.soft_in_sq += np.where(mask, prob_sq, 0.0)
+        self.soft_all_sq += prob_sq
+        if self.seeds and record.seed < int(self.meta["seed"]):
+            self.meta = dict(record.meta)
+            self.extras = {key: np.asarray(values).copy() for key, values in record.extras.items()}
         self.packed_masks.append(np.packbits(mask))
         self.test_correct.append(record.test_correct)
         self.seeds.append(record.seed)
         self.test_acc.append(float(record.test_correct.mean()))
         self.train_in_acc.append(float(correct[mask].mean()))
         self.paths.append(str(path))
+
+    def sort_by_seed(self) -> None:
+        """Put the runs (mask and T rows, seeds, accuracies, paths) in increasing seed order."""
+        order = np.argsort(np.asarray(self.seeds, dtype=np.int64), kind="stable")
+        if np.array_equal(order, np.arange(len(order))):
+            return
+        self.packed_masks = _RowBuffer.of(self.packed_masks.array[order])
+        self.test_correct = _RowBuffer.of(self.test_correct.array[order])
+        for name in ("seeds", "test_acc", "train_in_acc", "paths"):
+            values = getattr(self, name)
+            setattr(self, name, [values[i] for i in order])
 
     @property
     def n_runs(self) -> int:
@@ -266,6 +337,7 @@ class _FileInfo(NamedTuple):
     path: Path
     seed: int
     identity: SweepIdentity
+    digest: str | None = None  # content digest, where already known (stats cache, duplicate check)
 
 
 def read_file_info(path: Path) -> _FileInfo:
@@ -291,8 +363,10 @@ def _reference_identity(infos: list[_FileInfo]) -> SweepIdentity | None:
     return next(info.identity for info in infos if counts[info.identity] == largest)
 
 
-def _resolve_duplicate_seeds(infos: list[_FileInfo], log: _ProblemLog) -> tuple[list[_FileInfo], list[str]]:
-    """Keep one file per seed: identical copies collapse to the first; differing copies all go."""
+def _resolve_duplicate_seeds(infos: list[_FileInfo],
+                             log: _ProblemLog) -> tuple[list[_FileInfo], list[_FileInfo]]:
+    """Keep one file per seed: identical copies collapse to the first (the others come back second);
+    differing copies all go."""
     by_seed: dict[int, list[_FileInfo]] = {}
     for info in infos:
         by_seed.setdefault(info.seed, []).append(info)
@@ -300,7 +374,7 @@ def _resolve_duplicate_seeds(infos: list[_FileInfo], log: _ProblemLog) -> tuple[
     for seed, copies in by_seed.items():
         if len(copies) > 1:
             copies = _identical_copies(seed, copies, log)
-            identical += [str(info.path) for info in copies[1:]]
+            identical += copies[1:]
         keep += copies[:1]
     return sorted(keep, key=lambda info: info.path), identical
 
@@ -314,14 +388,15 @@ def _read(path: Path) -> Record:
 
 
 def _identical_copies(seed: int, copies: list[_FileInfo], log: _ProblemLog) -> list[_FileInfo]:
-    digests = {}
+    readable = []
     for info in copies:
         try:
-            digests[info.path] = content_digest(_read(info.path))
+            digest = info.digest if info.digest is not None else content_digest(_read(info.path))
         except RecordError as err:
             log.add(info.path, err.reason)
-    readable = [info for info in copies if info.path in digests]
-    if len({digests[info.path] for info in readable}) <= 1:
+            continue
+        readable.append(info._replace(digest=digest))
+    if len({info.digest for info in readable}) <= 1:
         return readable
     for info in readable:
         others = ", ".join(str(other.path) for other in readable if other is not info)
@@ -330,10 +405,264 @@ def _identical_copies(seed: int, copies: list[_FileInfo], log: _ProblemLog) -> l
     return []
 
 
+# ------------------------------------------------------------------------------------------ stats cache
+
+class CacheUnusable(Exception):
+    """The stats cache cannot be used; the message says why. The loader then reads every record."""
+
+
+SUM_FIELDS = ("n_in", "hard_in", "hard_all", "soft_in", "soft_all", "soft_in_sq", "soft_all_sq")
+FileStat = tuple[int, int]  # (size, mtime_ns); (-1, -1) for a file that vanished
+
+
+def _file_stat(path: Path) -> FileStat:
+    try:
+        status = path.stat()
+    except OSError:
+        return -1, -1  # reading it reports the problem
+    return status.st_size, status.st_mtime_ns
+
+
+def stats_cache_arrays(stats: SweepStats) -> dict[str, np.ndarray]:
+    """The members of stats.npz (plain arrays; `cache` is a 0-d JSON string):
+
+    | key | dtype, shape | meaning |
+    |---|---|---|
+    | `cache` | 0-d unicode | JSON {"cache_version", "meta" (of the lowest seed), "extras" (names)} |
+    | `train_label`, `test_label`, `flipped_idx`, `flipped_orig_label` | int64 | as in SweepStats |
+    | `n_in`, `hard_in`, `hard_all`, `soft_in`, `soft_all`, `soft_in_sq`, `soft_all_sq` | float64 (n,) | sums |
+    | `packed_masks` | uint8 (K, ceil(n/8)) | np.packbits of the subset masks, runs by seed |
+    | `test_correct_bits` | uint8 (K, ceil(n_test/8)) | np.packbits of T along each run |
+    | `seeds`, `test_acc`, `train_in_acc` | int64 / float64 (K,) | per run |
+    | `file_path`, `file_digest` | unicode (F,) | record path relative to the sweep dir; content_digest |
+    | `file_seed`, `file_size`, `file_mtime_ns` | int64 (F,) | seed and os.stat of the file when read |
+    | `file_used` | bool (F,) | a run (the first K rows, by seed) or an identical copy of one |
+    | `extra_<name>` | numeric | the per-example columns of the lowest seed's record |
+    """
+    files = stats.files
+    header = {"cache_version": CACHE_VERSION, "meta": stats.meta, "extras": sorted(stats.extras)}
+    arrays = {
+        "cache": np.array(json.dumps(header, sort_keys=True)),
+        "train_label": stats.train_label, "test_label": stats.test_label,
+        "flipped_idx": stats.flipped_idx, "flipped_orig_label": stats.flipped_orig_label,
+        **{name: getattr(stats, name) for name in SUM_FIELDS},
+        "packed_masks": stats.packed_masks.array,
+        "test_correct_bits": np.packbits(stats.test_correct.array.astype(bool), axis=1),
+        "seeds": np.asarray(stats.seeds, dtype=np.int64),
+        "test_acc": np.asarray(stats.test_acc, dtype=np.float64),
+        "train_in_acc": np.asarray(stats.train_in_acc, dtype=np.float64),
+        "file_path": np.array([file.rel_path for file in files], dtype=str),
+        "file_digest": np.array([file.digest for file in files], dtype=str),
+        "file_used": np.array([file.used for file in files], dtype=bool),
+    }
+    for name in ("seed", "size", "mtime_ns"):
+        arrays[f"file_{name}"] = np.array([getattr(file, name) for file in files], dtype=np.int64)
+    arrays.update({f"extra_{name}": np.asarray(values) for name, values in stats.extras.items()})
+    return arrays
+
+
+def write_stats_cache(path: str | Path, stats: SweepStats) -> Path:
+    """Write stats.npz atomically (temp file, fsync, rename), so a killed run leaves the old cache."""
+    arrays = stats_cache_arrays(stats)
+    return write_atomic(path, lambda handle: np.savez(handle, allow_pickle=False, **arrays))
+
+
+def _cached_array(arrays: Mapping[str, np.ndarray], key: str, dtype: str,
+                  shape: tuple[int, ...] | None = None, ndim: int = 1) -> np.ndarray:
+    """arrays[key], checked: dtype kind ('i', 'f', 'U', 'b') or exact dtype ('uint8'), shape or ndim."""
+    values = arrays[key]
+    dtype_ok = values.dtype.kind == dtype if len(dtype) == 1 else values.dtype == np.dtype(dtype)
+    if not dtype_ok or (values.shape != shape if shape is not None else values.ndim != ndim):
+        raise ValueError(f"'{key}' has dtype {values.dtype} shape {values.shape}")
+    return values
+
+
+def _cached_files(arrays: Mapping[str, np.ndarray]) -> list[RecordFile]:
+    paths = _cached_array(arrays, "file_path", "U")
+    columns = [paths, *(_cached_array(arrays, f"file_{name}", "i", paths.shape)
+                        for name in ("seed", "size", "mtime_ns")),
+               _cached_array(arrays, "file_digest", "U", paths.shape),
+               _cached_array(arrays, "file_used", "b", paths.shape)]
+    return [RecordFile(str(path), int(seed), int(size), int(mtime), str(digest), bool(used))
+            for path, seed, size, mtime, digest, used in zip(*(c.tolist() for c in columns), strict=True)]
+
+
+def _cached_extra(arrays: Mapping[str, np.ndarray], name: str, n: int, n_test: int) -> np.ndarray:
+    values = arrays[f"extra_{name}"]
+    if values.dtype.kind not in "biuf" or values.shape != ((n if name.startswith("train_") else n_test),):
+        raise ValueError(f"extra '{name}' has dtype {values.dtype} shape {values.shape}")
+    return values
+
+
+def _stats_from_cache(arrays: Mapping[str, np.ndarray], sweep_dir: Path,
+                      cache_path: Path) -> tuple[SweepStats, list[RecordFile]]:
+    header = json.loads(str(_cached_array(arrays, "cache", "U", ())[()]))
+    version = header.get("cache_version") if isinstance(header, dict) else None
+    if version != CACHE_VERSION:
+        raise CacheUnusable(f"{cache_path} has cache format {version!r}, this meminf writes {CACHE_VERSION}")
+    meta = dict(header["meta"])
+    n, n_test = int(meta["n_train"]), int(meta["n_test"])
+    seeds = _cached_array(arrays, "seeds", "i")
+    k = len(seeds)
+    files = _cached_files(arrays)
+    used = [file for file in files if file.used]
+    if k == 0 or np.unique(seeds).size != k or [file.seed for file in used] != seeds.tolist():
+        raise ValueError("its runs and record files disagree")
+    flipped_idx = _cached_array(arrays, "flipped_idx", "i")
+    labels = {"train_label": _cached_array(arrays, "train_label", "i", (n,)),
+              "test_label": _cached_array(arrays, "test_label", "i", (n_test,)),
+              "flipped_idx": flipped_idx,
+              "flipped_orig_label": _cached_array(arrays, "flipped_orig_label", "i", flipped_idx.shape)}
+    bits = _cached_array(arrays, "test_correct_bits", "uint8", (k, (n_test + 7) // 8))
+    stats = SweepStats(
+        meta=meta, identity=SweepIdentity.of(meta, labels), **labels,
+        extras={name: _cached_extra(arrays, name, n, n_test) for name in header["extras"]},
+        **{name: _cached_array(arrays, name, "f", (n,)) for name in SUM_FIELDS},
+        packed_masks=_RowBuffer.of(_cached_array(arrays, "packed_masks", "uint8", (k, (n + 7) // 8))),
+        test_correct=_RowBuffer.of(np.unpackbits(bits, axis=1, count=n_test)),
+        seeds=seeds.tolist(), test_acc=_cached_array(arrays, "test_acc", "f", (k,)).tolist(),
+        train_in_acc=_cached_array(arrays, "train_in_acc", "f", (k,)).tolist(),
+        paths=[str(sweep_dir / file.rel_path) for file in used],
+    )
+    return stats, files
+
+
+def read_stats_cache(cache_path: str | Path, sweep_dir: str | Path) -> tuple[SweepStats, list[RecordFile]]:
+    """The stats and record files stored in a cache; CacheUnusable when it is unreadable, damaged or of
+    another format version (nothing is checked against the record files here)."""
+    cache_path = Path(cache_path)
+    try:
+        with np.load(cache_path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise CacheUnusable(f"{cache_path} is unreadable ({_one_line(str(err))})") from err
+    try:
+        return _stats_from_cache(arrays, Path(sweep_dir), cache_path)
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise CacheUnusable(f"{cache_path} is damaged ({_one_line(str(err))})") from err
+
+
+@dataclass
+class _CachedSweep:
+    """A stats cache whose record files are all present and unchanged."""
+
+    stats: SweepStats
+    files: list[RecordFile]
+    entries: dict[Path, RecordFile]  # by path under the sweep dir
+
+    @property
+    def used_paths(self) -> set[Path]:
+        return {path for path, entry in self.entries.items() if entry.used}
+
+    def info(self, path: Path) -> _FileInfo | None:
+        entry = self.entries.get(path)
+        return None if entry is None else _FileInfo(path, entry.seed, self.stats.identity, entry.digest)
+
+
+def _check_cache_identity(stats: SweepStats, entries: Mapping[Path, RecordFile],
+                          file_stats: Mapping[Path, FileStat]) -> None:
+    """The cache belongs to this sweep: a cached record still on disk has the cached identity."""
+    present = sorted(path for path in entries if path in file_stats)
+    if not present:
+        raise CacheUnusable(f"none of its {len(entries)} record files is in this sweep dir (another sweep's)")
+    try:
+        identity = read_file_info(present[0]).identity
+    except RecordError as err:
+        raise CacheUnusable(f"cached record {present[0]} is unreadable now ({err.reason})") from err
+    diffs = stats.identity.differences(identity)
+    if diffs:
+        raise CacheUnusable(f"it was written for another sweep: {'; '.join(diffs)}")
+
+
+def _open_cache(cache_path: Path, sweep_dir: Path, file_stats: Mapping[Path, FileStat]) -> _CachedSweep:
+    """The cache, when every record file in it is present and unchanged; CacheUnusable otherwise."""
+    if not cache_path.exists():
+        raise CacheUnusable(f"no {cache_path} yet")
+    stats, files = read_stats_cache(cache_path, sweep_dir)
+    entries = {sweep_dir / file.rel_path: file for file in files}
+    _check_cache_identity(stats, entries, file_stats)
+    changed = [path for path, file in entries.items() if file_stats.get(path) != (file.size, file.mtime_ns)]
+    if changed:
+        state = "changed" if file_stats.get(changed[0], (-1, -1)) != (-1, -1) else "is gone"
+        more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+        raise CacheUnusable(f"cached record {changed[0]} {state}{more}; the cache cannot subtract it")
+    return _CachedSweep(stats, files, entries)
+
+
+# -------------------------------------------------------------------------------------------- loading
+
+class _Scan(NamedTuple):
+    log: _ProblemLog
+    keep: list[_FileInfo]  # one file per seed of the sweep, by path
+    identical: list[_FileInfo]  # identical copies of a kept file
+
+
+def _scan(files: list[Path], strict: bool, cached: _CachedSweep | None) -> _Scan:
+    """Identity and seed of every file (from the cache where it has them), the sweep's group, one file per
+    seed. CacheUnusable when a cached run would not be used (a full load would drop it)."""
+    log = _ProblemLog(strict)
+    infos = []
+    for path in files:
+        info = cached.info(path) if cached is not None else None
+        if info is None:
+            try:
+                info = read_file_info(path)
+            except RecordError as err:
+                log.add(path, err.reason)
+                continue
+        infos.append(info)
+    reference = _reference_identity(infos)
+    if cached is not None and reference != cached.stats.identity:
+        raise CacheUnusable("most record files now belong to another sweep than the cached ones")
+    for info in infos:
+        if info.identity != reference:
+            diffs = "; ".join(info.identity.differences(reference))
+            log.add(info.path, f"does not belong to this sweep: {diffs}")
+    keep, identical = _resolve_duplicate_seeds([info for info in infos if info.identity == reference], log)
+    if cached is not None:
+        lost = sorted(cached.used_paths - {info.path for info in keep})
+        if lost:
+            raise CacheUnusable(f"cached record {lost[0]} is no longer used (a new copy of its seed appeared)")
+    return _Scan(log, keep, identical)
+
+
+def _cached_sweep(cache_path: Path | None, use_cache: bool, sweep_dir: Path,
+                  file_stats: Mapping[Path, FileStat]) -> tuple[_CachedSweep | None, str]:
+    """The usable cache (or None) and why not."""
+    if cache_path is None:
+        return None, "no cache"
+    if not use_cache:
+        return None, "--no-cache"
+    try:
+        return _open_cache(cache_path, sweep_dir, file_stats), ""
+    except CacheUnusable as err:
+        return None, str(err)
+
+
+def _record_files(sweep_dir: Path, stats: SweepStats, scan: _Scan, file_stats: Mapping[Path, FileStat],
+                  digests: Mapping[Path, str]) -> list[RecordFile]:
+    """The files behind the runs (in run order), then the identical copies of used seeds."""
+    def entry(info: _FileInfo, used: bool) -> RecordFile:
+        size, mtime_ns = file_stats[info.path]
+        digest = digests.get(info.path, info.digest)
+        return RecordFile(info.path.relative_to(sweep_dir).as_posix(), info.seed, size, mtime_ns,
+                          str(digest), used)
+
+    kept = {str(info.path): info for info in scan.keep}
+    used_seeds = set(stats.seeds)
+    return ([entry(kept[path], True) for path in stats.paths]
+            + [entry(info, False) for info in scan.identical if info.seed in used_seeds])
+
+
 def load_sweep(sweep_dir: str | Path, strict: bool = False,
-               progress: Callable[[int, int], None] | None = None) -> tuple[SweepStats, list[Problem]]:
-    """Read every record under `sweep_dir` once into `SweepStats`; problems are (file, reason), one per
-    excluded file. Records belong together when `SweepIdentity` agrees; the largest group is the sweep."""
+               progress: Callable[[int, int], None] | None = None, cache_path: str | Path | None = None,
+               use_cache: bool = True,
+               notify: Callable[[str], None] | None = None) -> tuple[SweepStats, list[Problem]]:
+    """Read the records under `sweep_dir` into `SweepStats`, runs sorted by seed; problems are (file,
+    reason), one per excluded file. Records belong together when `SweepIdentity` agrees; the largest group
+    is the sweep. With `cache_path`, the stats cached there are reused when all their record files are
+    unchanged (only new files are read), and rewritten when the files changed; `use_cache=False` reads
+    everything but still writes the cache; `notify` gets one line saying how the cache was used."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         state = "is not a directory" if sweep_dir.exists() else "does not exist"
@@ -342,31 +671,39 @@ def load_sweep(sweep_dir: str | Path, strict: bool = False,
     if not files:
         raise MeminfError(f"no record.npz under {sweep_dir}; train the sweep first (python -m src.run -m "
                           "seed=0..N) or pass the directory that holds seed=<k>/record.npz")
-    log = _ProblemLog(strict)
-    infos = []
-    for path in files:
-        try:
-            infos.append(read_file_info(path))
-        except RecordError as err:
-            log.add(path, err.reason)
-    reference = _reference_identity(infos)
-    for info in infos:
-        if info.identity != reference:
-            diffs = "; ".join(info.identity.differences(reference))
-            log.add(info.path, f"does not belong to this sweep: {diffs}")
-    keep, identical = _resolve_duplicate_seeds([info for info in infos if info.identity == reference], log)
-    stats = _stream_records(keep, log, progress)
+    # Stat before reading: a file replaced while it is read then looks changed to the next run.
+    file_stats = {path: _file_stat(path) for path in files}
+    cache_path = Path(cache_path) if cache_path is not None else None
+    cached, why_not = _cached_sweep(cache_path, use_cache, sweep_dir, file_stats)
+    try:
+        scan = _scan(files, strict, cached)
+    except CacheUnusable as err:
+        cached, why_not = None, str(err)
+        scan = _scan(files, strict, None)
+    new = [info for info in scan.keep if cached is None or info.path not in cached.used_paths]
+    if notify is not None and cache_path is not None:
+        notify(f"stats cache: {cached.stats.n_runs} runs from {cache_path}, reading {len(new)} new record files"
+               if cached is not None else f"stats cache: reading all {len(files)} record files ({why_not})")
+    stats, digests = _stream_records(new, scan.log, progress, cached.stats if cached is not None else None)
     if stats is None:
-        first = log.sorted()[0]
+        first = scan.log.sorted()[0]
         raise MeminfError(f"no usable record under {sweep_dir}: all {len(files)} were skipped (first: "
                           f"{first.file}: {first.reason}); fix or rerun those seeds")
-    stats.identical_duplicates = identical
-    return stats, log.sorted()
+    stats.identical_duplicates = [str(info.path) for info in scan.identical]
+    stats.sort_by_seed()
+    stats.files = _record_files(sweep_dir, stats, scan, file_stats, digests)
+    if cache_path is not None and (cached is None or set(stats.files) != set(cached.files)):
+        write_stats_cache(cache_path, stats)
+    return stats, scan.log.sorted()
 
 
-def _stream_records(infos: list[_FileInfo], log: _ProblemLog,
-                    progress: Callable[[int, int], None] | None) -> SweepStats | None:
-    stats = None
+def _stream_records(infos: list[_FileInfo], log: _ProblemLog, progress: Callable[[int, int], None] | None,
+                    stats: SweepStats | None = None) -> tuple[SweepStats | None, dict[Path, str]]:
+    """Fold the records into `stats` (new stats when None); returns them and the records' digests."""
+    if stats is not None:
+        for buffer in (stats.packed_masks, stats.test_correct):
+            buffer.reserve(stats.n_runs + len(infos))
+    digests = {}
     for done, info in enumerate(infos, start=1):
         try:
             record = _read(info.path)
@@ -374,11 +711,12 @@ def _stream_records(infos: list[_FileInfo], log: _ProblemLog,
                 stats = SweepStats.from_record(record, info.path, capacity=len(infos))
             else:
                 stats.add_record(record, info.path)
+            digests[info.path] = info.digest if info.digest is not None else content_digest(record)
         except RecordError as err:
             log.add(info.path, err.reason)
         if progress is not None:
             progress(done, len(infos))
-    return stats
+    return stats, digests
 
 
 # ------------------------------------------------------------------------------------------- estimators
@@ -489,6 +827,10 @@ def _memorization(stats: SweepStats) -> dict[str, np.ndarray]:
     }
 
 
+def _is_consecutive(cols: np.ndarray) -> bool:
+    return len(cols) > 0 and int(cols[-1]) - int(cols[0]) == len(cols) - 1 and bool(np.all(np.diff(cols) == 1))
+
+
 class _InfluenceBlocks:
     """Influence over blocks of training examples: unpack the block's mask columns, one matmul with T."""
 
@@ -504,11 +846,19 @@ class _InfluenceBlocks:
         row_bytes = MASK_BYTES_PER_RUN * stats.n_runs + BLOCK_BYTES_PER_TEST * stats.n_test
         self.block_rows = max(1, int(config.block_mb * MB // row_bytes))
 
-    def unpack(self, cols: np.ndarray, run_order: np.ndarray | None) -> np.ndarray:
-        """float32 (K, len(cols)) 0/1 masks of the training examples `cols`, runs in `run_order`."""
-        rows = np.arange(len(self.packed)) if run_order is None else run_order
-        packed = self.packed[rows[:, None], (cols >> 3)[None, :]]
-        return ((packed >> (7 - (cols & 7)).astype(np.uint8)) & 1).astype(np.float32)
+    def unpack(self, cols: np.ndarray, run_order: np.ndarray | None = None) -> np.ndarray:
+        """float32 (K, len(cols)) 0/1 masks of the training examples `cols` (any order), runs in `run_order`.
+        Consecutive columns (the main pass) go through np.unpackbits; others gather their bytes."""
+        if _is_consecutive(cols):
+            first = int(cols[0])
+            packed = self.packed[:, first >> 3:(int(cols[-1]) >> 3) + 1]
+            bits = np.unpackbits(packed, axis=1)[:, first & 7:(first & 7) + len(cols)]
+        else:
+            bits = self.packed[:, cols >> 3] >> (7 - (cols & 7)).astype(np.uint8)
+            bits &= 1
+        if run_order is not None:
+            bits = bits[run_order]
+        return bits.astype(np.float32)
 
     def chunks(self, columns: np.ndarray) -> Iterator[np.ndarray]:
         """Blocks of training indices. Callers handle a block inside a function, so that no block array
@@ -521,47 +871,102 @@ class _InfluenceBlocks:
         masks = self.unpack(cols, run_order)
         s_in = masks.T @ self.test_correct
         del masks
-        n_in, n_out = self.n_in[cols, None], self.n_out[cols, None]
-        return s_in, mean_difference(s_in, n_in, self.test_sum - s_in, n_out)
+        return s_in, self.influence(cols, s_in)
+
+    def influence(self, cols: np.ndarray, s_in: np.ndarray) -> np.ndarray:
+        """S/n_in - (Tsum - S)/n_out: the float32 operations of mean_difference (the same bits) without its
+        NaN-filled temporaries, a few rows at a time so that the intermediate stays in cache (3.0 against
+        5.4 ns per entry in one pass over the block, benchmarks/aggregate.py); NaN rows where a side has no
+        run."""
+        infl = np.empty_like(s_in)
+        rows = max(1, INFLUENCE_CHUNK_ENTRIES // s_in.shape[1])
+        scratch = np.empty((min(rows, len(cols)), s_in.shape[1]), dtype=np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for start in range(0, len(cols), rows):
+                part = slice(start, start + rows)
+                s_out = scratch[:len(cols[part])]
+                np.divide(s_in[part], self.n_in[cols[part], None], out=infl[part])
+                np.subtract(self.test_sum, s_in[part], out=s_out)
+                s_out /= self.n_out[cols[part], None]
+                infl[part] -= s_out
+        infl[~self.has_estimate[cols]] = np.nan
+        return infl
 
     def pair_candidates(self, cols: np.ndarray, infl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(block rows, test indices) of the pairs that pass all three filters."""
-        rows = np.flatnonzero(self.mem[cols] >= self.config.theta_mem)
-        same_class = self.train_label[cols[rows], None] == self.test_label[None, :]
-        hits_r, hits_j = np.nonzero((infl[rows] >= self.config.theta_infl) & same_class)
-        return rows[hits_r], hits_j
+        """(block rows, test indices) of the pairs that pass all three filters: one comparison pass over the
+        block, then the class filter on the entries above theta_infl (few: the pairs are rare)."""
+        memorized = self.mem[cols] >= self.config.theta_mem
+        if not memorized.any():
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        above = np.greater_equal(infl, self.config.theta_infl)  # NaN: False
+        above[~memorized] = False
+        rows, test_idx = np.divmod(np.flatnonzero(above), infl.shape[1])
+        same_class = self.train_label[cols[rows]] == self.test_label[test_idx]
+        return rows[same_class], test_idx[same_class]
 
 
 class _TopK:
-    """Running top-k training examples per test example, merged block by block."""
+    """Running top-k training examples per test example: larger infl first, ties to the lower train index.
+
+    Blocks come in increasing train index, so a block entry can only enter a column by beating the column's
+    current k-th value strictly (an equal value loses the tie to the earlier index). One comparison pass
+    per block finds those entries, and only they are merged (a few per column after the first blocks,
+    where a full argpartition of the block cost more than the rest of the block's post-processing).
+    The selection is exact, so the result does not depend on the block size."""
 
     def __init__(self, k: int, n_test: int) -> None:
         self.k = k
-        self.values = np.full((k, n_test), -np.inf, dtype=np.float32)
+        self.values = np.full((k, n_test), -np.inf, dtype=np.float32)  # every column in descending order
         self.indices = np.full((k, n_test), -1, dtype=np.int64)
 
     def merge(self, cols: np.ndarray, infl: np.ndarray, has_estimate: np.ndarray) -> None:
-        """Merge a block; overwrites its rows without an estimate (NaN) with -inf."""
+        """Merge a block whose train indices follow the earlier blocks'; overwrites its rows without an
+        estimate (NaN) with -inf."""
         infl[~has_estimate] = -np.inf
-        b = len(cols)
-        if b > self.k:
-            part = np.argpartition(infl, b - self.k, axis=0)[b - self.k:]
-        else:
-            part = np.broadcast_to(np.arange(b)[:, None], (b, infl.shape[1]))
-        values = np.concatenate([self.values, np.take_along_axis(infl, part, axis=0)])
-        indices = np.concatenate([self.indices, cols[part]])
-        best = np.argpartition(values, len(values) - self.k, axis=0)[len(values) - self.k:]
-        self.values = np.take_along_axis(values, best, axis=0)
-        self.indices = np.take_along_axis(indices, best, axis=0)
+        self._merge(cols, infl)
+
+    def _merge(self, cols: np.ndarray, infl: np.ndarray) -> None:
+        above = infl > self.values[-1]
+        limit = max(infl.size // 16, 2 * self.k * infl.shape[1])
+        if np.count_nonzero(above) > limit:  # e.g. the first block: also bound by the block's own k-th value
+            above &= infl >= self._kth_largest(infl)
+            if np.count_nonzero(above) > limit and len(cols) > 1:  # heavy ties: one half after the other
+                half = len(cols) // 2
+                self._merge(cols[:half], infl[:half])
+                self._merge(cols[half:], infl[half:])
+                return
+        flat = np.flatnonzero(above)
+        if flat.size:
+            rows, test_idx = np.divmod(flat, infl.shape[1])
+            self._insert(cols[rows], test_idx, infl.ravel()[flat])
+
+    def _kth_largest(self, infl: np.ndarray) -> np.ndarray:
+        b = len(infl)
+        if b <= self.k:
+            return np.full(infl.shape[1], -np.inf, dtype=np.float32)
+        return np.partition(infl, b - self.k, axis=0)[b - self.k]
+
+    def _insert(self, train_idx: np.ndarray, test_idx: np.ndarray, values: np.ndarray) -> None:
+        """Merge entries into the top-k of their columns: sort each touched column's k current entries and
+        its new ones by (value descending, train index ascending) and keep the first k."""
+        columns, group = np.unique(test_idx, return_inverse=True)
+        k, touched = self.k, len(columns)
+        all_group = np.concatenate([np.tile(np.arange(touched), k), group])
+        all_values = np.concatenate([self.values[:, columns].ravel(), values])
+        all_indices = np.concatenate([self.indices[:, columns].ravel(), train_idx])
+        order = np.lexsort((all_indices, -all_values, all_group))
+        sizes = k + np.bincount(group, minlength=touched)
+        starts = np.cumsum(sizes) - sizes
+        best = order[starts[:, None] + np.arange(k)]  # (touched, k): the first k of each column's run
+        self.values[:, columns] = all_values[best].T
+        self.indices[:, columns] = all_indices[best].T
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """(indices, values), each (n_test, k), descending; ties by train index; -1/NaN padding."""
-        order = np.lexsort((self.indices, -self.values), axis=0)
-        values = np.take_along_axis(self.values, order, axis=0)
-        indices = np.take_along_axis(self.indices, order, axis=0)
+        values, indices = self.values.T.copy(), self.indices.T.copy()
         empty = np.isneginf(values)
         values[empty], indices[empty] = np.nan, -1
-        return indices.T.copy(), values.T.copy()
+        return indices, values
 
 
 def _sorted_pairs(train_idx: np.ndarray, test_idx: np.ndarray, infl: np.ndarray,
@@ -663,7 +1068,7 @@ def pair_influence(stats: SweepStats, train_idx: np.ndarray,
     """infl and its Agresti-Caffo SE for chosen (train, test) pairs, computed directly."""
     train_idx, test_idx = np.asarray(train_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
     blocks = _InfluenceBlocks(stats, np.zeros(stats.n_train), EstimateConfig())
-    s_in = np.einsum("kp,kp->p", blocks.unpack(train_idx, None), blocks.test_correct[:, test_idx])
+    s_in = np.einsum("kp,kp->p", blocks.unpack(train_idx), blocks.test_correct[:, test_idx])
     s_out = blocks.test_sum[test_idx] - s_in
     n_in, n_out = blocks.n_in[train_idx], blocks.n_out[train_idx]
     return mean_difference(s_in, n_in, s_out, n_out), agresti_caffo_se(s_in, n_in, s_out, n_out)
@@ -854,6 +1259,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=None,
                         help="output directory (default <sweep dir>/estimates)")
     parser.add_argument("--strict", action="store_true", help="stop at the first bad or foreign record")
+    parser.add_argument("--no-cache", action="store_true",
+                        help=f"read every record instead of updating {CACHE_NAME} in --out (then rewrite it)")
     parser.add_argument("--theta-mem", type=float, default=EstimateConfig.theta_mem)
     parser.add_argument("--theta-infl", type=float, default=EstimateConfig.theta_infl)
     parser.add_argument("--top-k", type=int, default=EstimateConfig.top_k)
@@ -907,7 +1314,8 @@ def run(args: argparse.Namespace) -> None:
                             null_perms=args.null_perms, block_mb=args.block_mb,
                             dense_cap_mb=args.dense_cap_mb, seed=args.seed)
     config.validate()
-    stats, problems = load_sweep(args.sweep_dir, strict=args.strict, progress=_print_progress)
+    stats, problems = load_sweep(args.sweep_dir, strict=args.strict, progress=_print_progress,
+                                 cache_path=out_dir / CACHE_NAME, use_cache=not args.no_cache, notify=print)
     for problem in problems:
         print(f"skipped {problem.file}: {problem.reason}")
     est = estimate(stats, config, dense_dir=out_dir)

@@ -54,6 +54,12 @@ def sweep_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir) / str(cfg.name)
 
 
+def job_subdir(seed: int, seeds: Any = None) -> str:
+    """A job's directory under the sweep: `seed=<k>`, or `pack=<first>-<last>` for a packed job."""
+    seeds = list(seeds) if seeds else [seed]
+    return f"seed={seeds[0]}" if len(seeds) == 1 else f"pack={seeds[0]}-{seeds[-1]}"
+
+
 def seed_record_path(cfg: DictConfig, seed: int | None = None) -> Path:
     return record_path(sweep_dir(cfg), cfg.seed if seed is None else seed)
 
@@ -71,3 +77,28 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_epochs={epochs!r} must be a positive integer")
     if str(cfg.name) in ("", ".", "..") or "/" in str(cfg.name):
         raise ConfigError(f"name={cfg.name!r} must be a plain directory name")
+
+
+# Families whose packed members equal single runs (tests/test_packing.py), as timm name prefixes.
+PACKABLE_TIMM_NAMES = ("meminf_mlp", "meminf_cnn_small", "resnet")
+
+
+def packable(timm_name: str) -> bool:
+    return timm_name.startswith(PACKABLE_TIMM_NAMES)
+
+
+def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int) -> tuple[int, str]:
+    """The pack size for `n_seeds` seeds and why: `auto` takes the model's measured default."""
+    if requested in (None, "auto"):
+        pack, why = int(model_cfg.get("pack_default", 1)), f"model {model_cfg.name} default"
+    elif isinstance(requested, int) and not isinstance(requested, bool):
+        pack, why = requested, f"pack={requested}"
+    else:
+        raise ConfigError(f"pack={requested!r} must be a positive integer or auto")
+    if pack < 1:
+        raise ConfigError(f"pack={requested} must be a positive integer or auto")
+    if pack > 1 and not packable(str(model_cfg.timm_name)):
+        return 1, f"model {model_cfg.name} is not in the packing whitelist (no equivalence test): pack=1"
+    if pack > n_seeds:
+        return max(1, n_seeds), f"pack={pack} clamped to the {n_seeds} seeds of this sweep"
+    return pack, why

@@ -243,6 +243,7 @@ class ModelConfig:
     small_input_stem: bool | Literal["auto"] = "auto"
     small_input_max_px: int = 64
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    pack_default: int = 1  # models per job with pack=auto (src/packing.py; measured in docs/PERFORMANCE.md)
 
     @classmethod
     def parse(cls, cfg: DictConfig | Mapping) -> ModelConfig:

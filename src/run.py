@@ -14,17 +14,24 @@ record again, so the pre-flight is an optimisation, never the only guard.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 import sys
 from pathlib import Path
 
 import hydra
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError, MeminfError
+from src.experiment import job_subdir
+
+# The job directory resolver of conf/hydra/default.yaml; every process that runs a job imports this module.
+OmegaConf.register_new_resolver("meminf_job_dir", job_subdir, replace=True)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 MULTIRUN_FLAGS = ("-m", "--multirun")
@@ -115,18 +122,42 @@ def plan_command_line(args: list[str]) -> list[str] | None:
         pending_seeds(cfg, [cfg.seed])
         return args
     pending = pending_seeds(cfg, seeds)
-    from src.experiment import sweep_dir
+    from src.experiment import resolve_pack, sweep_dir
+
+    pack, why = resolve_pack(cfg.pack, cfg.model, len(pending))
+    jobs = math.ceil(len(pending) / pack)
     print(f"sweep {sweep_dir(cfg)}: {len(seeds)} seeds, {len(seeds) - len(pending)} done, "
-          f"{len(pending)} to train", file=sys.stderr)
+          f"{len(pending)} to train in {jobs} job(s) of up to {pack} model(s) ({why})", file=sys.stderr)
     if not pending:
         return None
-    return [seed_override(pending) if arg.lstrip("+~").startswith("seed=") else arg for arg in args]
+    grouped = seed_override(pending) if pack == 1 else packed_override(pending, pack)
+    return [grouped if arg.lstrip("+~").startswith("seed=") else arg for arg in args]
+
+
+def packed_override(seeds: list[int], pack: int) -> str:
+    """`seeds=[a,b,..],[..]`: a Hydra sweep over groups of up to `pack` seeds, one packed job each."""
+    groups = [seeds[start:start + pack] for start in range(0, len(seeds), pack)]
+    return "seeds=" + ",".join("[" + ",".join(map(str, group)) + "]" for group in groups)
+
+
+def limit_threads_under_joblib() -> None:
+    """Parallel jobs on one machine: give each job cores // jobs threads, so jobs × threads <= cores."""
+    launcher = HydraConfig.get().launcher
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return
+    import torch
+
+    cores = os.cpu_count() or 1
+    n_jobs = int(launcher.get("n_jobs") or -1)
+    jobs = min(cores, n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs))
+    torch.set_num_threads(max(1, cores // jobs))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def hydra_entry(cfg: DictConfig) -> None:
     from src.training import run_job  # torch and Lightning load in the job, not before Hydra starts
 
+    limit_threads_under_joblib()
     try:
         run_job(cfg)
     except MeminfError as err:

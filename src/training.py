@@ -8,6 +8,7 @@ work and no worker processes. Augmentation (pad-crop, horizontal flip) runs on t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -29,10 +30,19 @@ from torch.utils.data import DataLoader, Sampler
 
 from src.data import Dataset, load_dataset, record_extras
 from src.errors import ConfigError, TrainingError
-from src.experiment import experiment_hash, seed_record_path, sweep_dir, validate_config
+from src.experiment import experiment_hash, job_subdir, seed_record_path, sweep_dir, validate_config
 from src.models import build_model
-from src.records import FORMAT_VERSION, Record, RecordError, read_meta, remove_stale_temps, write_record
-from src.subsets import subset_mask
+from src.packing import Members
+from src.records import (
+    FORMAT_VERSION,
+    Record,
+    RecordError,
+    read_meta,
+    remove_stale_temps,
+    write_atomic,
+    write_record,
+)
+from src.subsets import check_seed, subset_mask
 
 log = logging.getLogger(__name__)
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -51,11 +61,26 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-class EpochPlan(Sampler):
-    """Yields, per batch, (indices, crop shifts, flips) drawn from (seed, epoch) only."""
+def epoch_draws(seed: int, epoch: int, n: int, crop_padding: int,
+                hflip: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One member's epoch: order of its n subset positions, crop shift and flip of each position."""
+    gen = epoch_generator(seed, epoch)
+    order = torch.randperm(n, generator=gen)
+    shifts = torch.randint(0, 2 * crop_padding + 1, (n, 2), generator=gen)
+    flips = torch.rand(n, generator=gen) < 0.5 if hflip else torch.zeros(n, dtype=torch.bool)
+    return order, shifts, flips
 
-    def __init__(self, n: int, batch_size: int, seed: int, crop_padding: int, hflip: bool) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+
+class EpochPlan(Sampler):
+    """Per batch, for P members at once: (global example indices (P, B), crop shifts (P, B, 2), flips (P, B)).
+
+    Member k's order and augmentation draws depend only on (seeds[k], epoch), so member k of a pack sees
+    exactly the batches that seed k sees when trained alone.
+    """
+
+    def __init__(self, subset_idx: torch.Tensor, batch_size: int, seeds: list[int], crop_padding: int,
+                 hflip: bool) -> None:
+        self.subset_idx, self.batch_size, self.seeds = subset_idx, batch_size, seeds
         self.crop_padding, self.hflip = crop_padding, hflip
         self.epoch = 0
 
@@ -63,42 +88,39 @@ class EpochPlan(Sampler):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size)
+        return math.ceil(self.subset_idx.shape[1] / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        gen = epoch_generator(self.seed, self.epoch)
-        order = torch.randperm(self.n, generator=gen)
-        shifts = torch.randint(0, 2 * self.crop_padding + 1, (self.n, 2), generator=gen)
-        flips = torch.rand(self.n, generator=gen) < 0.5 if self.hflip else torch.zeros(self.n, dtype=torch.bool)
-        for idx in order.split(self.batch_size):
-            yield idx, shifts[idx], flips[idx]
+        n = self.subset_idx.shape[1]
+        draws = [epoch_draws(seed, self.epoch, n, self.crop_padding, self.hflip) for seed in self.seeds]
+        order = torch.stack([d[0] for d in draws])
+        shifts, flips = torch.stack([d[1] for d in draws]), torch.stack([d[2] for d in draws])
+        global_idx = torch.gather(self.subset_idx, 1, order)
+        for start in range(0, n, self.batch_size):
+            positions = order[:, start:start + self.batch_size]
+            yield (global_idx[:, start:start + self.batch_size], torch.gather(shifts, 1, positions[..., None]
+                   .expand(-1, -1, 2)), torch.gather(flips, 1, positions))
 
 
-class BatchGather(torch.utils.data.Dataset):
-    """`dataset[(idx, shifts, flips)]` → the whole batch by tensor indexing."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.y = x, y
+class PlanItems(torch.utils.data.Dataset):
+    """The sampler's items pass through unchanged: the examples are gathered on the device."""
 
     def __getitem__(self, plan: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        idx, shifts, flips = plan
-        return self.x[idx], self.y[idx], shifts, flips
+        return plan
 
     def __len__(self) -> int:
-        return len(self.y)
+        return 0
 
 
 class SubsetDataModule(pl.LightningDataModule):
-    def __init__(self, dataset: Dataset, subset_mask: np.ndarray, seed: int, batch_size: int,
-                 crop_padding: int, hflip: bool) -> None:
+    def __init__(self, masks: np.ndarray, seeds: list[int], batch_size: int, crop_padding: int,
+                 hflip: bool) -> None:
         super().__init__()
-        subset_idx = np.flatnonzero(subset_mask)
-        self.x = torch.from_numpy(dataset.x_train[subset_idx])
-        self.y = torch.from_numpy(dataset.y_train[subset_idx])
-        self.plan = EpochPlan(len(subset_idx), batch_size, seed, crop_padding, hflip)
+        subset_idx = torch.from_numpy(np.stack([np.flatnonzero(mask) for mask in masks]))
+        self.plan = EpochPlan(subset_idx, batch_size, seeds, crop_padding, hflip)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(BatchGather(self.x, self.y), sampler=self.plan, batch_size=None, num_workers=0)
+        return DataLoader(PlanItems(), sampler=self.plan, batch_size=None, num_workers=0)
 
 
 def pad_crop_flip(x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor, padding: int) -> torch.Tensor:
@@ -130,44 +152,69 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, mil
 
 
 class SubsetClassifier(pl.LightningModule):
-    """Cross-entropy classifier on raw stored inputs: scaling, augmentation and normalisation inside."""
+    """Cross-entropy training of P members on device-resident data.
 
-    def __init__(self, model: torch.nn.Module, optim_cfg: DictConfig, pixel_scale: float,
-                 mean: list[float], std: list[float], crop_padding: int, input_ndim: int) -> None:
+    The training and test inputs are non-persistent buffers, so they move to the training device with
+    the module once; a step gathers its (P, B) index batch there, scales, augments and normalises there.
+    A member whose loss is not finite at the end of an epoch is stopped (its loss no longer counts);
+    the others go on.
+    """
+
+    def __init__(self, members: Members, optim_cfg: DictConfig, dataset: Dataset, mean: list[float],
+                 std: list[float], crop_padding: int, hflip: bool, channels_last: bool) -> None:
         super().__init__()
-        self.model = model
-        self.optim_cfg = optim_cfg
-        self.pixel_scale, self.crop_padding = pixel_scale, crop_padding
-        stats_shape = (1, -1, 1, 1) if input_ndim == 3 else (1, -1)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(stats_shape), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(stats_shape), persistent=False)
-        self.epoch_loss_sum: torch.Tensor | None = None
+        self.members, self.optim_cfg = members, optim_cfg
+        self.pixel_scale, self.crop_padding = dataset.pixel_scale, crop_padding
+        self.augment = dataset.is_image and (crop_padding > 0 or hflip)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        stats_shape = (1, -1, 1, 1) if dataset.is_image else (1, -1)
+        for name, values in (("mean", mean), ("std", std)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(stats_shape), persistent=False)
+        for name, values in (("x_train", dataset.x_train), ("y_train", dataset.y_train),
+                             ("x_test", dataset.x_test), ("y_test", dataset.y_test)):
+            self.register_buffer(name, torch.from_numpy(values), persistent=False)
+        self.register_buffer("alive", torch.ones(members.pack, dtype=torch.bool), persistent=False)
+        self.epoch_loss_sum = torch.zeros(members.pack)
 
-    def scale(self, x: torch.Tensor) -> torch.Tensor:
-        return x.float() * self.pixel_scale
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored values (B, ...) → normalised float inputs."""
+        return (x.float() * self.pixel_scale - self.mean) / self.std
 
-    def forward(self, x_scaled: torch.Tensor) -> torch.Tensor:
-        return self.model((x_scaled - self.mean) / self.std)
+    def normalize_batch(self, x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        pack, batch = x.shape[:2]
+        flat = x.reshape(pack * batch, *x.shape[2:]).float() * self.pixel_scale
+        if self.augment:
+            flat = pad_crop_flip(flat, shifts.reshape(-1, 2), flips.reshape(-1), self.crop_padding)
+        if flat.ndim == 4:
+            flat = flat.contiguous(memory_format=self.memory_format)
+        return ((flat - self.mean) / self.std).reshape(pack, batch, *flat.shape[1:])
 
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        x, y, shifts, flips = batch
-        x = self.scale(x)
-        if x.ndim == 4:
-            x = pad_crop_flip(x, shifts, flips, self.crop_padding)
-        logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        idx, shifts, flips = batch
+        y = self.y_train[idx]
+        logits = self.members(self.normalize_batch(self.x_train[idx], shifts, flips))
+        member_loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+        loss = torch.where(self.alive, member_loss, torch.zeros_like(member_loss)).sum()
         # Summed on the device: divergence is checked once per epoch, not with a host sync per step.
-        detached = loss.detach()
-        self.epoch_loss_sum = detached if self.epoch_loss_sum is None else self.epoch_loss_sum + detached
-        self.log("train/loss", loss, on_step=False, on_epoch=True)
-        self.log("train/acc", (logits.argmax(1) == y).float().mean(), on_step=False, on_epoch=True)
+        self.epoch_loss_sum = self.epoch_loss_sum.to(loss.device) + member_loss.detach()
+        alive = self.alive.float()
+        self.log("train/loss", (member_loss.detach() * alive).sum() / alive.sum(), on_step=False, on_epoch=True)
+        accuracy = (logits.argmax(2) == y).float().mean(1)
+        self.log("train/acc", (accuracy * alive).sum() / alive.sum(), on_step=False, on_epoch=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if self.epoch_loss_sum is not None and not torch.isfinite(self.epoch_loss_sum):
-            raise TrainingError(f"training loss became {self.epoch_loss_sum.item()} in epoch "
+        finite = torch.isfinite(self.epoch_loss_sum)
+        newly_dead = self.alive & ~finite
+        if newly_dead.any():
+            log.error("members %s: training loss became %s in epoch %d; they stop and write no record",
+                      newly_dead.nonzero().flatten().tolist(), self.epoch_loss_sum[newly_dead].tolist(),
+                      self.current_epoch)
+            self.alive &= finite
+        if not self.alive.any():
+            raise TrainingError(f"training loss became {self.epoch_loss_sum.tolist()} in epoch "
                                 f"{self.current_epoch}; lower optim.lr or check the data")
-        self.epoch_loss_sum = None
+        self.epoch_loss_sum = torch.zeros_like(self.epoch_loss_sum)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
@@ -187,22 +234,21 @@ class SubsetClassifier(pl.LightningModule):
             step, total, warmup, cfg.schedule, milestones, cfg.step_gamma))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-
-@torch.inference_mode()
-def evaluate(module: SubsetClassifier, x: np.ndarray, labels: np.ndarray,
-             batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted class and probability of `labels` for every example, no augmentation."""
-    module.eval()
-    device = module.device
-    preds, probs = [], []
-    labels_t = torch.from_numpy(labels)
-    for start in range(0, len(labels), batch_size):
-        xb = torch.from_numpy(x[start:start + batch_size]).to(device)
-        yb = labels_t[start:start + batch_size].to(device)
-        prob = torch.softmax(module(module.scale(xb)).float(), dim=1)
-        preds.append(prob.argmax(1).cpu())
-        probs.append(prob.gather(1, yb[:, None])[:, 0].cpu())
-    return torch.cat(preds).numpy(), torch.cat(probs).numpy()
+    @torch.inference_mode()
+    def evaluate(self, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every member's predicted class and probability of the split's labels, (P, n) each; no augmentation."""
+        self.eval()
+        x, labels = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        preds, probs = [], []
+        for start in range(0, len(labels), batch_size):
+            xb = self.prepare(x[start:start + batch_size])
+            if xb.ndim == 4:
+                xb = xb.contiguous(memory_format=self.memory_format)
+            prob = torch.softmax(self.members(xb, shared_input=True).float(), dim=2)
+            yb = labels[start:start + batch_size].expand(self.members.pack, -1)
+            preds.append(prob.argmax(2).cpu())
+            probs.append(prob.gather(2, yb[..., None])[..., 0].cpu())
+        return torch.cat(preds, 1).numpy(), torch.cat(probs, 1).numpy()
 
 
 def make_logger(cfg: DictConfig, seed_dir: Path) -> Any:
@@ -259,39 +305,81 @@ def existing_record_action(path: Path, exp_hash: str, overwrite: bool) -> str:
                       f"not {exp_hash}: choose another name=..., or overwrite=true to replace it")
 
 
-def run_job(cfg: DictConfig) -> Path | None:
-    """Train one seed's subset model and write its record; None when a valid record already exists."""
+def job_seeds(cfg: DictConfig) -> list[int]:
+    """The seeds this job trains: `seeds` (a packed job, grouped at launch) or the single `seed`."""
+    seeds = [int(seed) for seed in cfg.seeds] if cfg.get("seeds") else [int(cfg.seed)]
+    for seed in seeds:
+        check_seed(seed)
+    if len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds={seeds} repeats a seed; give each seed once")
+    return seeds
+
+
+def run_job(cfg: DictConfig) -> list[Path]:
+    """Train this job's seeds (one model each, packed when several) and write one record per seed.
+
+    Seeds whose valid record exists are left out; returns the records written.
+    """
     started = time.perf_counter()
     validate_config(cfg)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     exp_hash = experiment_hash(cfg, dataset.fingerprint)
-    path = seed_record_path(cfg)
-    if existing_record_action(path, exp_hash, cfg.overwrite) == "skip":
-        log.info("seed=%d: record exists, skipped (%s)", cfg.seed, path)
-        return None
-    remove_stale_temps(path)
-    mask = subset_mask(cfg.seed, len(dataset.y_train), cfg.subset.ratio, cfg.subset.salt)
-    module = fit(cfg, dataset, mask, path.parent)
-    record = evaluate_record(cfg, dataset, mask, module, exp_hash)
-    record.meta["wall_time_s"] = round(time.perf_counter() - started, 3)
-    write_record(path, record)
-    if cfg.record.save_model:
-        torch.save(module.model.state_dict(), path.parent / "model.pt")
-    log.info("seed=%d in-subset acc %.4f out acc %.4f test acc %.4f (%.1f s)", cfg.seed,
-             record.meta["train_in_acc"], record.meta["train_out_acc"], record.meta["test_acc"],
-             record.meta["wall_time_s"])
-    return path
+    seeds = [seed for seed in job_seeds(cfg)
+             if existing_record_action(seed_record_path(cfg, seed), exp_hash, cfg.overwrite) == "train"]
+    skipped = len(job_seeds(cfg)) - len(seeds)
+    if skipped:
+        log.info("%d record(s) exist, skipped; %d seed(s) to train", skipped, len(seeds))
+    if not seeds:
+        return []
+    for seed in seeds:
+        remove_stale_temps(seed_record_path(cfg, seed))
+    masks = np.stack([subset_mask(seed, len(dataset.y_train), cfg.subset.ratio, cfg.subset.salt) for seed in seeds])
+    module = fit(cfg, dataset, seeds, masks)
+    batch = int(cfg.dataset.eval_batch_size)
+    predictions = [module.evaluate(split, batch) for split in ("train", "test")]
+    wall_time = (time.perf_counter() - started) / len(seeds)
+    written = []
+    for k in np.flatnonzero(module.alive.cpu().numpy()):
+        (train_pred, train_prob), (test_pred, test_prob) = ((pred[k], prob[k]) for pred, prob in predictions)
+        record = member_record(cfg, dataset, seeds[k], masks[k], exp_hash, train_pred, train_prob, test_pred,
+                               test_prob, pack=len(seeds), wall_time=wall_time)
+        written.append(write_record(seed_record_path(cfg, seeds[k]), record))
+        if cfg.record.save_model:
+            save_weights(module.members.member_state_dict(k), written[-1].parent / "model.pt")
+        log_record(record)
+    dead = [seeds[k] for k in range(len(seeds)) if not module.alive[k]]
+    if dead:
+        raise TrainingError(f"seeds {dead} diverged (loss not finite) and wrote no record; the other "
+                            f"{len(written)} did. Lower optim.lr, or rerun them alone with seed=<k>")
+    return written
 
 
-def fit(cfg: DictConfig, dataset: Dataset, mask: np.ndarray, seed_dir: Path) -> SubsetClassifier:
-    pl.seed_everything(cfg.seed, workers=False, verbose=False)
-    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Members:
+    models = []
+    for seed in seeds:
+        pl.seed_everything(seed, workers=False, verbose=False)  # seed k's initialisation, as if alone
+        models.append(build_model(cfg.model, dataset.input_shape, dataset.num_classes))
+    channels_last = bool(cfg.perf.channels_last)
+    if channels_last and (len(seeds) > 1 or not dataset.is_image):
+        raise ConfigError("perf.channels_last applies to unpacked image models: use pack=1 or drop it")
+    if channels_last:
+        models[0] = models[0].to(memory_format=torch.channels_last)
+    arch_key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), dataset.input_shape,
+                           dataset.num_classes, channels_last], sort_keys=True)
+    return Members(models, arch_key, compile=bool(cfg.perf.compile))
+
+
+def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) -> SubsetClassifier:
+    if len(seeds) > 1 and cfg.trainer.get("gradient_clip_val"):
+        raise ConfigError("trainer.gradient_clip_val clips the global norm, which would couple packed "
+                          "members; use pack=1 with gradient clipping")
     augment = cfg.dataset.augment
-    module = SubsetClassifier(model, cfg.optim, dataset.pixel_scale, list(cfg.dataset.normalize.mean),
-                              list(cfg.dataset.normalize.std), augment.crop_padding, len(dataset.input_shape))
-    datamodule = SubsetDataModule(dataset, mask, cfg.seed, cfg.batch_size, augment.crop_padding, augment.hflip)
-    logger = make_logger(cfg, seed_dir)
-    trainer = make_trainer(cfg, seed_dir, logger)
+    module = SubsetClassifier(build_members(cfg, dataset, seeds), cfg.optim, dataset,
+                              list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std),
+                              augment.crop_padding, augment.hflip, bool(cfg.perf.channels_last))
+    datamodule = SubsetDataModule(masks, seeds, cfg.batch_size, augment.crop_padding, augment.hflip)
+    directory = sweep_dir(cfg) / job_subdir(seeds[0], seeds)
+    trainer = make_trainer(cfg, directory, make_logger(cfg, directory))
     try:
         trainer.fit(module, datamodule=datamodule)
     finally:
@@ -301,28 +389,38 @@ def fit(cfg: DictConfig, dataset: Dataset, mask: np.ndarray, seed_dir: Path) -> 
     return module
 
 
-def evaluate_record(cfg: DictConfig, dataset: Dataset, mask: np.ndarray, module: SubsetClassifier,
-                    exp_hash: str) -> Record:
-    batch = int(cfg.dataset.eval_batch_size)
-    train_pred, train_prob = evaluate(module, dataset.x_train, dataset.y_train, batch)
-    test_pred, test_prob = evaluate(module, dataset.x_test, dataset.y_test, batch)
+def member_record(cfg: DictConfig, dataset: Dataset, seed: int, mask: np.ndarray, exp_hash: str,
+                  train_pred: np.ndarray, train_prob: np.ndarray, test_pred: np.ndarray, test_prob: np.ndarray,
+                  pack: int, wall_time: float) -> Record:
     train_correct = train_pred == dataset.y_train
     meta = {
         "format_version": FORMAT_VERSION, "dataset": dataset.name, "n_train": len(dataset.y_train),
         "n_test": len(dataset.y_test), "num_classes": dataset.num_classes,
         "data_fingerprint": dataset.fingerprint, "model": str(cfg.model.name),
         "ratio": float(cfg.subset.ratio), "salt": int(cfg.subset.salt), "epochs": int(cfg.trainer.max_epochs),
-        "seed": int(cfg.seed), "experiment_hash": exp_hash, "experiment_name": str(cfg.name),
-        "sweep_dir": str(sweep_dir(cfg)),
+        "seed": seed, "experiment_hash": exp_hash, "experiment_name": str(cfg.name),
+        "sweep_dir": str(sweep_dir(cfg)), "pack": pack,
         "test_acc": float((test_pred == dataset.y_test).mean()),
         "train_in_acc": float(train_correct[mask].mean()),
         "train_out_acc": float(train_correct[~mask].mean()) if (~mask).any() else None,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "pid": os.getpid(),
-        "config": OmegaConf.to_container(cfg, resolve=True), "wall_time_s": 0.0,
-        **environment_meta(),
+        "config": {**OmegaConf.to_container(cfg, resolve=True), "seed": seed, "seeds": None},
+        "wall_time_s": round(wall_time, 3), **environment_meta(),
     }
     return Record(
         meta=meta, subset_mask=mask, train_label=dataset.y_train, train_pred=train_pred, train_prob=train_prob,
         test_label=dataset.y_test, test_pred=test_pred, test_prob=test_prob, flipped_idx=dataset.flipped_idx,
         flipped_orig_label=dataset.y_train_orig[dataset.flipped_idx], extras=record_extras(dataset),
     )
+
+
+def log_record(record: Record) -> None:
+    meta = record.meta
+    out_acc = "-" if meta["train_out_acc"] is None else f"{meta['train_out_acc']:.4f}"
+    log.info("seed=%d in-subset acc %.4f out acc %s test acc %.4f (%.2f s/model, pack %d)", meta["seed"],
+             meta["train_in_acc"], out_acc, meta["test_acc"], meta["wall_time_s"], meta["pack"])
+
+
+def save_weights(state: dict[str, torch.Tensor], path: Path) -> Path:
+    """A plain state dict (tensors only: loads with weights_only=True), written atomically."""
+    return write_atomic(path, lambda handle: torch.save({k: v.cpu() for k, v in state.items()}, handle))

@@ -17,8 +17,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+import src.estimate as estimate_module
 from src.errors import MeminfError, RecordError
 from src.estimate import (
+    CACHE_NAME,
+    CACHE_VERSION,
     MB,
     EstimateConfig,
     SweepStats,
@@ -33,7 +36,7 @@ from src.estimate import (
     write_outputs,
 )
 from src.gallery import gallery_size, render_gallery, write_gallery
-from src.records import FORMAT_VERSION, REQUIRED_META, Record, record_path, write_record
+from src.records import FORMAT_VERSION, REQUIRED_META, Record, find_records, record_path, write_record
 from src.subsets import subset_mask
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -199,12 +202,16 @@ def test_blockwise_influence_equals_naive(tmp_path: Path, block_mb: float) -> No
     write_outputs(tmp_path, stats, est, summarize(stats, est, []))
     naive = naive_influence(sweep)
     assert np.isnan(naive).any(axis=1).sum() >= 2, "the fixture should have examples without an estimate"
-    np.testing.assert_allclose(np.load(tmp_path / "influence.npy"), naive, atol=1e-6)
+    dense = np.load(tmp_path / "influence.npy")
+    np.testing.assert_allclose(dense, naive, atol=1e-6)
 
     for j in range(naive.shape[1]):
         column = np.where(np.isnan(naive[:, j]), -np.inf, naive[:, j])
         np.testing.assert_allclose(est.topk_infl[j], np.sort(column)[::-1][:4], atol=1e-6)
         np.testing.assert_allclose(naive[est.topk_idx[j], j], est.topk_infl[j], atol=1e-6)
+        # Exact order of the float32 values, ties (many at K = 12) to the lower train index, any block size.
+        by_value_then_index = np.lexsort((np.arange(len(dense)), -np.nan_to_num(dense[:, j], nan=-np.inf)))
+        np.testing.assert_array_equal(est.topk_idx[j], by_value_then_index[:4])
 
     mem = est.mem
     expected = {(i, j) for i, j in zip(*np.nonzero(naive >= 0.1 - 1e-6), strict=True)
@@ -499,3 +506,187 @@ def test_add_record_updates_like_a_full_load() -> None:
         stats.add_record(sweep.record(3))
     with pytest.raises(RecordError, match="ratio"):
         stats.add_record(sweep.record(0, seed=200, ratio=0.5))
+
+
+def test_estimates_do_not_depend_on_run_order() -> None:
+    sweep = small_sweep(n_runs=12)
+    in_order = sweep.stats()
+    shuffled = SweepStats.from_record(sweep.record(7))
+    for k in (3, 11, 0, 9, 1, 10, 4, 6, 2, 8, 5):
+        shuffled.add_record(sweep.record(k))
+    for name in ("n_in", "hard_in", "hard_all", "soft_in", "soft_all", "soft_in_sq", "soft_all_sq"):
+        assert getattr(shuffled, name).tobytes() == getattr(in_order, name).tobytes(), name
+    shuffled.sort_by_seed()
+    assert shuffled.seeds == list(range(12)) and shuffled.meta["seed"] == 0
+    config = EstimateConfig(theta_mem=0.1, theta_infl=0.1, null_perms=3)
+    a, b = estimate(shuffled, config), estimate(in_order, config)
+    assert a.null_pair_counts == b.null_pair_counts
+    for name in ("mem", "mem_se", "mem_soft", "mem_soft_se", "topk_idx", "topk_infl"):
+        assert getattr(a, name).tobytes() == getattr(b, name).tobytes(), name
+    assert a.pairs.infl.tobytes() == b.pairs.infl.tobytes() and a.pairs.infl.size > 0
+
+
+# ------------------------------------------------------------------------------------------ stats cache
+
+OUTPUT_FILES = ("memorization.csv", "pairs.csv", "summary.json", "influence.npy")
+CLI_ARGS = ("--theta-mem", "0.1", "--theta-infl", "0.1", "--null-perms", "2", "--gallery", "0")
+
+
+def assert_same_npz(path_a: Path, path_b: Path) -> None:
+    """Same members with the same dtype, shape and bytes."""
+    with np.load(path_a, allow_pickle=False) as a, np.load(path_b, allow_pickle=False) as b:
+        assert sorted(a.files) == sorted(b.files)
+        for key in a.files:
+            x, y = a[key], b[key]
+            assert (x.dtype, x.shape, x.tobytes()) == (y.dtype, y.shape, y.tobytes()), key
+
+
+def assert_same_outputs(out_a: Path, out_b: Path) -> None:
+    assert_same_npz(out_a / "estimates.npz", out_b / "estimates.npz")
+    for name in OUTPUT_FILES:
+        assert (out_a / name).read_bytes() == (out_b / name).read_bytes(), name
+
+
+def aggregate(sweep_dir: Path, out: Path, *flags: str) -> int:
+    return main([str(sweep_dir), "--out", str(out), *CLI_ARGS, *flags])
+
+
+def cache_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
+    return [line for line in capsys.readouterr().out.splitlines() if line.startswith("stats cache:")]
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path]]:
+    """(function, path) of every record the loader reads in full (_read) or in part (read_file_info)."""
+    seen: list[tuple[str, Path]] = []
+
+    def spy_on(name: str) -> None:
+        original = getattr(estimate_module, name)
+
+        def spy(path: Path) -> object:
+            seen.append((name, Path(path)))
+            return original(path)
+        monkeypatch.setattr(estimate_module, name, spy)
+
+    spy_on("_read")
+    spy_on("read_file_info")
+    return seen
+
+
+def test_incremental_update_equals_full_load(tmp_path: Path, reads: list[tuple[str, Path]],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    sweep, late = small_sweep(n_runs=12), (2, 5, 9)  # seeds interleaved with the cached ones
+    sweep_dir, out = tmp_path / "sweep", tmp_path / "incremental"
+    for k in sweep.seeds:
+        if k not in late:
+            rewrite(sweep_dir, k, sweep.record(k))
+    copy = sweep_dir / "zz_copy" / "seed=3" / "record.npz"  # an identical copy: cached, not read again
+    copy.parent.mkdir(parents=True)
+    shutil.copy(record_path(sweep_dir, 3), copy)
+    assert aggregate(sweep_dir, out) == 0
+    assert cache_lines(capsys) == [f"stats cache: reading all 10 record files (no {out / CACHE_NAME} yet)"]
+
+    new = {record_path(sweep_dir, k) for k in late}
+    for k in late:
+        rewrite(sweep_dir, k, sweep.record(k))
+    reads.clear()
+    assert aggregate(sweep_dir, out) == 0
+    assert cache_lines(capsys) == [f"stats cache: 9 runs from {out / CACHE_NAME}, reading 3 new record files"]
+    assert {path for name, path in reads if name == "_read"} == new
+    identity_checks = [path for name, path in reads if name == "read_file_info" and path not in new]
+    assert identity_checks == [record_path(sweep_dir, 0)]
+
+    full = tmp_path / "full"
+    assert aggregate(sweep_dir, full) == 0
+    assert_same_outputs(out, full)
+    assert_same_npz(out / CACHE_NAME, full / CACHE_NAME)
+    with np.load(out / CACHE_NAME, allow_pickle=False) as cache:
+        assert json.loads(str(cache["cache"][()]))["cache_version"] == CACHE_VERSION
+        assert cache["file_path"].tolist()[-1] == "zz_copy/seed=3/record.npz" and not cache["file_used"][-1]
+        assert cache["seeds"].tolist() == list(range(12))
+
+    written = (out / CACHE_NAME).stat().st_mtime_ns
+    reads.clear()
+    assert aggregate(sweep_dir, out) == 0
+    assert [name for name, _ in reads] == ["read_file_info"]
+    assert (out / CACHE_NAME).stat().st_mtime_ns == written  # nothing new: the cache is not rewritten
+
+
+def damage_cache(cache: Path, case: str, tmp_path: Path) -> None:
+    if case == "corrupted":
+        cache.write_bytes(cache.read_bytes()[:200])
+    if case == "damaged":
+        np.savez(cache, cache=np.array(json.dumps({"cache_version": CACHE_VERSION})))
+    if case == "old_version":
+        with np.load(cache, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+        header = json.loads(str(arrays["cache"][()]))
+        arrays["cache"] = np.array(json.dumps({**header, "cache_version": CACHE_VERSION - 1}))
+        np.savez(cache, **arrays)
+    if case == "foreign":
+        other = small_sweep(seed=1, n_runs=8)
+        other_dir = tmp_path / "other"
+        for k in other.seeds:
+            rewrite(other_dir, k, other.record(k, data_fingerprint="fp1"))
+        assert aggregate(other_dir, tmp_path / "other_out") == 0
+        shutil.copy(tmp_path / "other_out" / CACHE_NAME, cache)
+
+
+def change_records(sweep_dir: Path, case: str) -> None:
+    sweep = small_sweep(n_runs=8)
+    if case == "deleted":
+        record_path(sweep_dir, 3).unlink()
+    if case in ("modified", "differing_copy"):
+        sweep.train_correct[3] = ~sweep.train_correct[3]
+        path = record_path(sweep_dir, 3) if case == "modified" else sweep_dir / "copy" / "seed=3" / "record.npz"
+        write_record(path, sweep.record(3))
+    if case == "other_group":  # more records of another experiment than in the cached sweep
+        for k in range(100, 109):
+            rewrite(sweep_dir, k, small_sweep(n_runs=109).record(k, experiment_hash="hash1"))
+
+
+CACHE_CASES = {
+    "deleted": "is gone", "modified": "changed", "differing_copy": "no longer used",
+    "other_group": "another sweep than the cached", "foreign": "written for another sweep: data_fingerprint",
+    "corrupted": "is unreadable", "damaged": "is damaged", "old_version": f"cache format {CACHE_VERSION - 1}",
+    "no_cache": "--no-cache",
+}
+
+
+@pytest.mark.parametrize("case", CACHE_CASES)
+def test_cache_that_cannot_be_used_is_rebuilt(tmp_path: Path, case: str, reads: list[tuple[str, Path]],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    sweep_dir, out = small_sweep(n_runs=8).write(tmp_path / "sweep"), tmp_path / "out"
+    assert aggregate(sweep_dir, out) == 0
+    damage_cache(out / CACHE_NAME, case, tmp_path)
+    change_records(sweep_dir, case)
+    capsys.readouterr()
+    reads.clear()
+    assert aggregate(sweep_dir, out, *(["--no-cache"] if case == "no_cache" else [])) == 0
+    lines = cache_lines(capsys)
+    assert len(lines) == 1 and lines[0].startswith("stats cache: reading all") and CACHE_CASES[case] in lines[0]
+    other_group = {record_path(sweep_dir, k) for k in range(100, 109)}
+    sweep_files = other_group if case == "other_group" else set(find_records(sweep_dir))
+    assert {path for name, path in reads if name == "_read"} == sweep_files
+
+    full = tmp_path / "full"
+    assert aggregate(sweep_dir, full) == 0
+    assert_same_outputs(out, full)
+    assert_same_npz(out / CACHE_NAME, full / CACHE_NAME)
+    capsys.readouterr()
+    assert aggregate(sweep_dir, out) == 0  # the rewritten cache is used again
+    runs = json.loads((full / "summary.json").read_text())["runs_used"]
+    assert cache_lines(capsys)[0].startswith(f"stats cache: {runs} runs from")
+
+
+def test_problems_reported_on_every_run(sweep_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = record_path(sweep_dir, 50)
+    broken.parent.mkdir()
+    broken.write_bytes(b"")
+    foreign = rewrite(sweep_dir, 100, small_sweep().record(0, seed=100, data_fingerprint="other"))
+    for run in range(2):
+        assert main([str(sweep_dir), *CLI_ARGS]) == 0
+        out = capsys.readouterr().out
+        assert out.count(f"skipped {broken}:") == 1 and out.count(f"skipped {foreign}:") == 1
+        assert ("stats cache: 8 runs from" in out) == (run == 1)
+        assert json.loads((sweep_dir / "estimates" / "summary.json").read_text())["problems_excluded"] == 2

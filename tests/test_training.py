@@ -15,9 +15,22 @@ from src.training import EpochPlan, lr_factor, pad_crop_flip, run_job
 
 
 def plan_batches(seed: int, epoch: int, n: int = 50) -> list[tuple[torch.Tensor, ...]]:
-    plan = EpochPlan(n, batch_size=16, seed=seed, crop_padding=4, hflip=True)
+    """One member's batches (the plan's items without the member dimension)."""
+    plan = EpochPlan(torch.arange(n)[None], batch_size=16, seeds=[seed], crop_padding=4, hflip=True)
     plan.set_epoch(epoch)
-    return list(plan)
+    return [tuple(part[0] for part in item) for item in plan]
+
+
+def test_each_member_of_a_plan_gets_the_batches_of_its_seed_alone() -> None:
+    subsets = torch.stack([torch.randperm(100)[:50] for _ in range(3)])
+    plan = EpochPlan(subsets, batch_size=16, seeds=[5, 6, 7], crop_padding=2, hflip=True)
+    plan.set_epoch(2)
+    packed = list(plan)
+    for k, seed in enumerate([5, 6, 7]):
+        alone = EpochPlan(subsets[k:k + 1], batch_size=16, seeds=[seed], crop_padding=2, hflip=True)
+        alone.set_epoch(2)
+        for together, single in zip(packed, alone, strict=True):
+            assert all(torch.equal(a[k], b[0]) for a, b in zip(together, single, strict=True))
 
 
 def test_epoch_plan_covers_each_example_once_and_depends_on_seed_and_epoch_only() -> None:
@@ -65,7 +78,7 @@ def test_lr_warmup_then_unknown_schedule() -> None:
 
 def test_job_writes_a_valid_record_against_the_trained_labels(compose_cfg: Callable[..., DictConfig]) -> None:
     cfg = compose_cfg("seed=4", "dataset.label_noise=0.1", "trainer.max_epochs=3")
-    path = run_job(cfg)
+    [path] = run_job(cfg)
     assert path == seed_record_path(cfg, 4)
     record = read_record(path)
     n = record.meta["n_train"]
@@ -86,19 +99,19 @@ def test_job_writes_a_valid_record_against_the_trained_labels(compose_cfg: Calla
 
 def test_rerun_skips_another_experiment_errors_overwrite_replaces(compose_cfg: Callable[..., DictConfig]) -> None:
     cfg = compose_cfg("seed=1")
-    path = run_job(cfg)
+    [path] = run_job(cfg)
     stamp = path.stat().st_mtime_ns
-    assert run_job(cfg) is None and path.stat().st_mtime_ns == stamp
+    assert run_job(cfg) == [] and path.stat().st_mtime_ns == stamp
     with pytest.raises(ConfigError, match=r"overwrite=true"):
         run_job(compose_cfg("seed=1", "optim.lr=0.01"))
     assert path.stat().st_mtime_ns == stamp
-    assert run_job(compose_cfg("seed=1", "optim.lr=0.01", "overwrite=true")) == path
+    assert run_job(compose_cfg("seed=1", "optim.lr=0.01", "overwrite=true")) == [path]
     assert read_record(path).meta["config"]["optim"]["lr"] == 0.01
 
 
 def test_same_seed_same_record(compose_cfg: Callable[..., DictConfig]) -> None:
-    first = read_record(run_job(compose_cfg("seed=2", "trainer.deterministic=true", "name=a")))
-    second = read_record(run_job(compose_cfg("seed=2", "trainer.deterministic=true", "name=b")))
+    first = read_record(run_job(compose_cfg("seed=2", "trainer.deterministic=true", "name=a"))[0])
+    second = read_record(run_job(compose_cfg("seed=2", "trainer.deterministic=true", "name=b"))[0])
     for key in ("subset_mask", "train_pred", "train_prob", "test_pred", "test_prob"):
         assert np.array_equal(getattr(first, key), getattr(second, key)), key
 
@@ -114,7 +127,7 @@ def test_diverging_run_writes_no_record(compose_cfg: Callable[..., DictConfig]) 
 
 def test_bf16_mixed_precision_runs_on_cpu(compose_cfg: Callable[..., DictConfig]) -> None:
     # The GPU recipe's precision option, exercised on the CPU: Lightning autocasts to bfloat16.
-    record = read_record(run_job(compose_cfg("seed=0", "trainer.precision=bf16-mixed", "trainer.max_epochs=3")))
+    record = read_record(run_job(compose_cfg("seed=0", "trainer.precision=bf16-mixed", "trainer.max_epochs=3"))[0])
     assert record.meta["config"]["trainer"]["precision"] == "bf16-mixed"
     assert record.meta["test_acc"] > 0.5
 
@@ -124,6 +137,6 @@ def test_augmented_image_job_and_saved_weights_load_without_pickle(
     cfg = compose_cfg("seed=0", "model=cnn_small", "model.kwargs.hidden=32", "dataset.augment.crop_padding=1",
                       "dataset.augment.hflip=true",
                       "record.save_model=true")
-    path = run_job(cfg)
+    [path] = run_job(cfg)
     state = torch.load(path.parent / "model.pt", weights_only=True)
     assert all(isinstance(value, torch.Tensor) for value in state.values())

@@ -1,0 +1,114 @@
+"""Packed training: member k of a pack is seed k trained alone (parameters, BatchNorm statistics,
+predictions), members do not couple, and a diverging member stops alone."""
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import DictConfig
+
+import src.training
+from src.errors import ConfigError, TrainingError
+from src.experiment import resolve_pack, seed_record_path
+from src.records import read_record
+from src.training import run_job
+
+# A few steps on small subsets of the 8×8 digits (10% subsets: 144 examples, 3 steps an epoch).
+FEW_STEPS = ["subset.ratio=0.1", "trainer.max_epochs=2", "record.save_model=true", "optim.lr=0.05"]
+FAMILIES = {
+    "mlp": ["model=mlp"],
+    "cnn_small": ["model=cnn_small", "model.kwargs.hidden=32", "dataset.augment.crop_padding=1",
+                  "dataset.augment.hflip=true"],
+    # Float noise of batched vs single convolutions grows fastest here: fewer, smaller steps.
+    "resnet18 (BatchNorm)": ["model=resnet18", "model.small_input_stem=true", "optim.lr=0.01", "trainer.max_epochs=1"],
+}
+SEEDS = [3, 4, 5]
+
+
+def weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path.parent / "model.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_member_equals_its_seed_trained_alone(compose_cfg: Callable[..., DictConfig], family: str) -> None:
+    overrides = [*FEW_STEPS, *FAMILIES[family]]
+    packed = run_job(compose_cfg(f"seeds={SEEDS}", "name=packed", *overrides))
+    assert [read_record(p).seed for p in packed] == SEEDS
+    for seed, packed_path in zip(SEEDS, packed, strict=True):
+        [alone_path] = run_job(compose_cfg(f"seed={seed}", "name=alone", *overrides))
+        together, alone = read_record(packed_path), read_record(alone_path)
+        assert together.meta["pack"] == 3 and alone.meta["pack"] == 1
+        assert np.array_equal(together.subset_mask, alone.subset_mask)
+        np.testing.assert_allclose(together.train_prob, alone.train_prob, atol=2e-4)
+        np.testing.assert_allclose(together.test_prob, alone.test_prob, atol=2e-4)
+        packed_weights, alone_weights = weights(packed_path), weights(alone_path)
+        assert packed_weights.keys() == alone_weights.keys()
+        for name, value in alone_weights.items():  # includes BatchNorm running_mean/var, num_batches_tracked
+            torch.testing.assert_close(packed_weights[name], value, atol=2e-4, rtol=1e-3, msg=name)
+
+
+def test_a_diverging_member_stops_alone(compose_cfg: Callable[..., DictConfig],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    build = src.training.build_model
+
+    def poisoned_for_seed_4(*args, **kwargs) -> torch.nn.Module:
+        model = build(*args, **kwargs)
+        if torch.initial_seed() == 4:  # build_members seeds torch with the member's seed first
+            with torch.no_grad():
+                next(model.parameters()).fill_(float("nan"))
+        return model
+
+    monkeypatch.setattr(src.training, "build_model", poisoned_for_seed_4)
+    with pytest.raises(TrainingError, match=r"seeds \[4\] diverged"):
+        run_job(compose_cfg(f"seeds={SEEDS}", "name=packed", *FEW_STEPS))
+    monkeypatch.undo()
+    cfg = compose_cfg("name=packed", *FEW_STEPS)
+    assert not seed_record_path(cfg, 4).exists()
+    for seed in (3, 5):
+        [alone] = run_job(compose_cfg(f"seed={seed}", "name=alone", *FEW_STEPS))
+        np.testing.assert_allclose(read_record(seed_record_path(cfg, seed)).train_prob,
+                                   read_record(alone).train_prob, atol=2e-4)
+
+
+def test_packed_job_leaves_out_seeds_that_are_done(compose_cfg: Callable[..., DictConfig]) -> None:
+    run_job(compose_cfg("seed=4", *FEW_STEPS))
+    written = run_job(compose_cfg(f"seeds={SEEDS}", *FEW_STEPS))
+    assert [read_record(p).seed for p in written] == [3, 5]
+    assert read_record(written[0]).meta["pack"] == 2
+
+
+def test_packing_refuses_what_would_couple_members(compose_cfg: Callable[..., DictConfig]) -> None:
+    with pytest.raises(ConfigError, match="gradient_clip_val"):
+        run_job(compose_cfg(f"seeds={SEEDS}", "+trainer.gradient_clip_val=1.0", *FEW_STEPS))
+    with pytest.raises(ConfigError, match="channels_last"):
+        run_job(compose_cfg(f"seeds={SEEDS}", "perf.channels_last=true", "model=cnn_small",
+                            "model.kwargs.hidden=32", *FEW_STEPS))
+    with pytest.raises(ConfigError, match="repeats"):
+        run_job(compose_cfg("seeds=[1,1]", *FEW_STEPS))
+
+
+def test_channels_last_unpacked_matches_default_layout(compose_cfg: Callable[..., DictConfig]) -> None:
+    model = ["model=cnn_small", "model.kwargs.hidden=32", *FEW_STEPS]
+    [nhwc] = run_job(compose_cfg("seed=1", "perf.channels_last=true", "name=nhwc", *model))
+    [nchw] = run_job(compose_cfg("seed=1", "name=nchw", *model))
+    np.testing.assert_allclose(read_record(nhwc).train_prob, read_record(nchw).train_prob, atol=2e-4)
+
+
+def test_resolve_pack(compose_cfg: Callable[..., DictConfig]) -> None:
+    mlp = compose_cfg("model=mlp", tiny=False).model
+    assert resolve_pack(8, mlp, 100) == (8, "pack=8")
+    assert resolve_pack(16, mlp, 5)[0] == 5
+    assert resolve_pack("auto", mlp, 100)[0] == mlp.pack_default
+    densenet = compose_cfg("model=densenet_bc100", tiny=False).model
+    assert resolve_pack(8, densenet, 100)[0] == 1
+    for bad in (0, -2, "many"):
+        with pytest.raises(ConfigError):
+            resolve_pack(bad, mlp, 10)
+
+
+@pytest.mark.slow
+def test_compiled_forward_matches_eager(compose_cfg: Callable[..., DictConfig]) -> None:
+    [eager] = run_job(compose_cfg("seeds=[1,2]", "name=eager", *FEW_STEPS))
+    [compiled, _] = run_job(compose_cfg("seeds=[1,2]", "perf.compile=true", "name=compiled", *FEW_STEPS))
+    np.testing.assert_allclose(read_record(compiled).train_prob, read_record(eager).train_prob, atol=2e-4)
