@@ -94,8 +94,10 @@ TRAIN_IN_ACC_WARNING = 0.99
 MEM_FRACTION_THRESHOLDS = (0.25, 0.3)
 SE_TARGETS = (0.05, 0.03, 0.02)
 # Bytes per training example in an influence block (peak of tracemalloc over block sizes, K and n_test):
-# unpacking its mask column (uint8 gather and bits, float32: 6 K), then S with the difference and its two
-# temporaries, or S, infl and the int64 argpartition of the top-k merge (16 n_test).
+# unpacking its mask column (uint8 gather and bits, float32: at most 6 K; 5.1 K measured), then S and infl
+# (8 n_test, plus a scratch of at most 1 MB), then infl and the top-k merge of a dense block (partition
+# copy, then three bool masks and a uint16 rank: 4 + 6 + the candidates, at most k per column, 2.5 n_test
+# for blocks of 16 k rows or more); 16 n_test leaves room (10-13 measured).
 MASK_BYTES_PER_RUN = 6
 BLOCK_BYTES_PER_TEST = 16
 MB = 2**20
@@ -923,28 +925,29 @@ class _TopK:
         """Merge a block whose train indices follow the earlier blocks'; overwrites its rows without an
         estimate (NaN) with -inf."""
         infl[~has_estimate] = -np.inf
-        self._merge(cols, infl)
-
-    def _merge(self, cols: np.ndarray, infl: np.ndarray) -> None:
         above = infl > self.values[-1]
-        limit = max(infl.size // 16, 2 * self.k * infl.shape[1])
-        if np.count_nonzero(above) > limit:  # e.g. the first block: also bound by the block's own k-th value
-            above &= infl >= self._kth_largest(infl)
-            if np.count_nonzero(above) > limit and len(cols) > 1:  # heavy ties: one half after the other
-                half = len(cols) // 2
-                self._merge(cols[:half], infl[:half])
-                self._merge(cols[half:], infl[half:])
-                return
+        if np.count_nonzero(above) > infl.size // 16:  # e.g. the first block: only the block's own top k
+            above &= self._block_top_k(infl)
         flat = np.flatnonzero(above)
         if flat.size:
             rows, test_idx = np.divmod(flat, infl.shape[1])
             self._insert(cols[rows], test_idx, infl.ravel()[flat])
 
-    def _kth_largest(self, infl: np.ndarray) -> np.ndarray:
+    def _block_top_k(self, infl: np.ndarray) -> np.ndarray:
+        """bool mask of the k best entries of each column of a block, ties to the earlier row: at most k
+        per column however many values tie (an always-correct test example ties all its column at 0)."""
         b = len(infl)
         if b <= self.k:
-            return np.full(infl.shape[1], -np.inf, dtype=np.float32)
-        return np.partition(infl, b - self.k, axis=0)[b - self.k]
+            return np.ones(infl.shape, dtype=bool)
+        kth = np.partition(infl, b - self.k, axis=0)[b - self.k].copy()  # the copy frees the partitioned block
+        best = infl > kth
+        tied = infl == kth
+        room = self.k - np.count_nonzero(best, axis=0)
+        rank_among_tied = np.cumsum(tied, axis=0, dtype=np.uint16 if b < 2**16 else np.int32)
+        tied &= rank_among_tied <= room
+        del rank_among_tied
+        best |= tied
+        return best
 
     def _insert(self, train_idx: np.ndarray, test_idx: np.ndarray, values: np.ndarray) -> None:
         """Merge entries into the top-k of their columns: sort each touched column's k current entries and
@@ -1010,6 +1013,7 @@ def _influence_block(blocks: _InfluenceBlocks, cols: np.ndarray, topk: _TopK,
     s_in, infl = blocks.compute(cols)
     rows, test_idx = blocks.pair_candidates(cols, infl)
     train_idx, hits = cols[rows], s_in[rows, test_idx]
+    del s_in  # the top-k merge runs without it (MASK_BYTES_PER_RUN, BLOCK_BYTES_PER_TEST)
     se = agresti_caffo_se(hits, blocks.n_in[train_idx], blocks.test_sum[test_idx] - hits,
                           blocks.n_out[train_idx])
     pairs = (train_idx, test_idx, infl[rows, test_idx].astype(np.float64), se)

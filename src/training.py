@@ -342,7 +342,7 @@ def run_job(cfg: DictConfig) -> list[Path]:
     for k in np.flatnonzero(module.alive.cpu().numpy()):
         (train_pred, train_prob), (test_pred, test_prob) = ((pred[k], prob[k]) for pred, prob in predictions)
         record = member_record(cfg, dataset, seeds[k], masks[k], exp_hash, train_pred, train_prob, test_pred,
-                               test_prob, pack=len(seeds), wall_time=wall_time)
+                               test_prob, pack=len(seeds), wall_time=wall_time, device=module.device)
         written.append(write_record(seed_record_path(cfg, seeds[k]), record))
         if cfg.record.save_model:
             save_weights(module.members.member_state_dict(k), written[-1].parent / "model.pt")
@@ -391,7 +391,7 @@ def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) 
 
 def member_record(cfg: DictConfig, dataset: Dataset, seed: int, mask: np.ndarray, exp_hash: str,
                   train_pred: np.ndarray, train_prob: np.ndarray, test_pred: np.ndarray, test_prob: np.ndarray,
-                  pack: int, wall_time: float) -> Record:
+                  pack: int, wall_time: float, device: torch.device) -> Record:
     train_correct = train_pred == dataset.y_train
     meta = {
         "format_version": FORMAT_VERSION, "dataset": dataset.name, "n_train": len(dataset.y_train),
@@ -404,6 +404,7 @@ def member_record(cfg: DictConfig, dataset: Dataset, seed: int, mask: np.ndarray
         "train_in_acc": float(train_correct[mask].mean()),
         "train_out_acc": float(train_correct[~mask].mean()) if (~mask).any() else None,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "pid": os.getpid(),
+        "torch_threads": torch.get_num_threads(), "device": str(device),
         "config": {**OmegaConf.to_container(cfg, resolve=True), "seed": seed, "seeds": None},
         "wall_time_s": round(wall_time, 3), **environment_meta(),
     }

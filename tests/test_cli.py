@@ -1,6 +1,7 @@
 """The commands a user types: a real multirun composed from conf/, its relaunch, the aggregator, bad input."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,30 @@ def test_multirun_relaunch_and_aggregate(tmp_path: Path) -> None:
         assert int(est["flipped"].sum()) == round(0.05 * 1437)
     for name in ("memorization.csv", "pairs.csv", "gallery.png"):
         assert (sweep / "estimates" / name).stat().st_size > 0
+
+
+def test_packed_sweep_groups_seeds_and_writes_single_run_records(tmp_path: Path) -> None:
+    launched = run_cli(*sweep_args(tmp_path, "seed=0..5", "pack=4"), cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    assert "6 to train in 2 job(s) of up to 4 model(s)" in launched.stderr
+    sweep = tmp_path / "out" / "e2e"
+    assert sorted(p.name for p in sweep.glob("pack=*")) == ["pack=0-3", "pack=4-5"]
+    records = [read_record(r) for r in find_records(sweep)]
+    assert [r.seed for r in records] == list(range(6))
+    assert [r.meta["pack"] for r in records] == [4, 4, 4, 4, 2, 2]
+    relaunched = run_cli(*sweep_args(tmp_path, "seed=0..7", "pack=4"), cwd=tmp_path)
+    assert "8 seeds, 6 done, 2 to train in 1 job(s) of up to 2 model(s) (pack=4 clamped" in relaunched.stderr
+    assert len(find_records(sweep)) == 8
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
+    launched = run_cli(*sweep_args(tmp_path, "seed=0..3", "pack=2", "hydra/launcher=joblib",
+                                   "hydra.launcher.n_jobs=2"), cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    records = [read_record(r) for r in find_records(tmp_path / "out" / "e2e")]
+    assert [r.seed for r in records] == [0, 1, 2, 3]
+    # jobs x threads <= cores: 2 parallel jobs get half the cores each.
+    assert {r.meta["torch_threads"] for r in records} == {max(1, (os.cpu_count() or 1) // 2)}
 
 
 BAD_RUNS = {
