@@ -101,6 +101,9 @@ SE_TARGETS = (0.05, 0.03, 0.02)
 MASK_BYTES_PER_RUN = 6
 BLOCK_BYTES_PER_TEST = 16
 MB = 2**20
+# A dense top-k block (no floors yet) is partitioned on its first 64 k rows only: a column-wise partition
+# of a whole 256 MB block took longer than its matrix product at K = 200 (benchmarks/aggregate.py).
+TOPK_PREFIX_ROWS_PER_K = 64
 INFLUENCE_CHUNK_ENTRIES = 2**18  # 1 MB of float32: rows of a block post-processed together, cache-sized
 PROGRESS_MIN_FILES = 500
 DENSE_NAME = "influence.npy"
@@ -926,8 +929,23 @@ class _TopK:
         estimate (NaN) with -inf."""
         infl[~has_estimate] = -np.inf
         above = infl > self.values[-1]
-        if np.count_nonzero(above) > infl.size // 16:  # e.g. the first block: only the block's own top k
-            above &= self._block_top_k(infl)
+        if np.count_nonzero(above) <= infl.size // 16:
+            self._insert_where(cols, infl, above)
+            return
+        del above
+        # Dense (the first block: no floors yet): rows [0, p), [p, 2p), [2p, 4p), ... one after the other.
+        # After r rows, the next r pass the floors about k times per column (i.i.d. order), so every chunk
+        # stays sparse, where floors fixed after the first p rows would pass k (b - p) / p per column.
+        start, size = 0, TOPK_PREFIX_ROWS_PER_K * self.k
+        while start < len(cols):
+            part = slice(start, start + size)
+            above = infl[part] > self.values[-1]
+            if np.count_nonzero(above) > above.size // 16:
+                above &= self._block_top_k(infl[part])  # only the chunk's own top k can enter
+            self._insert_where(cols[part], infl[part], above)
+            start = size = start + size
+
+    def _insert_where(self, cols: np.ndarray, infl: np.ndarray, above: np.ndarray) -> None:
         flat = np.flatnonzero(above)
         if flat.size:
             rows, test_idx = np.divmod(flat, infl.shape[1])

@@ -64,6 +64,13 @@ def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None
     assert {r.meta["torch_threads"] for r in records} == {max(1, (os.cpu_count() or 1) // 2)}
 
 
+@pytest.mark.slow
+def test_submitit_local_launcher(tmp_path: Path) -> None:
+    launched = run_cli(*sweep_args(tmp_path, "seed=0..3", "pack=2", "hydra/launcher=submitit_local"), cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    assert [read_record(r).seed for r in find_records(tmp_path / "out" / "e2e")] == [0, 1, 2, 3]
+
+
 BAD_RUNS = {
     "ratio zero": (["-m", "seed=0..1", "subset.ratio=0"], "subset.ratio"),
     "ratio above one": (["subset.ratio=1.5"], "subset.ratio"),

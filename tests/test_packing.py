@@ -108,7 +108,11 @@ def test_resolve_pack(compose_cfg: Callable[..., DictConfig]) -> None:
 
 
 @pytest.mark.slow
-def test_compiled_forward_matches_eager(compose_cfg: Callable[..., DictConfig]) -> None:
-    [eager] = run_job(compose_cfg("seeds=[1,2]", "name=eager", *FEW_STEPS))
-    [compiled, _] = run_job(compose_cfg("seeds=[1,2]", "perf.compile=true", "name=compiled", *FEW_STEPS))
-    np.testing.assert_allclose(read_record(compiled).train_prob, read_record(eager).train_prob, atol=2e-4)
+@pytest.mark.parametrize(("seeds", "model"), [("seeds=[1,2]", ["model=mlp"]), ("seed=1", ["model=mlp"]),
+                                              ("seeds=[1,2]", ["model=cnn_small", "model.kwargs.hidden=32"])])
+def test_compiled_forward_matches_eager(compose_cfg: Callable[..., DictConfig], seeds: str,
+                                        model: list[str]) -> None:
+    eager = run_job(compose_cfg(seeds, "name=eager", *FEW_STEPS, *model))
+    compiled = run_job(compose_cfg(seeds, "perf.compile=true", "name=compiled", *FEW_STEPS, *model))
+    for fast, slow in zip(compiled, eager, strict=True):
+        np.testing.assert_allclose(read_record(fast).train_prob, read_record(slow).train_prob, atol=2e-4)
