@@ -95,16 +95,16 @@ MEM_FRACTION_THRESHOLDS = (0.25, 0.3)
 SE_TARGETS = (0.05, 0.03, 0.02)
 # Bytes per training example in an influence block (peak of tracemalloc over block sizes, K and n_test):
 # unpacking its mask column (uint8 gather and bits, float32: at most 6 K; 5.1 K measured), then S and infl
-# (8 n_test, plus a scratch of at most 1 MB), then infl and the top-k merge of a dense block (partition
-# copy, then three bool masks and a uint16 rank: 4 + 6 + the candidates, at most k per column, 2.5 n_test
-# for blocks of 16 k rows or more); 16 n_test leaves room (10-13 measured).
+# (8 n_test, plus a cache-sized scratch), then infl and the top-k merge of a dense block (partition copy,
+# then three bool masks and a uint16 rank: 4 + 6 + the candidates, at most k per column, 2.5 n_test for
+# blocks of 16 k rows or more); 16 n_test leaves room (6-11 measured for blocks of 16 k rows or more).
 MASK_BYTES_PER_RUN = 6
 BLOCK_BYTES_PER_TEST = 16
 MB = 2**20
 # A dense top-k block (no floors yet) is partitioned on its first 64 k rows only: a column-wise partition
-# of a whole 256 MB block took longer than its matrix product at K = 200 (benchmarks/aggregate.py).
+# of a whole 256 MB block took longer than its matrix product at K = 200 (docs/PERFORMANCE_aggregate.md).
 TOPK_PREFIX_ROWS_PER_K = 64
-INFLUENCE_CHUNK_ENTRIES = 2**18  # 1 MB of float32: rows of a block post-processed together, cache-sized
+INFLUENCE_CHUNK_ENTRIES = 2**17  # rows of a block post-processed together: 0.5 MB of float32, cache-sized
 PROGRESS_MIN_FILES = 500
 DENSE_NAME = "influence.npy"
 CACHE_NAME = "stats.npz"
@@ -473,21 +473,21 @@ def write_stats_cache(path: str | Path, stats: SweepStats) -> Path:
 
 
 def _cached_array(arrays: Mapping[str, np.ndarray], key: str, dtype: str,
-                  shape: tuple[int, ...] | None = None, ndim: int = 1) -> np.ndarray:
-    """arrays[key], checked: dtype kind ('i', 'f', 'U', 'b') or exact dtype ('uint8'), shape or ndim."""
+                  shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """arrays[key], checked: the dtype written ("U": any unicode), the shape (None: any 1-d)."""
     values = arrays[key]
-    dtype_ok = values.dtype.kind == dtype if len(dtype) == 1 else values.dtype == np.dtype(dtype)
-    if not dtype_ok or (values.shape != shape if shape is not None else values.ndim != ndim):
+    dtype_ok = values.dtype.kind == "U" if dtype == "U" else values.dtype == np.dtype(dtype)
+    if not dtype_ok or (values.shape != shape if shape is not None else values.ndim != 1):
         raise ValueError(f"'{key}' has dtype {values.dtype} shape {values.shape}")
     return values
 
 
 def _cached_files(arrays: Mapping[str, np.ndarray]) -> list[RecordFile]:
     paths = _cached_array(arrays, "file_path", "U")
-    columns = [paths, *(_cached_array(arrays, f"file_{name}", "i", paths.shape)
+    columns = [paths, *(_cached_array(arrays, f"file_{name}", "int64", paths.shape)
                         for name in ("seed", "size", "mtime_ns")),
                _cached_array(arrays, "file_digest", "U", paths.shape),
-               _cached_array(arrays, "file_used", "b", paths.shape)]
+               _cached_array(arrays, "file_used", "bool", paths.shape)]
     return [RecordFile(str(path), int(seed), int(size), int(mtime), str(digest), bool(used))
             for path, seed, size, mtime, digest, used in zip(*(c.tolist() for c in columns), strict=True)]
 
@@ -507,26 +507,26 @@ def _stats_from_cache(arrays: Mapping[str, np.ndarray], sweep_dir: Path,
         raise CacheUnusable(f"{cache_path} has cache format {version!r}, this meminf writes {CACHE_VERSION}")
     meta = dict(header["meta"])
     n, n_test = int(meta["n_train"]), int(meta["n_test"])
-    seeds = _cached_array(arrays, "seeds", "i")
+    seeds = _cached_array(arrays, "seeds", "int64")
     k = len(seeds)
     files = _cached_files(arrays)
     used = [file for file in files if file.used]
     if k == 0 or np.unique(seeds).size != k or [file.seed for file in used] != seeds.tolist():
         raise ValueError("its runs and record files disagree")
-    flipped_idx = _cached_array(arrays, "flipped_idx", "i")
-    labels = {"train_label": _cached_array(arrays, "train_label", "i", (n,)),
-              "test_label": _cached_array(arrays, "test_label", "i", (n_test,)),
+    flipped_idx = _cached_array(arrays, "flipped_idx", "int64")
+    labels = {"train_label": _cached_array(arrays, "train_label", "int64", (n,)),
+              "test_label": _cached_array(arrays, "test_label", "int64", (n_test,)),
               "flipped_idx": flipped_idx,
-              "flipped_orig_label": _cached_array(arrays, "flipped_orig_label", "i", flipped_idx.shape)}
+              "flipped_orig_label": _cached_array(arrays, "flipped_orig_label", "int64", flipped_idx.shape)}
     bits = _cached_array(arrays, "test_correct_bits", "uint8", (k, (n_test + 7) // 8))
     stats = SweepStats(
         meta=meta, identity=SweepIdentity.of(meta, labels), **labels,
         extras={name: _cached_extra(arrays, name, n, n_test) for name in header["extras"]},
-        **{name: _cached_array(arrays, name, "f", (n,)) for name in SUM_FIELDS},
+        **{name: _cached_array(arrays, name, "float64", (n,)) for name in SUM_FIELDS},
         packed_masks=_RowBuffer.of(_cached_array(arrays, "packed_masks", "uint8", (k, (n + 7) // 8))),
         test_correct=_RowBuffer.of(np.unpackbits(bits, axis=1, count=n_test)),
-        seeds=seeds.tolist(), test_acc=_cached_array(arrays, "test_acc", "f", (k,)).tolist(),
-        train_in_acc=_cached_array(arrays, "train_in_acc", "f", (k,)).tolist(),
+        seeds=seeds.tolist(), test_acc=_cached_array(arrays, "test_acc", "float64", (k,)).tolist(),
+        train_in_acc=_cached_array(arrays, "train_in_acc", "float64", (k,)).tolist(),
         paths=[str(sweep_dir / file.rel_path) for file in used],
     )
     return stats, files
@@ -554,10 +554,10 @@ class _CachedSweep:
     stats: SweepStats
     files: list[RecordFile]
     entries: dict[Path, RecordFile]  # by path under the sweep dir
+    used_paths: set[Path] = field(init=False)
 
-    @property
-    def used_paths(self) -> set[Path]:
-        return {path for path, entry in self.entries.items() if entry.used}
+    def __post_init__(self) -> None:
+        self.used_paths = {path for path, entry in self.entries.items() if entry.used}
 
     def info(self, path: Path) -> _FileInfo | None:
         entry = self.entries.get(path)
@@ -871,52 +871,78 @@ class _InfluenceBlocks:
         for start in range(0, len(columns), self.block_rows):
             yield columns[start:start + self.block_rows]
 
-    def compute(self, cols: np.ndarray, run_order: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(S, infl) of a block: S (b, n_test) float32 counts, infl with NaN rows for no estimate."""
-        masks = self.unpack(cols, run_order)
-        s_in = masks.T @ self.test_correct
-        del masks
-        return s_in, self.influence(cols, s_in)
+    def product(self, cols: np.ndarray, run_order: np.ndarray | None = None) -> np.ndarray:
+        """S (b, n_test) float32 counts of a block: its unpacked masks times T."""
+        return self.unpack(cols, run_order).T @ self.test_correct
 
-    def influence(self, cols: np.ndarray, s_in: np.ndarray) -> np.ndarray:
-        """S/n_in - (Tsum - S)/n_out: the float32 operations of mean_difference (the same bits) without its
-        NaN-filled temporaries, a few rows at a time so that the intermediate stays in cache (3.0 against
-        5.4 ns per entry in one pass over the block, benchmarks/aggregate.py); NaN rows where a side has no
-        run."""
+    def influence(self, cols: np.ndarray, s_in: np.ndarray, floor: np.ndarray | None = None) -> _BlockHits:
+        """S/n_in - (Tsum - S)/n_out with the float32 operations of mean_difference (the same bits), NaN rows
+        where a side has no run; and, in the same pass, the pair candidates and the entries above the top-k
+        floors. The pass goes a few rows at a time, so that each chunk is still in cache when it is compared
+        (the two comparisons and their flatnonzero were separate passes over the block before)."""
+        b, n_test = s_in.shape
         infl = np.empty_like(s_in)
-        rows = max(1, INFLUENCE_CHUNK_ENTRIES // s_in.shape[1])
-        scratch = np.empty((min(rows, len(cols)), s_in.shape[1]), dtype=np.float32)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            for start in range(0, len(cols), rows):
-                part = slice(start, start + rows)
-                s_out = scratch[:len(cols[part])]
-                np.divide(s_in[part], self.n_in[cols[part], None], out=infl[part])
-                np.subtract(self.test_sum, s_in[part], out=s_out)
-                s_out /= self.n_out[cols[part], None]
-                infl[part] -= s_out
-        infl[~self.has_estimate[cols]] = np.nan
-        return infl
+        rows = max(1, INFLUENCE_CHUNK_ENTRIES // n_test)
+        scratch = np.empty((min(rows, b), n_test), dtype=np.float32)
+        passed = np.empty(scratch.shape, dtype=bool)
+        memorized, no_estimate = self.mem[cols] >= self.config.theta_mem, ~self.has_estimate[cols]
+        pair_parts, above_parts, above_count = [], [], 0
+        above_limit = infl.size // 16 if floor is not None else -1
+        for start in range(0, b, rows):
+            part = slice(start, start + rows)
+            chunk = infl[part]
+            self._influence_rows(cols[part], s_in[part], chunk, scratch[:len(chunk)])
+            chunk[no_estimate[part]] = np.nan
+            hits = passed[:len(chunk)]
+            if memorized[part].any():
+                np.greater_equal(chunk, self.config.theta_infl, out=hits)  # NaN: False
+                hits[~memorized[part]] = False
+                pair_parts.append(_flat_hits(hits, start * n_test))
+            if above_count <= above_limit:
+                np.greater(chunk, floor, out=hits)
+                above_count += np.count_nonzero(hits)
+                if above_count <= above_limit:  # else the block is dense: merge compares it itself
+                    above_parts.append(_flat_hits(hits, start * n_test))
+        above_flat = np.concatenate([*above_parts, _NO_INDEX]) if 0 <= above_count <= above_limit else None
+        return _BlockHits(infl, np.concatenate([*pair_parts, _NO_INDEX]), above_flat)
 
-    def pair_candidates(self, cols: np.ndarray, infl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(block rows, test indices) of the pairs that pass all three filters: one comparison pass over the
-        block, then the class filter on the entries above theta_infl (few: the pairs are rare)."""
-        memorized = self.mem[cols] >= self.config.theta_mem
-        if not memorized.any():
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        above = np.greater_equal(infl, self.config.theta_infl)  # NaN: False
-        above[~memorized] = False
-        rows, test_idx = np.divmod(np.flatnonzero(above), infl.shape[1])
+    def _influence_rows(self, cols: np.ndarray, s_in: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> None:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            np.divide(s_in, self.n_in[cols, None], out=out)
+            np.subtract(self.test_sum, s_in, out=scratch)
+            scratch /= self.n_out[cols, None]
+            out -= scratch
+
+    def pairs(self, cols: np.ndarray, flat: np.ndarray, n_test: int) -> tuple[np.ndarray, np.ndarray]:
+        """(block rows, test indices) of the candidates (flat indices) whose classes agree."""
+        rows, test_idx = np.divmod(flat, n_test)
         same_class = self.train_label[cols[rows]] == self.test_label[test_idx]
         return rows[same_class], test_idx[same_class]
+
+
+_NO_INDEX = np.zeros(0, dtype=np.int64)
+
+
+def _flat_hits(hits: np.ndarray, offset: int) -> np.ndarray:
+    flat = np.flatnonzero(hits)
+    flat += offset
+    return flat
+
+
+class _BlockHits(NamedTuple):
+    infl: np.ndarray  # (b, n_test) float32, NaN rows for no estimate
+    pair_flat: np.ndarray  # flat indices of infl >= theta_infl in rows with mem >= theta_mem (any class)
+    above_flat: np.ndarray | None  # flat indices of infl > the top-k floors; None: not asked, or over 1/16
 
 
 class _TopK:
     """Running top-k training examples per test example: larger infl first, ties to the lower train index.
 
     Blocks come in increasing train index, so a block entry can only enter a column by beating the column's
-    current k-th value strictly (an equal value loses the tie to the earlier index). One comparison pass
-    per block finds those entries, and only they are merged (a few per column after the first blocks,
-    where a full argpartition of the block cost more than the rest of the block's post-processing).
+    current k-th value (the floor) strictly: an equal value loses the tie to the earlier index. The entries
+    above the floors (found in the influence pass) are few after the first block, and only they are sorted
+    into their columns; an argpartition of every block cost more than the rest of its post-processing
+    before. A dense block (no floors yet) goes in doubling row chunks, each chunk's own top k first.
     The selection is exact, so the result does not depend on the block size."""
 
     def __init__(self, k: int, n_test: int) -> None:
@@ -924,29 +950,38 @@ class _TopK:
         self.values = np.full((k, n_test), -np.inf, dtype=np.float32)  # every column in descending order
         self.indices = np.full((k, n_test), -1, dtype=np.int64)
 
-    def merge(self, cols: np.ndarray, infl: np.ndarray, has_estimate: np.ndarray) -> None:
-        """Merge a block whose train indices follow the earlier blocks'; overwrites its rows without an
-        estimate (NaN) with -inf."""
-        infl[~has_estimate] = -np.inf
-        above = infl > self.values[-1]
-        if np.count_nonzero(above) <= infl.size // 16:
-            self._insert_where(cols, infl, above)
+    @property
+    def floor(self) -> np.ndarray:
+        """The current k-th value of every column (-inf while it has fewer than k entries)."""
+        return self.values[-1]
+
+    def merge(self, cols: np.ndarray, infl: np.ndarray, has_estimate: np.ndarray,
+              above_flat: np.ndarray | None = None) -> None:
+        """Merge a block whose train indices follow the earlier blocks'. `above_flat`: the flat indices of
+        its entries above the floors, where the caller has them. A dense block gets its rows without an
+        estimate (NaN) overwritten with -inf."""
+        if above_flat is None:
+            above = infl > self.floor
+            if np.count_nonzero(above) <= infl.size // 16:
+                above_flat = np.flatnonzero(above)
+            del above
+        if above_flat is not None:
+            self._insert_flat(cols, infl, above_flat)
             return
-        del above
+        infl[~has_estimate] = -np.inf
         # Dense (the first block: no floors yet): rows [0, p), [p, 2p), [2p, 4p), ... one after the other.
         # After r rows, the next r pass the floors about k times per column (i.i.d. order), so every chunk
         # stays sparse, where floors fixed after the first p rows would pass k (b - p) / p per column.
         start, size = 0, TOPK_PREFIX_ROWS_PER_K * self.k
         while start < len(cols):
             part = slice(start, start + size)
-            above = infl[part] > self.values[-1]
+            above = infl[part] > self.floor
             if np.count_nonzero(above) > above.size // 16:
                 above &= self._block_top_k(infl[part])  # only the chunk's own top k can enter
-            self._insert_where(cols[part], infl[part], above)
+            self._insert_flat(cols[part], infl[part], np.flatnonzero(above))
             start = size = start + size
 
-    def _insert_where(self, cols: np.ndarray, infl: np.ndarray, above: np.ndarray) -> None:
-        flat = np.flatnonzero(above)
+    def _insert_flat(self, cols: np.ndarray, infl: np.ndarray, flat: np.ndarray) -> None:
         if flat.size:
             rows, test_idx = np.divmod(flat, infl.shape[1])
             self._insert(cols[rows], test_idx, infl.ravel()[flat])
@@ -1028,8 +1063,9 @@ class DenseFile:
 def _influence_block(blocks: _InfluenceBlocks, cols: np.ndarray, topk: _TopK,
                      matrix: np.memmap | None) -> tuple[np.ndarray, ...]:
     """Pairs (train_idx, test_idx, infl, infl_se) of one block; fills its rows of `matrix`, merges top-k."""
-    s_in, infl = blocks.compute(cols)
-    rows, test_idx = blocks.pair_candidates(cols, infl)
+    s_in = blocks.product(cols)
+    infl, pair_flat, above_flat = blocks.influence(cols, s_in, topk.floor)
+    rows, test_idx = blocks.pairs(cols, pair_flat, infl.shape[1])
     train_idx, hits = cols[rows], s_in[rows, test_idx]
     del s_in  # the top-k merge runs without it (MASK_BYTES_PER_RUN, BLOCK_BYTES_PER_TEST)
     se = agresti_caffo_se(hits, blocks.n_in[train_idx], blocks.test_sum[test_idx] - hits,
@@ -1037,7 +1073,7 @@ def _influence_block(blocks: _InfluenceBlocks, cols: np.ndarray, topk: _TopK,
     pairs = (train_idx, test_idx, infl[rows, test_idx].astype(np.float64), se)
     if matrix is not None:
         matrix[cols[0]:cols[-1] + 1] = infl
-    topk.merge(cols, infl, blocks.has_estimate[cols])
+    topk.merge(cols, infl, blocks.has_estimate[cols], above_flat)
     return pairs
 
 
@@ -1055,9 +1091,14 @@ def _null_pair_counts(blocks: _InfluenceBlocks, n_runs: int, config: EstimateCon
     counts = []
     for _ in range(config.null_perms):
         run_order = rng.permutation(n_runs)
-        counts.append(sum(len(blocks.pair_candidates(cols, blocks.compute(cols, run_order)[1])[0])
-                          for cols in blocks.chunks(memorized)))
+        counts.append(sum(_null_block_pairs(blocks, cols, run_order) for cols in blocks.chunks(memorized)))
     return counts
+
+
+def _null_block_pairs(blocks: _InfluenceBlocks, cols: np.ndarray, run_order: np.ndarray) -> int:
+    s_in = blocks.product(cols, run_order)
+    _, pair_flat, _ = blocks.influence(cols, s_in)
+    return len(blocks.pairs(cols, pair_flat, s_in.shape[1])[0])
 
 
 def estimate(stats: SweepStats, config: EstimateConfig | None = None,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ NON_MODEL_KEYS = {
 MODEL_GROUPS = ("dataset", "model", "optim", "trainer", "subset")
 MODEL_KEYS = ("batch_size",)
 HASH_CHARS = 16
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "cosine", "linear", "step")
 
 
 def _plain(node: Any) -> Any:
@@ -64,6 +67,17 @@ def seed_record_path(cfg: DictConfig, seed: int | None = None) -> Path:
     return record_path(sweep_dir(cfg), cfg.seed if seed is None else seed)
 
 
+def check_writable(directory: Path) -> None:
+    """Create the directory and a probe file in it, or say which directory cannot be written."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
+            pass
+    except OSError as err:
+        raise ConfigError(f"cannot write to {directory} ({err.strerror or err}); "
+                          "set paths.output_dir to a writable directory") from err
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Checks that need no data: raise ConfigError with what is wrong and what to do."""
     check_seed(cfg.seed)
@@ -77,6 +91,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.max_epochs={epochs!r} must be a positive integer")
     if str(cfg.name) in ("", ".", "..") or "/" in str(cfg.name):
         raise ConfigError(f"name={cfg.name!r} must be a plain directory name")
+    if cfg.optim.name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name={cfg.optim.name!r} is unknown; use optim=sgd or optim=adamw")
+    if cfg.optim.schedule not in SCHEDULES:
+        raise ConfigError(f"optim.schedule={cfg.optim.schedule!r} is unknown; use one of {', '.join(SCHEDULES)}")
 
 
 # Families whose packed members equal single runs (tests/test_packing.py), as timm name prefixes.

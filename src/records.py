@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import json
 import os
+import signal
 import socket
 import zipfile
 from collections.abc import Iterable
@@ -49,6 +50,8 @@ ARRAY_KEYS = (
     "subset_mask", "train_label", "train_pred", "train_correct", "train_prob",
     "test_label", "test_pred", "test_correct", "test_prob", "flipped_idx", "flipped_orig_label",
 )
+FAULT_ENV = "MEMINF_FAULT"
+_FAULT_COUNTS: dict[str, int] = {}
 # Tolerance for "the accuracy in meta equals the accuracy of the arrays" (float32 round trip).
 ACC_TOLERANCE = 1e-6
 
@@ -129,6 +132,17 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f"{path.name}.tmp.{socket.gethostname()}.{os.getpid()}")
 
 
+def inject_fault(point: str) -> None:
+    """Fault injection for the kill-and-resume tests: `MEMINF_FAULT=<point>:<n>` SIGKILLs this process
+    the n-th time it reaches `point` (`mid_write`, `before_rename`). Unset, it does nothing."""
+    spec = os.environ.get(FAULT_ENV, "")
+    if not spec.startswith(f"{point}:"):
+        return
+    _FAULT_COUNTS[point] = _FAULT_COUNTS.get(point, 0) + 1
+    if _FAULT_COUNTS[point] == int(spec.split(":", 1)[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def write_atomic(path: str | Path, write: Any) -> Path:
     """Call `write(file_object)` on a temp file beside `path`, fsync it, then rename it onto `path`."""
     path = Path(path)
@@ -137,8 +151,10 @@ def write_atomic(path: str | Path, write: Any) -> Path:
     try:
         with open(tmp, "wb") as handle:
             write(handle)
+            inject_fault("mid_write")
             handle.flush()
             os.fsync(handle.fileno())
+        inject_fault("before_rename")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -163,9 +179,14 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
 
 
 def write_record(path: str | Path, record: Record) -> Path:
+    """Validate, then write atomically; a failed write (disk full, permissions) leaves no file behind."""
     validate_record(record, path)
     arrays = record_arrays(record)
-    return write_atomic(path, lambda handle: np.savez(handle, **arrays))
+    try:
+        return write_atomic(path, lambda handle: np.savez(handle, **arrays))
+    except OSError as err:
+        raise RecordError(path, f"cannot write the record ({err.strerror or err}); free disk space or "
+                                "fix permissions, then rerun this seed") from err
 
 
 def _open_archive(path: Path) -> np.lib.npyio.NpzFile:

@@ -71,30 +71,34 @@ def _compose(overrides: list[str]) -> DictConfig:
 
 
 def pending_seeds(cfg: DictConfig, seeds: list[int]) -> list[int]:
-    """Validate config and data once, then the seeds that still need a record (in order)."""
+    """Validate config, output directory and data once; then the seeds that still need a record.
+
+    Every record already in the sweep directory must be of this experiment (else the sweep would mix
+    two experiments): one of another is an error unless overwrite=true.
+    """
     from src.data import load_dataset
-    from src.experiment import experiment_hash, seed_record_path, validate_config
-    from src.records import RecordError, read_meta
+    from src.experiment import check_writable, experiment_hash, seed_record_path, sweep_dir, validate_config
+    from src.records import RecordError, find_records, read_meta
     from src.subsets import check_seed
 
     for seed in seeds:
         check_seed(seed)
     validate_config(cfg)
+    check_writable(sweep_dir(cfg))
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     exp_hash = experiment_hash(cfg, dataset.fingerprint)
-    pending = []
-    for seed in seeds:
-        path = seed_record_path(cfg, seed)
+    done = set()
+    for path in find_records(sweep_dir(cfg)):
         try:
-            stored_hash = read_meta(path)["experiment_hash"] if path.exists() else None
+            meta = read_meta(path)
         except RecordError:
-            stored_hash = None
-        if stored_hash is not None and stored_hash != exp_hash and not cfg.overwrite:
-            raise ConfigError(f"{path} holds experiment {stored_hash}, not {exp_hash}: "
+            continue  # unreadable: its seed is retrained and the file replaced
+        if meta["experiment_hash"] != exp_hash and not cfg.overwrite:
+            raise ConfigError(f"{path} holds experiment {meta['experiment_hash']}, not {exp_hash}: "
                               "choose another name=..., or overwrite=true to replace it")
-        if stored_hash != exp_hash or cfg.overwrite:
-            pending.append(seed)
-    return pending
+        if meta["experiment_hash"] == exp_hash and path == seed_record_path(cfg, meta["seed"]):
+            done.add(int(meta["seed"]))
+    return [seed for seed in seeds if cfg.overwrite or seed not in done]
 
 
 def seed_override(seeds: list[int]) -> str:

@@ -28,8 +28,11 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
-def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`python -m <args>` in a subprocess with wandb kept offline."""
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def cli_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **extra}
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    """`python -m <args>` in a subprocess with wandb kept offline (and `env` added to the environment)."""
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=cli_env(**env), capture_output=True,
+                          text=True, timeout=timeout)

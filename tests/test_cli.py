@@ -71,31 +71,79 @@ def test_submitit_local_launcher(tmp_path: Path) -> None:
     assert [read_record(r).seed for r in find_records(tmp_path / "out" / "e2e")] == [0, 1, 2, 3]
 
 
-BAD_RUNS = {
+def write_npz(path: Path, kind: str) -> Path:
+    """A small npz data set, broken in one way."""
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.random((40, 1, 8, 8), dtype=np.float32), "y_train": rng.integers(0, 3, 40),
+              "x_test": rng.random((10, 1, 8, 8), dtype=np.float32), "y_test": rng.integers(0, 3, 10)}
+    if kind == "empty":
+        arrays["x_train"], arrays["y_train"] = arrays["x_train"][:0], arrays["y_train"][:0]
+    elif kind == "labels":
+        arrays["y_train"][3] = -1
+    elif kind == "shape":
+        arrays["x_test"] = rng.random((10, 1, 9, 9), dtype=np.float32)
+    elif kind == "nan":
+        arrays["x_train"][0, 0, 0, 0] = np.nan
+    np.savez(path, **arrays)
+    return path
+
+
+BAD_RUNS = {  # case: (arguments, a phrase the one-line error must contain)
     "ratio zero": (["-m", "seed=0..1", "subset.ratio=0"], "subset.ratio"),
     "ratio above one": (["subset.ratio=1.5"], "subset.ratio"),
     "unknown dataset": (["-m", "seed=0..1", "dataset=nope"], "dataset/nope"),
     "unknown model": (["model=nope"], "model/nope"),
+    "unknown optimizer": (["-m", "seed=0..1", "optim=nope"], "optim/nope"),
+    "unknown optimizer name": (["optim.name=rmsprop"], "optim.name"),
     "missing data": (["-m", "seed=0..1", "dataset=cifar10", "model=cnn_small"], "dataset.download"),
+    "missing data directory": (["dataset=mnist", "model=cnn_small", "paths.data_dir=/nonexistent/dir"],
+                               "/nonexistent/dir"),
     "reversed range": (["-m", "seed=5..2"], "seed=5..2"),
     "range without -m": (["seed=0..3"], "add -m"),
     "negative seed": (["seed=-1"], "seed="),
+    "seed too large": (["-m", "seed=4294967296..4294967297"], "seed="),
     "label noise of one": (["dataset.label_noise=1.0"], "label_noise"),
     "vectors into a convnet": (["dataset=longtail", "model=resnet18"], "model=mlp"),
+    "empty data set": (["dataset=npz", "dataset.path={npz:empty}"], "empty"),
+    "labels out of range": (["dataset=npz", "dataset.path={npz:labels}"], "label"),
+    "images of the wrong shape": (["dataset=npz", "dataset.path={npz:shape}"], "shape"),
+    "NaN inputs": (["dataset=npz", "dataset.path={npz:nan}"], "NaN"),
+    "output directory not writable": (["-m", "seed=0..1", "paths.output_dir={file}/out"], "cannot write"),
+    "bad pack": (["-m", "seed=0..3", "pack=0"], "pack="),
 }
+
+
+def expand_placeholders(args: list[str], tmp_path: Path) -> list[str]:
+    expanded = []
+    for arg in args:
+        for kind in ("empty", "labels", "shape", "nan"):
+            if f"{{npz:{kind}}}" in arg:
+                arg = arg.replace(f"{{npz:{kind}}}", str(write_npz(tmp_path / f"{kind}.npz", kind)))
+        if "{file}" in arg:
+            (tmp_path / "a_file").write_text("not a directory")
+            arg = arg.replace("{file}", str(tmp_path / "a_file"))
+        expanded.append(arg)
+    return expanded
 
 
 @pytest.mark.parametrize("case", BAD_RUNS)
 def test_bad_input_one_line_error_and_nothing_written(tmp_path: Path, case: str) -> None:
     args, expected = BAD_RUNS[case]
     result = run_cli("src.run", *[a for a in TINY if not a.startswith(("dataset=", "model"))],
-                     f"paths.output_dir={tmp_path / 'out'}", f"paths.data_dir={tmp_path / 'data'}", *args,
-                     cwd=tmp_path)
+                     f"paths.output_dir={tmp_path / 'out'}", f"paths.data_dir={tmp_path / 'data'}",
+                     *expand_placeholders(args, tmp_path), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert "Traceback" not in result.stderr
     assert not find_records(tmp_path)
+
+
+def test_a_record_of_another_experiment_stops_the_sweep_before_it_starts(tmp_path: Path) -> None:
+    assert run_cli(*sweep_args(tmp_path, "seed=0"), cwd=tmp_path).returncode == 0
+    other = run_cli(*sweep_args(tmp_path, "seed=1..3", "optim.lr=0.01"), cwd=tmp_path)
+    assert other.returncode == 2 and "overwrite=true" in other.stderr
+    assert [r.parent.name for r in find_records(tmp_path)] == ["seed=0"]
 
 
 def test_aggregator_refuses_an_empty_directory(tmp_path: Path) -> None:
@@ -107,7 +155,7 @@ def test_aggregator_refuses_an_empty_directory(tmp_path: Path) -> None:
 
 def test_aggregator_excludes_another_experiment_and_strict_refuses(tmp_path: Path) -> None:
     assert run_cli(*sweep_args(tmp_path, "seed=0..2"), cwd=tmp_path).returncode == 0
-    assert run_cli(*sweep_args(tmp_path, "seed=3", "optim.lr=0.01"), cwd=tmp_path).returncode == 0
+    assert run_cli(*sweep_args(tmp_path, "seed=3", "optim.lr=0.01", "overwrite=true"), cwd=tmp_path).returncode == 0
     sweep = tmp_path / "out" / "e2e"
     lenient = run_cli("src.estimate", str(sweep), cwd=tmp_path)
     assert lenient.returncode == 0, lenient.stderr
