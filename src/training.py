@@ -324,11 +324,11 @@ def run_job(cfg: DictConfig) -> list[Path]:
     validate_config(cfg)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     exp_hash = experiment_hash(cfg, dataset.fingerprint)
-    seeds = [seed for seed in job_seeds(cfg)
+    requested = job_seeds(cfg)
+    seeds = [seed for seed in requested
              if existing_record_action(seed_record_path(cfg, seed), exp_hash, cfg.overwrite) == "train"]
-    skipped = len(job_seeds(cfg)) - len(seeds)
-    if skipped:
-        log.info("%d record(s) exist, skipped; %d seed(s) to train", skipped, len(seeds))
+    if len(seeds) < len(requested):
+        log.info("%d record(s) exist, skipped; %d seed(s) to train", len(requested) - len(seeds), len(seeds))
     if not seeds:
         return []
     for seed in seeds:

@@ -1,0 +1,374 @@
+"""Training throughput of subset models: seconds per model through `run_job` at pack=1 and pack=P.
+
+    .venv/bin/python benchmarks/train_throughput.py                 # full run (~10 min on 2 cores)
+    .venv/bin/python benchmarks/train_throughput.py --quick --workloads fz_mnist
+
+For each workload, s/model through `src.training.run_job` (the real Lightning path: data, model
+building, Trainer.fit, evaluation of every train and test example, record writing), against
+- a hand-written loop doing the same training arithmetic with no framework (MLP: P models stacked,
+  one `torch.baddbmm` per layer; convnets: the plain PyTorch loop, models one after another), and
+- the best GEMM rate of this machine, measured in the same run.
+FLOP convention: `FlopCounterMode` counts 2 FLOPs per multiply-add of matmuls and convolutions (bias,
+activations, pooling, BatchNorm, loss and optimizer are not counted); a training example costs
+3 × its forward FLOPs (forward + backward for activations and weights). GFLOP/s counts training FLOPs
+only, divided by the whole s/model, which also holds evaluation (forward over all train + test examples)
+and the fixed costs of a job. A table of where a packed fz_mnist job's time goes follows.
+The machine is shared: each ratio is taken within one run, repeats keep the fastest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import shutil
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+from torch.utils.flop_counter import FlopCounterMode
+
+import src.run  # noqa: F401  registers the meminf_job_dir resolver that conf/hydra uses
+from src import training
+from src.data import load_dataset
+from src.models import build_model
+from src.subsets import subset_size
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
+MISSING = object()
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    overrides: tuple[str, ...]
+    packs: tuple[int, ...]
+    epochs: int
+    repeats: int  # rounds of every P (hand loop and run_job side by side); the fastest round is kept
+    images: tuple[int, int] | None = None  # synthetic 3x32x32 npz (n_train, n_test); None: the config's data
+
+
+# Sizes fit ~10 min on 2 shared cores. Measured per training step of 128 examples (one model):
+# cnn_small ~0.4-0.8 s, resnet18 (small stem) ~5-6 s alone and ~16-22 s per model under vmap at P=2,
+# so the convnets get a few hundred images and one epoch; per-model times scale with the data.
+WORKLOADS = {
+    "fz_mnist": Workload("fz_mnist", ("experiment=fz_mnist",), (1, 2, 4, 8, 16, 32), epochs=10, repeats=2),
+    "cnn_small": Workload("cnn_small", ("model=cnn_small",), (1, 2, 4, 8, 16), epochs=1, repeats=1,
+                          images=(1000, 200)),
+    "resnet18": Workload("resnet18", ("model=resnet18", "model.small_input_stem=true"), (1, 2), epochs=1,
+                         repeats=1, images=(400, 100)),
+}
+QUICK_PACKS = {"fz_mnist": (1, 4, 16), "cnn_small": (1, 4), "resnet18": (1, 2)}
+
+
+def quick(workload: Workload) -> Workload:
+    images = None if workload.images is None else (workload.images[0] // 2, workload.images[1] // 2)
+    return replace(workload, packs=QUICK_PACKS[workload.name], epochs=max(1, workload.epochs // 3), repeats=1,
+                   images=images)
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def compose_cfg(overrides: Sequence[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def seeds_override(pack: int, first: int = 0) -> str:
+    seeds = list(range(first, first + pack))
+    return f"seed={first}" if pack == 1 else "seeds=[" + ",".join(map(str, seeds)) + "]"
+
+
+def write_images(path: Path, n_train: int, n_test: int) -> Path:
+    """Random uint8 3x32x32 images with 10 classes (throughput does not depend on the pixel values)."""
+    rng = np.random.default_rng(0)
+    np.savez(path, x_train=rng.integers(0, 256, (n_train, 3, 32, 32), dtype=np.uint8),
+             y_train=rng.integers(0, 10, n_train), x_test=rng.integers(0, 256, (n_test, 3, 32, 32), dtype=np.uint8),
+             y_test=rng.integers(0, 10, n_test))
+    return path
+
+
+def best_rate(flops: float, call: Callable[[], Any], min_s: float = 0.2, rounds: int = 3) -> float:
+    """GFLOP/s of the fastest of `rounds` timed batches of calls (each batch runs >= min_s)."""
+    call()
+    best = 0.0
+    for _ in range(rounds):
+        calls, start = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - start) < min_s or calls == 0:
+            call()
+            calls += 1
+        best = max(best, flops * calls / elapsed / 1e9)
+    return best
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ GEMM
+
+
+def gemm_rates() -> list[tuple[str, float]]:
+    """Best GFLOP/s of torch.bmm / torch.mm on the MLP's shapes (P=16, B=128) and big square ones."""
+    shapes = [  # (batch or 0 for mm, m, k, n)
+        (16, 128, 784, 512), (16, 128, 512, 256), (16, 128, 256, 10),  # forward of the 3 layers at P=16
+        (16, 784, 128, 512), (16, 128, 256, 512),  # layer-1 weight gradient, layer-2 input gradient
+        (0, 128, 784, 512),  # one model's first layer, B=128
+        (0, 1024, 1024, 1024), (0, 2048, 2048, 2048), (0, 4096, 4096, 4096), (16, 512, 512, 512),
+    ]
+    rates = []
+    for batch, m, k, n in shapes:
+        a, b = (torch.randn(batch, m, k), torch.randn(batch, k, n)) if batch else (torch.randn(m, k), torch.randn(k, n))
+        op = torch.bmm if batch else torch.mm
+        label = f"{op.__name__} ({batch}, {m}x{k} @ {k}x{n})" if batch else f"mm {m}x{k} @ {k}x{n}"
+        rates.append((label, best_rate(2.0 * max(batch, 1) * m * k * n, lambda a=a, b=b, op=op: op(a, b))))
+    return rates
+
+
+# ------------------------------------------------------------------------------------------ hand-written loops
+
+
+def hand_mlp(pack: int, n: int, dims: Sequence[int], batch: int, epochs: int, classes: int) -> float:
+    """s/model: P MLPs as stacked (P, in, out) weights, one baddbmm per layer, SGD momentum 0.9.
+
+    Each step gathers a (P, B, in) batch by index from a pool of n examples, as run_job does: a sliced
+    view would be 17x slower (measured: baddbmm's backward on a non-contiguous batch view).
+    """
+    pool, labels = torch.randn(n, dims[0]), torch.randint(0, classes, (n,))
+    weights = [(torch.randn(pack, i, o) * i ** -0.5).requires_grad_() for i, o in itertools.pairwise(dims)]
+    biases = [torch.zeros(pack, 1, o, requires_grad=True) for o in dims[1:]]
+    optimizer = torch.optim.SGD(weights + biases, lr=0.01, momentum=0.9)
+    start = time.perf_counter()
+    for _ in range(epochs):
+        order = torch.stack([torch.randperm(n) for _ in range(pack)])
+        for first in range(0, n, batch):
+            idx = order[:, first:first + batch]
+            x = pool[idx]
+            for layer, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+                x = torch.baddbmm(bias, x, weight)
+                x = torch.relu_(x) if layer < len(weights) - 1 else x
+            loss = F.cross_entropy(x.flatten(0, 1), labels[idx].flatten(), reduction="none").view(pack, -1).mean(1)
+            optimizer.zero_grad()
+            loss.sum().backward()
+            optimizer.step()
+    return (time.perf_counter() - start) / pack
+
+
+def hand_sequential(cfg: DictConfig, models: int, n: int, batch: int, epochs: int) -> float:
+    """s/model: the plain PyTorch loop (model, SGD momentum 0.9, cross-entropy), models one after another."""
+    dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    shape, classes = dataset.input_shape, dataset.num_classes
+    pool, labels = torch.randn(n, *shape), torch.randint(0, classes, (n,))
+    start = time.perf_counter()
+    for seed in range(models):
+        torch.manual_seed(seed)
+        model = build_model(cfg.model, shape, classes).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        for _ in range(epochs):
+            order = torch.randperm(n)
+            for first in range(0, n, batch):
+                idx = order[first:first + batch]
+                loss = F.cross_entropy(model(pool[idx]), labels[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    return (time.perf_counter() - start) / models
+
+
+# ------------------------------------------------------------------------------------------------ run_job
+
+
+def forward_flops(cfg: DictConfig) -> int:
+    """Forward FLOPs of one example through one model (FlopCounterMode: 2 per multiply-add)."""
+    dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.zeros(1, *dataset.input_shape))
+    return counter.get_total_flops()
+
+
+def time_run_job(base: Sequence[str], pack: int, out: Path, name: str) -> float:
+    """s/model of one fresh job of `pack` seeds (new sweep directory, removed afterwards)."""
+    cfg = compose_cfg([*base, seeds_override(pack), "logger=none", f"paths.output_dir={out}", f"name={name}"])
+    start = time.perf_counter()
+    written = training.run_job(cfg)
+    elapsed = time.perf_counter() - start
+    assert len(written) == pack, f"{name}: {len(written)} records for {pack} seeds"
+    shutil.rmtree(out / name)
+    return elapsed / pack
+
+
+@contextmanager
+def patched(owner: Any, name: str, value: Any) -> Iterator[None]:
+    original = vars(owner).get(name, MISSING)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        if original is MISSING:
+            delattr(owner, name)
+        else:
+            setattr(owner, name, original)
+
+
+def timed(totals: dict[str, float], key: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            totals[key] += time.perf_counter() - start
+    return wrapper
+
+
+def job_breakdown(base: Sequence[str], pack: int, out: Path, name: str) -> dict[str, float]:
+    """Seconds per part of one real run_job: its own functions wrapped with timers, nothing else changed."""
+    totals: dict[str, float] = defaultdict(float)
+    marks: dict[str, float] = {}
+    classifier = training.SubsetClassifier
+    wraps = [(training, "load_dataset"), (training, "build_members"), (training, "make_trainer"),
+             (pl.Trainer, "fit"), (classifier, "evaluate"), (training, "member_record"), (training, "write_record")]
+    with ExitStack() as stack:
+        for hook, mark in (("on_train_start", "start"), ("on_train_end", "end")):
+            stamp = lambda self, mark=mark: marks.__setitem__(mark, time.perf_counter())  # noqa: E731
+            stack.enter_context(patched(classifier, hook, stamp))
+        for owner, attr in wraps:
+            stack.enter_context(patched(owner, attr, timed(totals, attr, getattr(owner, attr))))
+        totals["total"] = time_run_job(base, pack, out, name) * pack
+    totals["epochs"] = marks["end"] - marks["start"]
+    return totals
+
+
+def breakdown_rows(parts: dict[str, float], pack: int, hand_s: float) -> list[list[str]]:
+    fit_rest = parts["fit"] - parts["epochs"]
+    named = [("model building (build_members, P models)", parts["build_members"]),
+             ("Trainer construction (make_trainer)", parts["make_trainer"]),
+             ("Trainer.fit: epoch loop (on_train_start..on_train_end)", parts["epochs"]),
+             ("Trainer.fit: set-up and teardown around the epochs", fit_rest),
+             ("evaluation (every train + test example, P models)", parts["evaluate"]),
+             ("record building (member_record)", parts["member_record"]),
+             ("record writing (write_record)", parts["write_record"]),
+             ("data (load_dataset, cached in the process)", parts["load_dataset"])]
+    other = parts["total"] - sum(seconds for _, seconds in named)
+    named.append(("other (subset masks, hash, SubsetClassifier with data buffers)", other))
+    rows = [[label, f"{s:.3f}", f"{100 * s / parts['total']:.1f}%"] for label, s in named]
+    rows.append(["total run_job", f"{parts['total']:.3f}", "100%"])
+    rows.append([f"hand-written baddbmm loop, same steps, P={pack} (for the epoch loop)", f"{hand_s * pack:.3f}", ""])
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def measure(workload: Workload, out: Path, best_gemm: float) -> tuple[list[list[str]], Sequence[str]]:
+    base = [*workload.overrides, f"trainer.max_epochs={workload.epochs}"]
+    if workload.images:
+        path = write_images(out / f"{workload.name}.npz", *workload.images)
+        base += ["dataset=npz", f"dataset.path={path}", "dataset.normalize.mean=[0.5]", "dataset.normalize.std=[0.25]"]
+    cfg = compose_cfg(base)
+    dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    n = subset_size(len(dataset.y_train), float(cfg.subset.ratio))
+    train_flops = 3 * forward_flops(cfg) * n * workload.epochs
+    hand = hand_for(workload, cfg, n)
+    # Warm-up: the first job of a process pays once-per-process costs (first Trainer, git metadata) that
+    # measured 7.5 s of a 9.8 s first fz_mnist job, so one small job runs untimed first.
+    time_run_job([*base, "trainer.max_epochs=1", "subset.ratio=0.05"], 1, out, f"{workload.name}_warmup")
+    seconds: dict[int, list[float]] = defaultdict(list)
+    hand_s: dict[int, list[float]] = defaultdict(list)
+    for round_ in range(workload.repeats):
+        for pack in workload.packs:
+            hand_s[pack].append(hand(pack))  # side by side with run_job: ratio under the same load
+            seconds[pack].append(time_run_job(base, pack, out, f"{workload.name}_p{pack}_r{round_}"))
+            print(f"  {workload.name} P={pack}: run_job {seconds[pack][-1]:.3f} s/model, "
+                  f"hand {hand_s[pack][-1]:.3f} s/model", flush=True)
+    rows = []
+    for pack in workload.packs:
+        s, h = min(seconds[pack]), min(hand_s[pack])
+        rate = train_flops / s / 1e9
+        rows.append([workload.name, pack, f"{s:.3f}", f"{min(seconds[1]) / s:.2f}x", f"{rate:.1f}",
+                     f"{100 * rate / best_gemm:.0f}%", f"{h:.3f}", f"{100 * h / s:.0f}%"])
+    return rows, base
+
+
+def hand_for(workload: Workload, cfg: DictConfig, n: int) -> Callable[[int], float]:
+    batch = int(cfg.batch_size)
+    if workload.name == "fz_mnist":
+        dims = [784, *cfg.model.kwargs.hidden, 10]
+        return lambda pack: hand_mlp(pack, n, dims, batch, workload.epochs, 10)
+    # Models one after another: s/model does not depend on P, so it is measured once (on 1 model) and
+    # reused for every P: a P-model sequential loop would cost P times as long for the same figure.
+    cached: list[float] = []
+
+    def sequential(pack: int) -> float:
+        if not cached:
+            cached.append(hand_sequential(cfg, 1, n, batch, workload.epochs))
+        return cached[0]
+    return sequential
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer P values, epochs and images")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ",".join(WORKLOADS))
+    args = parser.parse_args()
+    names = [name.strip() for name in args.workloads.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(WORKLOADS))
+    if unknown:
+        parser.error(f"unknown workloads {unknown}; choose from {list(WORKLOADS)}")
+    started = time.perf_counter()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    gemm = gemm_rates()
+    best_gemm = max(rate for _, rate in gemm)
+    print("\nGEMM rates (best of 3 batches of calls, >= 0.2 s each)\n")
+    print(table(["shape", "GFLOP/s"], [[label, f"{rate:.1f}"] for label, rate in gemm]), flush=True)
+    rows, breakdown_base = [], None
+    with tempfile.TemporaryDirectory(prefix="meminf_bench_") as tmp:
+        out = Path(tmp)
+        for name in names:
+            workload = quick(WORKLOADS[name]) if args.quick else WORKLOADS[name]
+            print(f"\n{name}: P in {workload.packs}, {workload.epochs} epoch(s), {workload.repeats} round(s)",
+                  flush=True)
+            workload_rows, base = measure(workload, out, best_gemm)
+            rows += workload_rows
+            if name == "fz_mnist":
+                breakdown_base = (base, workload_rows, workload.epochs)
+        print(f"\nThroughput (best GEMM rate of this run: {best_gemm:.1f} GFLOP/s)\n")
+        print(table(["workload", "P", "s/model", "speed-up vs P=1", "GFLOP/s", "% best GEMM", "hand s/model",
+                     "% of hand loop"], rows), flush=True)
+        if breakdown_base:
+            print_breakdown(*breakdown_base, out)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+def print_breakdown(base: Sequence[str], rows: list[list[Any]], epochs: int, out: Path) -> None:
+    best = min(rows, key=lambda row: float(row[2]))[1]
+    cfg = compose_cfg(base)
+    dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    n = subset_size(len(dataset.y_train), float(cfg.subset.ratio))
+    for pack in sorted({1, best}):
+        parts = job_breakdown(base, pack, out, f"fz_mnist_breakdown_p{pack}")
+        hand_s = hand_mlp(pack, n, [784, *cfg.model.kwargs.hidden, 10], int(cfg.batch_size), epochs, 10)
+        which = "fastest P of the table" if pack == best else "pack=1"
+        steps = math.ceil(n / int(cfg.batch_size)) * epochs
+        print(f"\nWhere a fz_mnist job's time goes, P={pack} ({which}), {steps} steps\n")
+        print(table(["part", "s", "% of job"], breakdown_rows(parts, pack, hand_s)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
