@@ -1,0 +1,216 @@
+"""The compare command on estimates written by the real aggregator from planted sweeps: exact agreement of
+identical inputs, exact Jaccards of planted overlaps, NaN handling, the noise floor, refusals, the files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+from scipy.stats import spearmanr
+
+from src.compare import CROSS, SAME, compare, main
+from src.errors import MeminfError
+from src.estimate import EstimateConfig, SweepStats, estimate, summarize, write_outputs
+from src.subsets import subset_mask
+from tests.conftest import run_cli
+from tests.test_estimate import Sweep
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+N, N_TEST, RUNS, CLASSES = 40, 30, 40, 16
+PLANTED_CLASSES = 15  # train/test example i < 15 has class i; the others share class 15
+
+
+def planted_sweep(memorized: Iterable[int], influencers: Iterable[int], seeds: Iterable[int], salt: int = 0,
+                  ratio: float = 0.7, n: int = N, n_test: int = N_TEST) -> Sweep:
+    """mem(i) = 1 exactly for the memorized examples (correct iff in the subset), 0 for the others (always
+    correct); test example j < 15 is correct iff train example j is in the subset (infl 1), others always.
+    Every memorized example has its own class, so the planted pairs are the only pairs."""
+    masks = np.stack([subset_mask(seed, n, ratio, salt) for seed in seeds])
+    train_correct = np.ones(masks.shape, dtype=bool)
+    memorized = list(memorized)
+    train_correct[:, memorized] = masks[:, memorized]
+    test_correct = np.ones((len(masks), n_test), dtype=bool)
+    for j in influencers:
+        test_correct[:, j] = masks[:, j]
+    return Sweep(masks=masks, train_correct=train_correct, train_prob=np.full(masks.shape, 0.5, dtype=np.float32),
+                 test_correct=test_correct, train_label=np.minimum(np.arange(n), PLANTED_CLASSES),
+                 test_label=np.minimum(np.arange(n_test), PLANTED_CLASSES), ratio=ratio, num_classes=CLASSES)
+
+
+def write_estimates(sweep_dir: Path, memorized: Iterable[int], influencers: Iterable[int],
+                    seeds: Iterable[int] = range(RUNS), salt: int = 0, ratio: float = 0.7, n: int = N,
+                    n_test: int = N_TEST, **meta: object) -> Path:
+    """Aggregate a planted sweep with src.estimate (load, estimate, summarize, write_outputs) into
+    sweep_dir/estimates; meta overrides the records' metadata (model, data_fingerprint, ...)."""
+    seeds = list(seeds)
+    sweep = planted_sweep(memorized, influencers, seeds, salt, ratio, n, n_test)
+    records = [sweep.record(k, seed=seed, salt=salt, **meta) for k, seed in enumerate(seeds)]
+    stats = SweepStats.from_record(records[0], capacity=len(records))
+    for record in records[1:]:
+        stats.add_record(record)
+    stats.sort_by_seed()
+    est = estimate(stats, EstimateConfig(null_perms=0))
+    write_outputs(sweep_dir / "estimates", stats, est, summarize(stats, est, []))
+    return sweep_dir / "estimates"
+
+
+def load_mem(estimates_dir: Path) -> np.ndarray:
+    with np.load(estimates_dir / "estimates.npz", allow_pickle=False) as archive:
+        return archive["mem"]
+
+
+def row_of(rows: list[dict], a: str, b: str) -> dict:
+    return next(row for row in rows if (row["a"], row["b"]) == (a, b))
+
+
+@pytest.fixture(scope="module")
+def four(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two sweeps of 'wide' (disjoint seeds; another salt) and two of 'deep', each memorizing its own set."""
+    root = tmp_path_factory.mktemp("four")
+    return {
+        "wide": write_estimates(root / "wide", range(10), range(10), model="wide"),
+        "wide2": write_estimates(root / "wide2", range(12), range(12), seeds=range(100, 100 + RUNS), model="wide"),
+        "deep": write_estimates(root / "deep", range(5, 15), range(5, 12), model="deep"),
+        "deep2": write_estimates(root / "deep2", range(4, 15), range(4, 12), salt=1, model="deep"),
+    }
+
+
+def test_identical_inputs_agree_exactly(four: dict[str, Path]) -> None:
+    assert not np.isnan(load_mem(four["wide"])).any()
+    [row] = compare([four["wide"], four["wide"]], 0.25)
+    assert (row["a"], row["b"], row["relation"]) == ("wide", "wide#2", SAME)
+    assert row["common"] == N and row["shared_subsets"] == RUNS
+    assert row["pearson"] == pytest.approx(1) and row["spearman"] == pytest.approx(1)
+    assert row["jaccard_mem"] == 1 and row["jaccard_pairs"] == 1
+    assert (row["memorized_both"], row["pairs_both"]) == (10, 10)
+
+
+def test_planted_overlap_gives_the_exact_jaccard(four: dict[str, Path]) -> None:
+    [row] = compare([four["wide"], four["deep"]], 0.25, labels=["w", "d"])
+    assert row["relation"] == CROSS and row["common"] == N
+    assert (row["memorized_a"], row["memorized_b"], row["memorized_both"]) == (10, 10, 5)
+    assert row["jaccard_mem"] == 5 / 15
+    assert (row["pairs_a"], row["pairs_b"], row["pairs_both"]) == (10, 7, 5)
+    assert row["jaccard_pairs"] == 5 / 12
+    mem_w, mem_d = load_mem(four["wide"]), load_mem(four["deep"])
+    assert row["pearson"] == pytest.approx(np.corrcoef(mem_w, mem_d)[0, 1])
+    assert row["spearman"] == pytest.approx(spearmanr(mem_w, mem_d).statistic)
+    [high] = compare([four["wide"], four["deep"]], 1.5)  # no mem reaches it: the Jaccard is undefined
+    assert high["memorized_a"] == high["memorized_b"] == 0 and high["jaccard_mem"] is None
+
+
+def test_examples_without_an_estimate_are_left_out(tmp_path: Path) -> None:
+    # ratio 0.9 over 12 runs: about a quarter of the examples are never left out (NaN), differently per salt.
+    dirs = [write_estimates(tmp_path / f"s{salt}", range(15), range(15), seeds=range(12), salt=salt, ratio=0.9)
+            for salt in (0, 1)]
+    mem_a, mem_b = (load_mem(path) for path in dirs)
+    common = ~np.isnan(mem_a) & ~np.isnan(mem_b)
+    planted_common = int(common[:15].sum())
+    assert np.isnan(mem_a[:15]).sum() and np.isnan(mem_b[:15]).sum() and planted_common < 15 - 1
+    [row] = compare(dirs, 0.25)
+    assert row["common"] == common.sum()
+    assert row["pearson"] == pytest.approx(np.corrcoef(mem_a[common], mem_b[common])[0, 1])
+    assert row["spearman"] == pytest.approx(spearmanr(mem_a[common], mem_b[common]).statistic)
+    assert row["memorized_a"] == row["memorized_b"] == row["memorized_both"] == planted_common
+    assert row["pairs_a"] == row["pairs_b"] == row["pairs_both"] == planted_common
+    assert row["jaccard_mem"] == row["jaccard_pairs"] == 1
+
+
+def test_same_architecture_pairs_are_the_noise_floor(four: dict[str, Path]) -> None:
+    rows = compare([four[name] for name in ("wide", "wide2", "deep")], 0.25)
+    floor = row_of(rows, "wide", "wide2")
+    assert floor["relation"] == SAME and floor["shared_subsets"] == 0 and floor["jaccard_mem"] == 10 / 12
+    assert all(floor[f"floor_{metric}"] is None for metric in ("pearson", "jaccard_mem"))
+    for cross in (row_of(rows, "wide", "deep"), row_of(rows, "wide2", "deep")):
+        assert cross["relation"] == CROSS
+        assert cross["floor_jaccard_mem"] == floor["jaccard_mem"]
+        assert cross["floor_spearman"] == floor["spearman"]
+    rows = compare([four[name] for name in ("wide", "wide2", "deep", "deep2")], 0.25)
+    deep_floor = row_of(rows, "deep", "deep2")
+    assert deep_floor["relation"] == SAME and deep_floor["jaccard_pairs"] == 7 / 8
+    both = row_of(rows, "wide", "deep")["floor_jaccard_pairs"]
+    assert both == pytest.approx(math.sqrt(row_of(rows, "wide", "wide2")["jaccard_pairs"] * 7 / 8))
+
+
+def test_cli_writes_the_three_files(four: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli("src.compare", str(four["wide"].parent), str(four["wide2"]), str(four["deep"]),
+                     "--labels", "w1,w2,d", "--theta-mem", "0.5", "--out", str(out), cwd=PROJECT_ROOT, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.name for path in out.iterdir()) == ["compare.csv", "compare.json", "compare.png"]
+    with open(out / "compare.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["a"], row["b"], row["relation"]) for row in rows] == [("w1", "w2", SAME), ("w1", "d", CROSS),
+                                                                       ("w2", "d", CROSS)]
+    assert rows[0]["floor_spearman"] == "" and float(rows[1]["jaccard_mem"]) == pytest.approx(5 / 15)
+    document = json.loads((out / "compare.json").read_text())
+    assert document["theta_mem"] == 0.5 and [item["label"] for item in document["inputs"]] == ["w1", "w2", "d"]
+    assert document["floors"] == [{"model": "wide", "dataset": "synthetic", "rows": 1,
+                                   **{key: document["pairs"][0][key] for key in ("pearson", "spearman",
+                                                                                 "jaccard_mem", "jaccard_pairs")}}]
+    image = matplotlib.image.imread(out / "compare.png")
+    assert image.ndim == 3 and min(image.shape[:2]) > 100
+    assert SAME in result.stdout and "cross-architecture agreement [noise floor]" in result.stdout
+    assert "w1 vs d: pearson" in result.stdout and "wrote compare.csv, compare.json, compare.png" in result.stdout
+
+
+def test_cli_notes_shared_subsets_and_missing_floor(four: dict[str, Path], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([str(four["wide"]), str(four["wide"]), "--out", str(tmp_path / "a")]) == 0
+    assert "share 40 subsets" in capsys.readouterr().out
+    assert main([str(four["wide"]), str(four["deep"]), "--out", str(tmp_path / "b")]) == 0
+    assert "no noise floor for deep, wide (swept once)" in capsys.readouterr().out
+
+
+INCOMPARABLE: dict[str, Callable[[Path], Path]] = {
+    "data_fingerprint": lambda root: write_estimates(root, range(10), range(10), data_fingerprint="fp1"),
+    "n_train": lambda root: write_estimates(root, range(10), range(10), n=N + 1),
+    "n_test": lambda root: write_estimates(root, range(10), range(10), n_test=N_TEST + 1),
+}
+
+
+@pytest.mark.parametrize("field", sorted(INCOMPARABLE))
+def test_incomparable_inputs_are_refused(four: dict[str, Path], tmp_path: Path, field: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    other = INCOMPARABLE[field](tmp_path / "other")
+    out = tmp_path / "out"
+    assert main([str(four["wide"]), str(other), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and len(captured.err.strip().splitlines()) == 1
+    assert f"not estimates of the same data: {field}" in captured.err and not out.exists()
+    with pytest.raises(MeminfError, match=field):
+        compare([four["wide"], other], 0.25)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["{wide}"], "at least two"),
+    (["{wide}", "{deep}", "--labels", "x"], "2 distinct non-empty labels"),
+    (["{wide}", "{deep}", "--labels", "x,x"], "2 distinct non-empty labels"),
+    (["{wide}", "{missing}"], "no estimates.npz"),
+    (["{wide}", "{deep}", "--theta-mem", "nan"], "finite"),
+])
+def test_bad_arguments_give_one_line(four: dict[str, Path], tmp_path: Path, args: list[str], message: str,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    argv = [arg.format(missing=tmp_path / "missing", **four) for arg in args]
+    assert main([*argv, "--out", str(out)]) == 2
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("error: ") and message in stderr and len(stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_damaged_estimates_give_one_line(four: dict[str, Path], tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    damaged = tmp_path / "damaged" / "estimates"
+    damaged.mkdir(parents=True)
+    with np.load(four["wide"] / "estimates.npz", allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files if key != "pair_test_idx"}
+    np.savez(damaged / "estimates.npz", **arrays)
+    assert main([str(four["wide"]), str(damaged), "--out", str(tmp_path / "out")]) == 2
+    assert "missing arrays pair_test_idx" in capsys.readouterr().err
