@@ -14,8 +14,10 @@ Every phase runs in a fresh Python process, so that its ru_maxrss is its own:
 - bare: float32 (n_train x K) @ (K x n_test), one call, 0/1 values.
 - estimate: `estimate` on the stats read back from stats.npz, null shuffles off and on, with the time split
   into mask unpacking, the matrix product, the influence arithmetic, pair extraction and the top-k merge;
-  tracemalloc peak (numpy allocations) and ru_maxrss. `--baseline FILE` times another estimate.py too
-  (e.g. `git show <rev>:src/estimate.py > /tmp/before.py`) on the same stats.
+  tracemalloc peak (numpy allocations) and ru_maxrss.
+- compare (with `--baseline FILE`, another estimate.py, e.g. `git show <rev>:src/estimate.py > before.py`):
+  for each of --compare-shapes, in-memory stats, then rounds of bare product / this estimate / the
+  baseline's, null shuffles off and on, interleaved so that both see the same load; best of --repeats.
 - imagenet: for each width, a SweepStats built in memory from the same synthetic records (not written to
   disk) with --imagenet-runs x --imagenet-test, then the estimate step and the bare product; the bare product
   goes in blocks of 50,000 rows into one output buffer (its full output would be 5 GB at 1.28M).
@@ -304,13 +306,27 @@ def phase_estimate(args: argparse.Namespace) -> dict[str, Any]:
     result["traced_peak_mb"] = traced_peak_mb(
         lambda: estimate_module.estimate(stats, EstimateConfig(null_perms=NULL_PERMS)))
     result["rss_before_mb"], result["maxrss_mb"] = rss_before, max_rss_mb()
-    if args.baseline is not None:
-        baseline = load_module(args.baseline)
-        for null_perms in (0, NULL_PERMS):
-            result[f"baseline_null{null_perms}"] = best_time(
-                lambda perms=null_perms: baseline.estimate(stats, baseline.EstimateConfig(null_perms=perms)),
-                args.repeats)
     return result
+
+
+def phase_compare(args: argparse.Namespace) -> dict[str, Any]:
+    n_runs, n_train, n_test = (int(size) for size in args.shape.split("x"))
+    stats = in_memory_stats(Truth.draw(n_train, n_test, args.classes), n_runs)
+    baseline = load_module(args.baseline)
+    steps: dict[str, Callable[[], Any]] = {
+        "bare": lambda: bare_product_seconds(n_train, n_runs, n_test, 1, n_train)}
+    for perms in (0, NULL_PERMS):
+        steps[f"after_null{perms}"] = lambda perms=perms: estimate_module.estimate(
+            stats, EstimateConfig(null_perms=perms))
+        steps[f"before_null{perms}"] = lambda perms=perms: baseline.estimate(
+            stats, baseline.EstimateConfig(null_perms=perms))
+    best = dict.fromkeys(steps, float("inf"))
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            seconds = step() if name == "bare" else best_time(step, 1)
+            best[name] = min(best[name], seconds)
+    memorized = int(np.sum(estimate_module.estimate(stats, EstimateConfig(null_perms=0)).mem >= 0.25))
+    return {"shape": args.shape, "memorized": memorized, "n_train": n_train, **best}
 
 
 def phase_imagenet(args: argparse.Namespace) -> dict[str, Any]:
@@ -332,7 +348,7 @@ def phase_imagenet(args: argparse.Namespace) -> dict[str, Any]:
 
 CHILD_OPTIONS = ("runs", "n_train", "n_test", "classes", "new_runs", "imagenet_runs", "imagenet_test", "repeats")
 PHASES = {"write": phase_write, "load": phase_load, "bare": phase_bare, "estimate": phase_estimate,
-          "imagenet": phase_imagenet}
+          "compare": phase_compare, "imagenet": phase_imagenet}
 
 
 def run_phase(name: str, argv: list[str], **extra: Any) -> dict[str, Any]:
@@ -385,10 +401,6 @@ def report_cifar(args: argparse.Namespace, write: dict, load: dict, bare: dict, 
         work = 1 if perms == 0 else null_work
         rows.append([f"estimate, null shuffles {perms}", f"{run['seconds']:.2f}", f"{run['seconds'] / bare_s:.2f}",
                      f"{work:.2f}", f"{run['seconds'] / (bare_s * work):.2f}"])
-        if f"baseline_null{perms}" in est:
-            seconds = est[f"baseline_null{perms}"]
-            rows.append([f"baseline estimate, null {perms}", f"{seconds:.2f}", f"{seconds / bare_s:.2f}",
-                         f"{work:.2f}", f"{seconds / (bare_s * work):.2f}"])
     print(f"\nestimate step ({est['null0']['pairs']} pairs, {memorized} memorized; the null recomputes only "
           f"memorized rows, so its product work is 1 + {NULL_PERMS} x memorized/n_train bare products):\n")
     print(table(["step", "seconds", "x bare", "product work", "x bare work"], rows))
@@ -398,6 +410,20 @@ def report_cifar(args: argparse.Namespace, write: dict, load: dict, bare: dict, 
     print(f"\nmemory: estimate step tracemalloc peak {est['traced_peak_mb']:.0f} MB (null {NULL_PERMS}); "
           f"estimate process ru_maxrss {est['maxrss_mb']:.0f} MB ({est['rss_before_mb']:.0f} MB before the "
           f"estimate: interpreter and stats); bare product process ru_maxrss {bare['maxrss_mb']:.0f} MB")
+
+
+def report_compare(args: argparse.Namespace, results: list[dict]) -> None:
+    print(f"\n## Before / after: {args.baseline} against src/estimate.py, interleaved, best of {args.repeats}\n")
+    rows = []
+    for res in results:
+        for perms in (0, NULL_PERMS):
+            work = 1 + (perms * res["memorized"] / res["n_train"] if perms else 0)
+            before, after = res[f"before_null{perms}"], res[f"after_null{perms}"]
+            rows.append([res["shape"], str(perms), f"{res['bare']:.2f}", f"{before:.2f}",
+                         f"{before / (res['bare'] * work):.2f}", f"{after:.2f}",
+                         f"{after / (res['bare'] * work):.2f}"])
+    print(table(["runs x n_train x n_test", "null", "bare s", "before s", "before x bare work", "after s",
+                 "after x bare work"], rows))
 
 
 def report_imagenet(args: argparse.Namespace, results: list[dict]) -> None:
@@ -430,11 +456,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--imagenet-widths", type=int, nargs="*", default=[50_000, 320_000, 1_280_000],
                         help="n_train values of the ImageNet-width table (none: skip it)")
     parser.add_argument("--repeats", type=int, default=1, help="best of this many timings")
-    parser.add_argument("--baseline", type=Path, default=None, help="another estimate.py to time as well")
+    parser.add_argument("--baseline", type=Path, default=None, help="another estimate.py to compare with")
+    parser.add_argument("--compare-shapes", nargs="*", default=["4000x10000x10000", "200x100000x1000"],
+                        help="runs x n_train x n_test of the before/after comparison")
     parser.add_argument("--workdir", type=Path, default=None, help="where the records go (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the records")
+    parser.add_argument("--skip-cifar", action="store_true", help="skip the records and CIFAR-shape tables")
     parser.add_argument("--phase", choices=PHASES, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--width", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--shape", default="", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -448,14 +478,17 @@ def main(argv: list[str] | None = None) -> None:
     common += [f"--workdir={workdir}", *([f"--baseline={args.baseline}"] if args.baseline else [])]
     print(f"machine: {os.cpu_count()} cpus, numpy {np.__version__}; records in {workdir}", flush=True)
     try:
-        write = run_phase("write", common)
-        load = run_phase("load", common)
-        bare = run_phase("bare", common)
-        est = run_phase("estimate", common)
-        report_cifar(args, write, load, bare, est)
+        if not args.skip_cifar:
+            write = run_phase("write", common)
+            load = run_phase("load", common)
+            bare = run_phase("bare", common)
+            est = run_phase("estimate", common)
+            report_cifar(args, write, load, bare, est)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
+    if args.baseline is not None:
+        report_compare(args, [run_phase("compare", common, shape=shape) for shape in args.compare_shapes])
     if args.imagenet_widths:
         results = [run_phase("imagenet", common, width=width) for width in args.imagenet_widths]
         report_imagenet(args, results)

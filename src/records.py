@@ -50,6 +50,11 @@ ARRAY_KEYS = (
     "subset_mask", "train_label", "train_pred", "train_correct", "train_prob",
     "test_label", "test_pred", "test_correct", "test_prob", "flipped_idx", "flipped_orig_label",
 )
+# What a damaged archive raises from np.load/zipfile (found by flipping every bit of a record,
+# tests/test_damaged_records.py): CRC and header errors, unsupported "compression" or "encryption" flags,
+# short reads, absurd sizes in a header.
+ARCHIVE_ERRORS = (OSError, ValueError, TypeError, EOFError, zipfile.BadZipFile, NotImplementedError, RuntimeError,
+                  MemoryError, OverflowError)
 FAULT_ENV = "MEMINF_FAULT"
 _FAULT_COUNTS: dict[str, int] = {}
 # Tolerance for "the accuracy in meta equals the accuracy of the arrays" (float32 round trip).
@@ -191,9 +196,12 @@ def write_record(path: str | Path, record: Record) -> Path:
 
 def _open_archive(path: Path) -> np.lib.npyio.NpzFile:
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        archive = np.load(path, allow_pickle=False)
+    except ARCHIVE_ERRORS as err:
         raise RecordError(path, f"not a readable .npz archive ({err}); delete it and rerun that seed") from err
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise RecordError(path, "a single .npy array, not an .npz record; delete it and rerun that seed")
+    return archive
 
 
 def _parse_meta(archive: np.lib.npyio.NpzFile, path: Path) -> dict[str, Any]:
@@ -201,8 +209,8 @@ def _parse_meta(archive: np.lib.npyio.NpzFile, path: Path) -> dict[str, Any]:
         raise RecordError(path, "no 'meta' member; not a meminf record")
     try:
         meta = json.loads(str(archive["meta"][()]))
-    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as err:
-        raise RecordError(path, f"unreadable metadata ({err})") from err
+    except (*ARCHIVE_ERRORS, KeyError, RecursionError) as err:
+        raise RecordError(path, f"unreadable metadata ({type(err).__name__}: {err})") from err
     if not isinstance(meta, dict):
         raise RecordError(path, "metadata is not a JSON object")
     version = meta.get("format_version")
@@ -239,8 +247,8 @@ def read_record(path: str | Path) -> Record:
             raise RecordError(path, f"missing arrays {', '.join(missing)}")
         try:
             raw = {key: archive[key] for key in archive.files if key != "meta"}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise RecordError(path, f"truncated or damaged array data ({err})") from err
+        except ARCHIVE_ERRORS as err:
+            raise RecordError(path, f"truncated or damaged array data ({type(err).__name__}: {err})") from err
     n_train, n_test, _ = _meta_counts(meta, path)
     record = Record(
         meta=meta,
@@ -273,7 +281,7 @@ def _meta_counts(meta: dict[str, Any], path: str | Path) -> tuple[int, int, int]
     try:
         counts = int(meta["n_train"]), int(meta["n_test"]), int(meta["num_classes"])
         int(meta["seed"]), float(meta["ratio"]), float(meta["test_acc"]), float(meta["train_in_acc"])
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise RecordError(path, f"metadata has a non-numeric count, seed, ratio or accuracy ({err})") from err
     if min(counts) < 1:
         raise RecordError(path, f"n_train, n_test and num_classes must be positive, got {counts}")

@@ -1,5 +1,6 @@
 """The aggregator: calibration on planted ground truth, block-wise influence against a naive loop, the
-permutation null, sweep validation, and the output files."""
+permutation null, sweep validation, the output files, and the stats cache (an incremental update equals a
+full load bit for bit; a cache that cannot be used is rebuilt)."""
 
 from __future__ import annotations
 
@@ -615,6 +616,9 @@ def test_incremental_update_equals_full_load(tmp_path: Path, reads: list[tuple[s
 def damage_cache(cache: Path, case: str, tmp_path: Path) -> None:
     if case == "corrupted":
         cache.write_bytes(cache.read_bytes()[:200])
+    if case == "npy_file":
+        with open(cache, "wb") as handle:
+            np.save(handle, np.zeros(3))
     if case == "damaged":
         np.savez(cache, cache=np.array(json.dumps({"cache_version": CACHE_VERSION})))
     if case == "old_version":
@@ -648,7 +652,8 @@ def change_records(sweep_dir: Path, case: str) -> None:
 CACHE_CASES = {
     "deleted": "is gone", "modified": "changed", "differing_copy": "no longer used",
     "other_group": "another sweep than the cached", "foreign": "written for another sweep: data_fingerprint",
-    "corrupted": "is unreadable", "damaged": "is damaged", "old_version": f"cache format {CACHE_VERSION - 1}",
+    "corrupted": "is unreadable", "npy_file": "is unreadable (TypeError", "damaged": "is damaged",
+    "old_version": f"cache format {CACHE_VERSION - 1}",
     "no_cache": "--no-cache",
 }
 

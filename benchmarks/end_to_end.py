@@ -1,0 +1,325 @@
+"""Wall time of the real command line, `python -m src.run -m experiment=fz_mnist seed=0..63 ...`, at pack=1
+and at the default pack, and the time from launching a 2,000-seed sweep until its first model trains.
+
+    .venv/bin/python benchmarks/end_to_end.py            # ~5 min on 2 cores
+    .venv/bin/python benchmarks/end_to_end.py --seeds 16 # shorter
+
+Each command runs in a subprocess through a small launcher that runs `src.run` as `python -m src.run`
+does (runpy, same argv) and appends timestamps to a file when src.training's `run_job` starts and ends,
+Lightning's `on_train_start` / `on_train_end` / first `on_train_batch_start` of a job fire, and
+`SubsetClassifier.evaluate` starts and ends (a few file appends per job; nothing else changes). Times are
+measured from just before the subprocess is started, so they include Python start-up, imports, the
+pre-flight, Hydra composition, data loading and record writing. The 2,000-seed sweep is killed (its
+process group, which this script started) as soon as its first training step begins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = ROOT / ".venv" / "bin" / "python"
+
+# Other processes on this shared machine slow torch's 2 OpenMP threads down several-fold (see
+# train_throughput.py), so each command starts at a quiet moment and the cores others used meanwhile
+# are reported ("others' cores").
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def busy_cores_s() -> float:
+    """CPU seconds spent by all processes on all cores (user, nice, system, irq, softirq) since boot."""
+    with open("/proc/stat") as handle:
+        user, nice, system, _idle, _iowait, irq, softirq = map(int, handle.readline().split()[1:8])
+    return (user + nice + system + irq + softirq) / CLOCK_TICKS
+
+
+def cpu_s_here() -> float:
+    """CPU seconds of this process and of its finished children (the commands)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def wait_for_quiet(limit_s: float = 60, threshold: float = 0.3) -> None:
+    """Wait (at most limit_s) for a 1-s window in which other processes use < threshold of a core."""
+    deadline = time.perf_counter() + limit_s
+    while time.perf_counter() < deadline:
+        busy, start = busy_cores_s(), time.perf_counter()
+        time.sleep(1.0)
+        if (busy_cores_s() - busy) / (time.perf_counter() - start) < threshold:
+            return
+
+
+LAUNCHER = '''"""python launcher.py ARGS == python -m src.run ARGS, plus timestamps in $MEMINF_BENCH_EVENTS."""
+import importlib.abc
+import importlib.util
+import os
+import runpy
+import sys
+import time
+
+EVENTS = os.environ["MEMINF_BENCH_EVENTS"]
+
+
+def emit(name):
+    with open(EVENTS, "a") as handle:
+        handle.write(f"{name} {time.time():.6f}\\n")
+
+
+def stamp(name, func):
+    def wrapper(*args, **kwargs):
+        emit(name + "_start")
+        try:
+            return func(*args, **kwargs)
+        finally:
+            emit(name + "_end")
+    return wrapper
+
+
+def instrument(training):
+    training.run_job = stamp("job", training.run_job)
+    cls = training.SubsetClassifier
+    cls.evaluate = stamp("eval", cls.evaluate)
+    cls.on_train_start = lambda self: emit("train_start")
+    cls.on_train_end = lambda self: emit("train_end")
+
+    def on_train_batch_start(self, batch, batch_idx):
+        if batch_idx == 0 and self.current_epoch == 0:
+            emit("first_step")
+    cls.on_train_batch_start = on_train_batch_start
+
+
+class Hook(importlib.abc.MetaPathFinder):
+    """Instruments src.training right after it is imported (inside the first job, as without the hook)."""
+
+    def find_spec(self, name, path, target=None):
+        if name != "src.training":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            instrument(module)
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+emit("python_started")
+sys.path.insert(0, os.getcwd())
+sys.meta_path.insert(0, Hook())
+runpy.run_module("src.run", run_name="__main__", alter_sys=True)
+'''
+
+
+@dataclass
+class Run:
+    label: str
+    seeds: int
+    launched: float
+    ended: float | None
+    events: list[tuple[str, float]]  # from the launcher's hook
+    lines: list[tuple[float, str]]  # the command's output lines, stamped when they arrived here
+    returncode: int | None
+    others: float  # cores other processes used while the command ran (mean)
+
+    def first(self, name: str) -> float | None:
+        return next((t - self.launched for event, t in self.events if event == name), None)
+
+    def first_line(self, text: str) -> float | None:
+        return next((t - self.launched for t, line in self.lines if text in line), None)
+
+
+def read_lines(stream: IO[str], lines: list[tuple[float, str]], log: IO[str]) -> None:
+    for line in stream:
+        lines.append((time.time(), line.rstrip("\n")))
+        log.write(line)
+
+
+def launch(label: str, args: Sequence[str], seeds: int, workdir: Path, stop_at: str | None = None,
+           timeout_s: float = 900) -> Run:
+    """Run the launcher with `args`; with `stop_at`, kill its process group once that event is written."""
+    events, log_path = workdir / f"{label}.events", workdir / f"{label}.log"
+    env = {**os.environ, "MEMINF_BENCH_EVENTS": str(events), "PYTHONUNBUFFERED": "1"}
+    lines: list[tuple[float, str]] = []
+    wait_for_quiet()
+    busy, here = busy_cores_s(), cpu_s_here()
+    with log_path.open("w") as log:
+        launched = time.time()
+        proc = subprocess.Popen([str(PYTHON), str(workdir / "launcher.py"), *args], cwd=ROOT, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        reader = threading.Thread(target=read_lines, args=(proc.stdout, lines, log), daemon=True)
+        reader.start()
+        ended = wait(proc, events, stop_at, timeout_s)
+        reader.join(10)
+    others = max(0.0, busy_cores_s() - busy - (cpu_s_here() - here)) / (time.time() - launched)
+    parsed = [(name, float(t)) for name, t in (line.split() for line in events.read_text().splitlines())]
+    if stop_at is None and proc.returncode != 0:
+        sys.exit(f"{label} failed (exit {proc.returncode}); see the log:\n" + log_path.read_text())
+    return Run(label, seeds, launched, ended, parsed, lines, proc.returncode, others)
+
+
+def wait(proc: subprocess.Popen, events: Path, stop_at: str | None, timeout_s: float) -> float | None:
+    """The time the command ended by itself, or None when it was stopped at `stop_at` (or timed out)."""
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        if stop_at and events.exists() and f"{stop_at} " in events.read_text():
+            break
+        time.sleep(0.02)
+    if proc.poll() is not None:
+        return time.time()
+    os.killpg(proc.pid, signal.SIGTERM)  # the session this script started for the command
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return None
+
+
+@dataclass
+class JobTimes:
+    setup: float  # run_job start → on_train_start: data, masks, model building, Trainer, fit set-up
+    training: float  # on_train_start → on_train_end: Lightning's epoch loop
+    teardown: float  # on_train_end → first evaluate: end of Trainer.fit
+    evaluation: float  # the evaluate calls (every train and test example)
+    records: float  # last evaluate → run_job end: record building and writing, logging
+    between: float  # run_job end → next run_job start (Hydra's per-job work); 0 for the last job
+
+    @property
+    def total(self) -> float:
+        return self.setup + self.training + self.teardown + self.evaluation + self.records + self.between
+
+    @property
+    def fixed(self) -> float:
+        return self.setup + self.teardown + self.records + self.between
+
+
+def job_times(run: Run) -> list[JobTimes]:
+    jobs: list[dict[str, float]] = []
+    for name, t in run.events:
+        if name == "job_start":
+            jobs.append({})
+        if jobs:
+            jobs[-1].setdefault(name, t)
+            jobs[-1][name + "_last"] = t
+    result = []
+    for k, job in enumerate(jobs):
+        between = jobs[k + 1]["job_start"] - job["job_end"] if k + 1 < len(jobs) else 0.0
+        result.append(JobTimes(job["train_start"] - job["job_start"], job["train_end"] - job["train_start"],
+                               job["eval_start"] - job["train_end"], job["eval_end_last"] - job["eval_start"],
+                               job["job_end"] - job["eval_end_last"], between))
+    return result
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def summary_rows(runs: list[Run], baseline: Run) -> list[list[str]]:
+    rows = []
+    base_per_model = (baseline.ended - baseline.launched) / baseline.seeds
+    for run in runs:
+        wall = None if run.ended is None else run.ended - run.launched
+        per_model = None if wall is None else wall / run.seeds
+        speedup = None if per_model is None else base_per_model / per_model
+        jobs = sum(1 for name, _ in run.events if name == "job_start")
+        rows.append([run.label, run.seeds, jobs if wall is not None else "-", fmt(wall, 1), fmt(per_model, 3),
+                     "-" if speedup is None else f"{speedup:.2f}x", fmt(run.first("job_start")),
+                     fmt(run.first("first_step")), f"{run.others:.2f}"])
+    return rows
+
+
+def breakdown_rows(run: Run) -> list[list[str]]:
+    jobs = job_times(run)
+    wall = run.ended - run.launched
+    startup = run.first("job_start")
+    parts = [("set-up: run_job start → on_train_start (data, build, Trainer, fit set-up)", "setup"),
+             ("training: Lightning epoch loop", "training"),
+             ("Trainer.fit teardown", "teardown"),
+             ("evaluation (every train + test example)", "evaluation"),
+             ("records: building, writing, logging", "records"),
+             ("between jobs (Hydra)", "between")]
+    mean_total = sum(job.total for job in jobs) / len(jobs)
+    rows = [[label, fmt(sum(getattr(job, key) for job in jobs) / len(jobs), 3),
+             f"{100 * sum(getattr(job, key) for job in jobs) / len(jobs) / mean_total:.1f}%"] for label, key in parts]
+    fixed = sum(job.fixed for job in jobs) / len(jobs)
+    rows.append(["fixed per job (set-up + teardown + records + between)", fmt(fixed, 3),
+                 f"{100 * fixed / mean_total:.1f}%"])
+    rows.append(["mean job", fmt(mean_total, 3), "100%"])
+    rows.append([f"process start-up before job 1 (imports, pre-flight, Hydra), once per {len(jobs)} jobs",
+                 fmt(startup, 3), f"{100 * startup / wall:.1f}% of wall"])
+    rows.append(["first job alone (first Trainer, git metadata, ...)", fmt(jobs[0].total, 3), ""])
+    return rows
+
+
+def timeline_rows(runs: Sequence[Run]) -> list[list[str]]:
+    """Milestones from launch to the first training step, one column per run."""
+    milestones = [
+        ("Python started (launcher's first line)", lambda run: run.first("python_started")),
+        ("pre-flight done (the 'sweep ...: N seeds' line)", lambda run: run.first_line("to train in")),
+        ("Hydra's first batch of job configs composed ('Launching')", lambda run: run.first_line("Launching")),
+        ("first run_job starts (job config, torch + Lightning imports)", lambda run: run.first("job_start")),
+        ("first training step", lambda run: run.first("first_step")),
+    ]
+    return [[label, *(fmt(get(run)) for run in runs)] for label, get in milestones]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=64, help="seeds of the timed sweeps (default 64)")
+    parser.add_argument("--first-step-seeds", type=int, default=2000, help="seeds of the first-step sweeps")
+    args = parser.parse_args()
+    common = ["-m", "experiment=fz_mnist", "logger=none"]
+    seeds, big = f"seed=0..{args.seeds - 1}", f"seed=0..{args.first_step_seeds - 1}"
+    print(f"load average at start: {os.getloadavg()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="meminf_e2e_") as tmp:
+        work = Path(tmp)
+        (work / "launcher.py").write_text(LAUNCHER)
+        runs: list[Run] = []
+        for label, extra in (("pack=1", ["pack=1"]), ("pack=auto (default)", [])):
+            command = [*common, seeds, f"paths.output_dir={work / f'out_{len(runs)}'}", *extra]
+            print(f"running {label}: python -m src.run {' '.join(command)}", flush=True)
+            runs.append(launch(label, command, args.seeds, work))
+        n = args.first_step_seeds
+        # The last setting is not the project's default: conf/hydra/default.yaml has max_batch_size 100.
+        for label, extra in ((f"{n} seeds, pack=auto", []), (f"{n} seeds, pack=1", ["pack=1"]),
+                             (f"{n} seeds, pack=auto, hydra.sweeper.max_batch_size=1",
+                              ["hydra.sweeper.max_batch_size=1"])):
+            command = [*common, big, f"paths.output_dir={work / f'out_{len(runs)}'}", *extra]
+            print(f"running {label} until its first training step: python -m src.run {' '.join(command)}",
+                  flush=True)
+            runs.append(launch(label, command, n, work, stop_at="first_step"))
+    print(f"load average at end: {os.getloadavg()}")
+    print("\nEnd to end (times from launching the subprocess; s/model = wall / seeds)\n")
+    print(table(["setting", "seeds", "jobs", "wall s", "s/model", "speed-up", "first job starts s",
+                 "first training step s", "others' cores"], summary_rows(runs, runs[0])))
+    print(f"\nFrom launch to the first training step of a {n}-seed sweep (s after launch)\n")
+    print(table(["milestone", *(run.label for run in runs[2:])], timeline_rows(runs[2:])))
+    for run in runs[:2]:
+        print(f"\nWhere a job's time goes, {run.label}, {run.seeds} seeds (mean over jobs)\n")
+        print(table(["part", "s", "% of job"], breakdown_rows(run)))
+
+
+if __name__ == "__main__":
+    main()
