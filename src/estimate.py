@@ -352,6 +352,9 @@ def read_file_info(path: Path) -> _FileInfo:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in IDENTITY_ARRAYS}
+        not_integer = [key for key, values in arrays.items() if values.dtype.kind not in "iu"]
+        if not_integer:
+            raise RecordError(path, f"{', '.join(not_integer)} must hold integers")
         return _FileInfo(path, int(meta["seed"]), SweepIdentity.of(meta, arrays))
     except KeyError as err:
         raise RecordError(path, f"missing array {err}") from err
