@@ -149,12 +149,15 @@ def read_lines(stream: IO[str], lines: list[tuple[float, str]], log: IO[str]) ->
 
 
 def launch(label: str, args: Sequence[str], seeds: int, workdir: Path, stop_at: str | None = None,
-           timeout_s: float = 900) -> Run:
+           timeout_s: float = 900, threads: int | None = None) -> Run:
     """Run the launcher with `args`; with `stop_at`, kill its process group once that event is written."""
     events, log_path = workdir / f"{label}.events", workdir / f"{label}.log"
     env = {**os.environ, "MEMINF_BENCH_EVENTS": str(events), "PYTHONUNBUFFERED": "1"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads
     lines: list[tuple[float, str]] = []
-    wait_for_quiet()
+    cores = os.cpu_count() or 1
+    wait_for_quiet(threshold=0.3 + cores - min(cores, threads or cores))  # others may use the cores we leave
     busy, here = busy_cores_s(), cpu_s_here()
     with log_path.open("w") as log:
         launched = time.time()
@@ -289,10 +292,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=64, help="seeds of the timed sweeps (default 64)")
     parser.add_argument("--first-step-seeds", type=int, default=2000, help="seeds of the first-step sweeps")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS for the commands (default: unset, one thread per core); 1 keeps "
+                             "times stable while another process keeps a core busy")
     args = parser.parse_args()
     common = ["-m", "experiment=fz_mnist", "logger=none"]
     seeds, big = f"seed=0..{args.seeds - 1}", f"seed=0..{args.first_step_seeds - 1}"
-    print(f"load average at start: {os.getloadavg()}", flush=True)
+    print(f"load average at start: {os.getloadavg()}, OMP_NUM_THREADS={args.threads or 'unset'}", flush=True)
     with tempfile.TemporaryDirectory(prefix="meminf_e2e_") as tmp:
         work = Path(tmp)
         (work / "launcher.py").write_text(LAUNCHER)
@@ -300,7 +306,7 @@ def main() -> None:
         for label, extra in (("pack=1", ["pack=1"]), ("pack=auto (default)", [])):
             command = [*common, seeds, f"paths.output_dir={work / f'out_{len(runs)}'}", *extra]
             print(f"running {label}: python -m src.run {' '.join(command)}", flush=True)
-            runs.append(launch(label, command, args.seeds, work))
+            runs.append(launch(label, command, args.seeds, work, threads=args.threads))
         n = args.first_step_seeds
         # The last setting is not the project's default: conf/hydra/default.yaml has max_batch_size 100.
         for label, extra in ((f"{n} seeds, pack=auto", []), (f"{n} seeds, pack=1", ["pack=1"]),
@@ -309,7 +315,7 @@ def main() -> None:
             command = [*common, big, f"paths.output_dir={work / f'out_{len(runs)}'}", *extra]
             print(f"running {label} until its first training step: python -m src.run {' '.join(command)}",
                   flush=True)
-            runs.append(launch(label, command, n, work, stop_at="first_step"))
+            runs.append(launch(label, command, n, work, stop_at="first_step", threads=args.threads))
     print(f"load average at end: {os.getloadavg()}")
     print("\nEnd to end (times from launching the subprocess; s/model = wall / seeds)\n")
     print(table(["setting", "seeds", "jobs", "wall s", "s/model", "speed-up", "first job starts s",

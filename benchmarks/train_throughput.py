@@ -142,12 +142,19 @@ def own_cpu_s() -> float:
     return times.user + times.system
 
 
-QUIET_CORES = 0.15  # a timing during which other processes used more than this (mean) is retried
+QUIET_CORES = 0.15  # a timing during which others used more than this beyond the cores torch leaves free is retried
 RETRY_BUDGET_S = [300.0]  # seconds of the whole run that retries of contended timings may use
 
 
+def spare_cores() -> int:
+    """Cores torch does not use (with --threads 1, another process may use one without slowing us)."""
+    return max(0, (os.cpu_count() or 1) - torch.get_num_threads())
+
+
 def wait_for_quiet(limit_s: float = 60, threshold: float = 0.3) -> None:
-    """Wait (at most limit_s) for a 1-s window in which other processes use < threshold of a core."""
+    """Wait (at most limit_s) for a 1-s window in which other processes use < threshold of a core
+    beyond the spare cores."""
+    threshold += spare_cores()
     deadline = time.perf_counter() + limit_s
     while time.perf_counter() < deadline:
         busy, start = busy_cores_s(), time.perf_counter()
@@ -170,7 +177,7 @@ def timed_call(func: Callable[[], T], retries: int = 2) -> tuple[T, float]:
         elapsed = time.perf_counter() - start
         others = max(0.0, (busy_cores_s() - busy) - (own_cpu_s() - own)) / elapsed
         attempts.append((others, attempt, result))
-        if others < QUIET_CORES or RETRY_BUDGET_S[0] < elapsed:
+        if others < QUIET_CORES + spare_cores() or RETRY_BUDGET_S[0] < elapsed:
             break
         RETRY_BUDGET_S[0] -= elapsed
         print(f"  (other processes used {others:.2f} cores: timing again)", flush=True)
@@ -385,7 +392,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer P values, epochs and images")
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated: " + ",".join(WORKLOADS))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch.set_num_threads (default: torch's, one per core); 1 keeps ratios stable "
+                             "while another process keeps a core busy")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = [name.strip() for name in args.workloads.split(",") if name.strip()]
     unknown = sorted(set(names) - set(WORKLOADS))
     if unknown:
