@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from src.errors import ConfigError, MeminfError
+from src.errors import ConfigError, MeminfError, cli_exit_code
 from src.records import write_atomic
 
 ESTIMATES_NAME = "estimates.npz"
@@ -456,12 +456,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    try:
-        run(args)
-    except (MeminfError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":

@@ -74,7 +74,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from src.errors import ConfigError, MeminfError, RecordError
+from src.errors import ConfigError, MeminfError, RecordError, cli_exit_code
 from src.records import (
     ARCHIVE_ERRORS,
     Record,
@@ -1402,12 +1402,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    try:
-        run(args)
-    except (MeminfError, OSError) as err:
-        print(f"error: {_one_line(str(err))}", file=sys.stderr)
-        return 2
-    return 0
+    return cli_exit_code(lambda: run(args))
 
 
 if __name__ == "__main__":
