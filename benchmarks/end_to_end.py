@@ -1,7 +1,7 @@
 """Wall time of the real command line, `python -m src.run -m experiment=fz_mnist seed=0..63 ...`, at pack=1
 and at the default pack, and the time from launching a 2,000-seed sweep until its first model trains.
 
-    .venv/bin/python benchmarks/end_to_end.py            # ~5 min on 2 cores
+    .venv/bin/python benchmarks/end_to_end.py            # ~6.5 min on 2 idle cores
     .venv/bin/python benchmarks/end_to_end.py --seeds 16 # shorter
 
 Each command runs in a subprocess through a small launcher that runs `src.run` as `python -m src.run`
@@ -9,8 +9,8 @@ does (runpy, same argv) and appends timestamps to a file when src.training's `ru
 Lightning's `on_train_start` / `on_train_end` / first `on_train_batch_start` of a job fire, and
 `SubsetClassifier.evaluate` starts and ends (a few file appends per job; nothing else changes). Times are
 measured from just before the subprocess is started, so they include Python start-up, imports, the
-pre-flight, Hydra composition, data loading and record writing. The 2,000-seed sweep is killed (its
-process group, which this script started) as soon as its first training step begins.
+pre-flight, Hydra composition, data loading and record writing. The 2,000-seed sweeps are killed (their
+process groups, which this script started) as soon as their first training step begins.
 """
 
 from __future__ import annotations
@@ -272,7 +272,7 @@ def breakdown_rows(run: Run) -> list[list[str]]:
     rows.append(["mean job", fmt(mean_total, 3), "100%"])
     rows.append([f"process start-up before job 1 (imports, pre-flight, Hydra), once per {len(jobs)} jobs",
                  fmt(startup, 3), f"{100 * startup / wall:.1f}% of wall"])
-    rows.append(["first job alone (first Trainer, git metadata, ...)", fmt(jobs[0].total, 3), ""])
+    rows.append(["first job, whole (it also pays the first Trainer, git metadata)", fmt(jobs[0].total, 3), ""])
     return rows
 
 

@@ -1,7 +1,8 @@
 """Training throughput of subset models: seconds per model through `run_job` at pack=1 and pack=P.
 
-    .venv/bin/python benchmarks/train_throughput.py                 # full run (~10 min on 2 cores)
-    .venv/bin/python benchmarks/train_throughput.py --quick --workloads fz_mnist
+    .venv/bin/python benchmarks/train_throughput.py                 # full run (~11 min on 2 idle cores)
+    .venv/bin/python benchmarks/train_throughput.py --quick         # ~2 min
+    .venv/bin/python benchmarks/train_throughput.py --workloads fz_mnist --threads 1
 
 For each workload, s/model through `src.training.run_job` (the real Lightning path: data, model
 building, Trainer.fit, evaluation of every train and test example, record writing), against
@@ -62,11 +63,12 @@ class Workload:
     images: tuple[int, int] | None = None  # synthetic 3x32x32 npz (n_train, n_test); None: the config's data
 
 
-# Sizes fit ~10 min on 2 shared cores. Measured per training step of 128 examples (one model):
-# cnn_small ~0.4-0.8 s, resnet18 (small stem) ~5-6 s alone and ~16-22 s per model under vmap at P=2,
-# so the convnets get a few hundred images and one epoch; per-model times scale with the data.
+# Sizes fit ~11 min on 2 idle cores (measured 643 s). The convnets get a few hundred images and one
+# epoch: per model, through run_job, cnn_small takes ~1.4 s at P=1 and ~2.2 s at P>=4 on 1,000 + 200
+# images, resnet18 (small stem) ~17 s at P=1 and ~21 s at P=2, 4 on 400 + 100 images, so the full
+# P range of fz_mnist would take hours for resnet18; per-model times scale with the data.
 WORKLOADS = {
-    "fz_mnist": Workload("fz_mnist", ("experiment=fz_mnist",), (1, 2, 4, 8, 16, 32), epochs=10, repeats=1),
+    "fz_mnist": Workload("fz_mnist", ("experiment=fz_mnist",), (1, 2, 4, 8, 16, 32), epochs=10, repeats=2),
     "cnn_small": Workload("cnn_small", ("model=cnn_small",), (1, 2, 4, 8, 16, 32), epochs=1, repeats=1,
                           images=(1000, 200)),
     "resnet18": Workload("resnet18", ("model=resnet18", "model.small_input_stem=true"), (1, 2, 4), epochs=1,
@@ -125,7 +127,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 # Other processes on this shared machine: torch's 2 OpenMP threads collapse when another process keeps a
-# core busy (measured: hand-written P=1 MLP loop 5-9x slower with 2 threads than with 1 while another
+# core busy (measured: hand-written P=1 MLP loop 5-8x slower with 2 threads than with 1 while another
 # 2-thread job ran), so each timing waits for a quiet moment and reports the other processes' CPU use.
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
