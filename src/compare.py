@@ -54,6 +54,7 @@ from scipy.stats import rankdata
 
 from src.errors import ConfigError, MeminfError, cli_exit_code
 from src.records import write_atomic
+from src.tracking import add_wandb_arguments, log_compare
 
 ESTIMATES_NAME = "estimates.npz"
 ARRAYS = ("mem", "pair_train_idx", "pair_test_idx", "seeds", "summary")
@@ -442,6 +443,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--labels", default=None, help="comma-separated labels, one per input")
     parser.add_argument("--theta-mem", type=float, default=0.25, help="memorized: mem >= this")
     parser.add_argument("--out", type=Path, default=Path("compare"), help="output directory (default ./compare)")
+    add_wandb_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -452,6 +454,7 @@ def run(args: argparse.Namespace) -> None:
     written = write_compare(args.out, inputs, rows, args.theta_mem)
     print(format_report(inputs, rows, args.theta_mem))
     print(f"wrote {', '.join(path.name for path in written)} to {args.out}")
+    log_compare(args, args.out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,6 +49,8 @@ class Dataset:
     class_names: tuple[str, ...] | None = None
     train_extras: dict[str, np.ndarray] = field(default_factory=dict)
     test_extras: dict[str, np.ndarray] = field(default_factory=dict)
+    train_paths: tuple[str, ...] | None = None  # image files relative to the data set root (image folders)
+    test_paths: tuple[str, ...] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -114,6 +116,7 @@ def _build_dataset(dataset_cfg: Mapping[str, Any], data_dir: str | Path) -> Data
         num_classes=raw.num_classes, flipped_idx=flipped_idx,
         fingerprint=fingerprint(raw.x_train, y_train, raw.x_test, y_test, flipped_idx),
         class_names=raw.class_names, train_extras=dict(raw.train_extras), test_extras=dict(raw.test_extras),
+        train_paths=raw.train_paths, test_paths=raw.test_paths,
     )
 
 
@@ -124,15 +127,35 @@ def record_extras(dataset: Dataset) -> dict[str, np.ndarray]:
     return extras
 
 
-def train_images_from_meta(meta: Mapping[str, Any], indices: np.ndarray) -> np.ndarray | None:
-    """The training images `indices` ((len(indices), C, H, W) in [0, 1]) of the data set a record was
-    trained on, or None when the data are vectors. Raises DataError when the data cannot be loaded here."""
+def dataset_from_meta(meta: Mapping[str, Any]) -> Dataset:
+    """The data set a record was trained on, loaded through the record's config. Raises DataError when the
+    data cannot be loaded here or differ from the records' (fingerprint)."""
     config = meta.get("config") or {}
     if "dataset" not in config or "paths" not in config:
         raise DataError("the record's metadata holds no data set configuration")
     dataset = load_dataset(config["dataset"], config["paths"]["data_dir"])
     if dataset.fingerprint != meta.get("data_fingerprint"):
         raise DataError("the data set found here differs from the one the records were trained on")
+    return dataset
+
+
+def train_paths_from_meta(meta: Mapping[str, Any]) -> list[str] | None:
+    """Each training example's image file, relative to the data set root, for the data set a record was
+    trained on; None when that data set has no files (arrays). Raises DataError like dataset_from_meta."""
+    paths = dataset_from_meta(meta).train_paths
+    return None if paths is None else list(paths)
+
+
+def split_images(dataset: Dataset, split: str, indices: np.ndarray) -> np.ndarray | None:
+    """Images `indices` of the "train" or "test" split ((len(indices), C, H, W) in [0, 1]), or None when the
+    data are vectors."""
     if not dataset.is_image:
         return None
-    return dataset.x_train[indices].astype(np.float32) * dataset.pixel_scale
+    x = dataset.x_train if split == "train" else dataset.x_test
+    return x[indices].astype(np.float32) * dataset.pixel_scale
+
+
+def train_images_from_meta(meta: Mapping[str, Any], indices: np.ndarray) -> np.ndarray | None:
+    """The training images `indices` ((len(indices), C, H, W) in [0, 1]) of the data set a record was
+    trained on, or None when the data are vectors. Raises DataError when the data cannot be loaded here."""
+    return split_images(dataset_from_meta(meta), "train", indices)

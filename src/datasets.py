@@ -40,11 +40,31 @@ Sources and the files they read:
     mixture. Returns float32 (N, dim) and the ground truth as extras: ``subpop`` (id) and
     ``subpop_count`` (how often that subpopulation occurs in the *training* sample; 0 for test examples
     of unseen subpopulations).
+``folder``
+    Your own images in torchvision's ImageFolder layout: ``<root>/train/<class>/<image>`` (the training set)
+    and ``<root>/val/<class>/<image>`` (the test set), ``root`` from ``dataset.root``; files with torchvision's
+    ``IMG_EXTENSIONS``. Classes are the sorted ``train/`` folder names and the class index is their position
+    (``torchvision.datasets.folder.find_classes``); examples come in ``make_dataset`` order (class, then file
+    name). val/ may lack a class but must not add one. Every image is decoded once by ``decode_image`` (RGB,
+    shorter side resized to ``image_size``, centre crop) in ``num_workers`` processes and cached as uint8
+    (N, 3, S, S) ``.npy`` under ``<data_dir>/meminf_cache/``, keyed by a hash of the root, the file list with
+    each file's size and mtime, and ``image_size``: a changed, added or removed file means a new cache file
+    (old ones are left; delete the folder to reclaim the space). Returns the paths relative to ``root`` too.
+``imagenet``
+    ``folder`` on ``<data_dir>/imagenet/{train,val}``: the standard ImageNet (ILSVRC-2012) folder layout, with
+    val/ sorted into the 1,000 class folders (wnid names) like train/.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
 import pickle
+import time
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +75,9 @@ from typing import Any
 import numpy as np
 
 from src.errors import ConfigError, DataError
+from src.records import write_atomic
+
+log = logging.getLogger(__name__)
 
 DIGITS_PIXEL_MAX = 16  # sklearn's load_digits pixels are integers 0..16
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
@@ -84,6 +107,8 @@ class RawData:
     class_names: tuple[str, ...] | None = None
     train_extras: dict[str, np.ndarray] = field(default_factory=dict)
     test_extras: dict[str, np.ndarray] = field(default_factory=dict)
+    train_paths: tuple[str, ...] | None = None  # image files, relative to the data set root (image folders)
+    test_paths: tuple[str, ...] | None = None
 
 
 def load_raw(cfg: Mapping[str, Any], data_dir: str | Path) -> RawData:
@@ -121,6 +146,9 @@ def _validate(raw: RawData, origin: str) -> None:
             f"{origin}: train examples have shape {raw.x_train.shape[1:]} but test examples "
             f"{raw.x_test.shape[1:]}; train and test must share one feature shape"
         )
+    for split, paths, y in (("train", raw.train_paths, raw.y_train), ("test", raw.test_paths, raw.y_test)):
+        if paths is not None and len(paths) != len(y):
+            raise DataError(f"{origin}: {split} has {len(paths)} paths for {len(y)} examples; give one per example")
     if raw.class_names is not None and len(raw.class_names) != raw.num_classes:
         raise DataError(
             f"{origin}: {len(raw.class_names)} class names for {raw.num_classes} classes; name each class"
@@ -422,6 +450,154 @@ def _draw_around(
     return (centres[ids] + rng.normal(0.0, noise_scale, size=(len(ids), centres.shape[1]))).astype(np.float32)
 
 
+# ------------------------------------------------------------------------------- image folders: folder, imagenet
+
+IMAGE_SPLITS = (("train", "train"), ("test", "val"))  # (RawData split, folder under the root)
+IMAGE_CHANNELS = 3  # every image becomes RGB (grey replicated), as torchvision's ImageFolder loader does
+CACHE_DIR_NAME = "meminf_cache"  # under paths.data_dir
+CACHE_FORMAT = 1  # part of the cache key: bump it when decode_image changes, so old caches are not reused
+
+
+def _load_folder(cfg: Mapping[str, Any], data_dir: Path) -> RawData:
+    root = Path(_setting(cfg, "root")).expanduser()
+    return _load_image_folder(cfg, data_dir, root, f"image folder {root}", "set dataset.root=<dir>")
+
+
+def _load_imagenet(cfg: Mapping[str, Any], data_dir: Path) -> RawData:
+    return _load_image_folder(cfg, data_dir, data_dir / "imagenet", "ImageNet",
+                              "sort val/ into class folders like train/ and set paths.data_dir")
+
+
+def _load_image_folder(cfg: Mapping[str, Any], data_dir: Path, root: Path, title: str, fix: str) -> RawData:
+    """Both splits of ``<root>/{train,val}/<class>/<image>``, decoded once to uint8 and cached as .npy."""
+    size, workers = int(_setting(cfg, "image_size")), int(_setting(cfg, "num_workers"))
+    if size < 1 or workers < 0:
+        raise ConfigError(f"dataset.image_size={size} and dataset.num_workers={workers} must be >= 1 and >= 0")
+    classes, samples = _scan_image_folder(root, title, fix)
+    arrays = {}
+    for split, folder in IMAGE_SPLITS:
+        files = [Path(path) for path, _ in samples[folder]]
+        tag = f"{_setting(cfg, 'source')}-{folder}"
+        arrays[split] = _cached_images(files, root, data_dir / CACHE_DIR_NAME, tag, size, workers)
+    return RawData(
+        x_train=arrays["train"],
+        y_train=np.array([label for _, label in samples["train"]], dtype=np.int64),
+        x_test=arrays["test"],
+        y_test=np.array([label for _, label in samples["val"]], dtype=np.int64),
+        num_classes=len(classes),
+        class_names=tuple(classes),
+        train_paths=tuple(str(Path(path).relative_to(root)) for path, _ in samples["train"]),
+        test_paths=tuple(str(Path(path).relative_to(root)) for path, _ in samples["val"]),
+    )
+
+
+def _scan_image_folder(root: Path, title: str, fix: str) -> tuple[list[str], dict[str, list[tuple[str, int]]]]:
+    """Class names (sorted train/ folder names, ImageFolder's class index) and (path, label) per folder."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+    missing = [folder for _, folder in IMAGE_SPLITS if not (root / folder).is_dir()]
+    if missing:
+        raise DataError(f"{title} not found: expected {root}/{{train,val}}/<class>/<image> (missing "
+                        f"{', '.join(str(root / folder) for folder in missing)}); {fix}")
+    try:
+        classes, class_to_idx = find_classes(root / "train")
+        extra = sorted(set(find_classes(root / "val")[0]) - set(classes))
+    except FileNotFoundError as error:
+        raise DataError(f"{title}: {_first_line(error)} Put each class's images in <class>/ folders") from error
+    if extra:
+        raise DataError(f"{root / 'val'} has class folders {extra[:3]} that {root / 'train'} lacks; "
+                        "give train/ and val/ the same class folders")
+    try:
+        samples = {"train": make_dataset(root / "train", class_to_idx, IMG_EXTENSIONS)}
+    except FileNotFoundError as error:  # a train/ class folder without images
+        raise DataError(f"{root / 'train'}: {_first_line(error).split('.')[0]}; add images to those class "
+                        "folders or remove them") from error
+    samples["val"] = make_dataset(root / "val", class_to_idx, IMG_EXTENSIONS, allow_empty=True)
+    if not samples["val"]:
+        raise DataError(f"{title}: {root / 'val'} holds no images; put the test images in val/<class>/")
+    return classes, samples
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def decode_image(path: str, size: int) -> np.ndarray | str:
+    """(3, size, size) uint8 of one image file, or why it cannot be read.
+
+    RGB (grey replicated), shorter side resized to ``size`` (PIL bilinear, antialiased), centre crop: what
+    torchvision's ``Resize(size)`` + ``CenterCrop(size)`` give on ImageFolder's RGB images (a test checks it).
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            rgb = image.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        return _first_line(error)
+    width, height = rgb.size
+    long_side = int(size * max(width, height) / min(width, height))
+    new_width, new_height = (size, long_side) if width <= height else (long_side, size)
+    resized = rgb.resize((new_width, new_height), Image.Resampling.BILINEAR)
+    top, left = round((new_height - size) / 2.0), round((new_width - size) / 2.0)
+    cropped = resized.crop((left, top, left + size, top + size))
+    return np.asarray(cropped, dtype=np.uint8).transpose(2, 0, 1)
+
+
+def _cache_key(files: list[Path], root: Path, size: int) -> str:
+    """Hash of the file list with each file's size and mtime, the root and the decoding."""
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(json.dumps([CACHE_FORMAT, size, str(root.resolve())]).encode())
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError as error:
+            raise DataError(f"cannot read image {path} ({error.strerror}); restore or delete it") from error
+        digest.update(f"{path.relative_to(root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _cached_images(files: list[Path], root: Path, cache_dir: Path, tag: str, size: int, workers: int) -> np.ndarray:
+    """The decoded images of ``files`` from ``<cache_dir>/<tag>-<size>px-<key>.npy``, decoding them on a miss."""
+    cache = cache_dir / f"{tag}-{size}px-{_cache_key(files, root, size)}.npy"
+    expected = (len(files), IMAGE_CHANNELS, size, size)
+    if cache.is_file():
+        try:
+            images = np.load(cache, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            log.warning("decoding again: image cache %s is unreadable (%s)", cache, _first_line(error))
+        else:
+            if images.shape == expected and images.dtype == np.uint8:
+                return images
+            log.warning("decoding again: image cache %s holds %s %s", cache, images.dtype, images.shape)
+    started = time.perf_counter()
+    images = _decode_all(files, size, workers)
+    log.info("decoded %d images of %s in %.1f s (%d workers)", len(files), tag, time.perf_counter() - started,
+             workers)
+    try:
+        write_atomic(cache, lambda handle: np.save(handle, images, allow_pickle=False))
+    except OSError as error:
+        log.warning("not cached (%s): cannot write %s; make paths.data_dir writable to decode only once",
+                    error.strerror or error, cache)
+    return images
+
+
+def _decode_all(files: list[Path], size: int, workers: int) -> np.ndarray:
+    """Decode in ``workers`` spawned processes (in this process when 0); the first unreadable file is a DataError."""
+    images = np.empty((len(files), IMAGE_CHANNELS, size, size), dtype=np.uint8)
+    decode = partial(decode_image, size=size)
+    with (multiprocessing.get_context("spawn").Pool(workers) if workers else contextlib.nullcontext()) as pool:
+        # Pool.map's own default chunk: four chunks per worker.
+        chunk = max(1, math.ceil(len(files) / (4 * max(1, workers))))
+        decoded = pool.imap(decode, map(str, files), chunksize=chunk) if pool else map(decode, map(str, files))
+        for index, result in enumerate(decoded):
+            if isinstance(result, str):
+                raise DataError(f"cannot read image {files[index]} ({result}); replace or delete the file")
+            images[index] = result
+    return images
+
+
 _LOADERS: dict[str, Callable[[Mapping[str, Any], Path], RawData]] = {
     "mnist5k": _load_mnist5k,
     "digits": _load_digits,
@@ -430,4 +606,6 @@ _LOADERS: dict[str, Callable[[Mapping[str, Any], Path], RawData]] = {
     "cifar100": partial(_load_cifar, class_name="CIFAR100", title="CIFAR-100"),
     "npz": _load_npz,
     "longtail": _load_longtail,
+    "folder": _load_folder,
+    "imagenet": _load_imagenet,
 }

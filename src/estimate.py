@@ -20,6 +20,11 @@ label, T the K x n_test test correctness; n_in(i) runs with i in the subset, n_o
 - mem_soft_se: plug-in sqrt(var_in/n_in + var_out/n_out) with sample variances (ddof 1) from the
   per-example sums and sums of squares; NaN when a side has fewer than 2 runs.
 - An example with n_in = 0 or n_out = 0 has no estimate: NaN mem, NaN infl row.
+- mem_epoch(e, i): mem from the correctness at the end of epoch epoch_list[e] (records with `record.epochs`),
+  same NaN rule. proxy_<name>(i): the mean over runs with i in the subset of a record proxy (learn_speed,
+  loss, margin; src/records.py), NaN where n_in = 0; the summary gives each one's Spearman with mem.
+- Records of one sweep must agree on their epoch list and proxy names (LAYOUT_FIELDS): a record with other
+  ones is reported and excluded like a record of another sweep (the largest group is the sweep).
 - High-influence pair: infl >= theta_infl and mem(train) >= theta_mem and trained train label == test
   label. NaN never passes a threshold.
 - Top-k influencers of a test example: the k largest infl, ties to the lower train index (exact, so the
@@ -30,14 +35,16 @@ label, T the K x n_test test correctness; n_in(i) runs with i in the subset, n_o
 
 Order of runs: nothing depends on the order in which records are read. The per-example sums are exact
 (0/1 counts, and P and P^2 rounded to multiples of 2^-30, at most 4.7e-10 off, so every partial float64
-sum up to 2^23 runs is exact and addition order cannot change a bit), and `load_sweep` sorts the runs by
-seed, which fixes the rows the permutation null shuffles and the order of the per-run outputs.
+sum up to 2^23 runs is exact and addition order cannot change a bit; the proxies likewise, see PROXY_GRID),
+and `load_sweep` sorts the runs by seed, which fixes the rows the permutation null shuffles and the order of
+the per-run outputs.
 
 Outputs (in --out, default <sweep dir>/estimates/), each written atomically after everything is computed:
 estimates.npz (loads with allow_pickle=False: mem, mem_se, mem_soft, mem_soft_se, n_in, n_out, acc_in,
 acc_out, train_label, orig_label, flipped, test_label, topk_idx/topk_infl (n_test, top_k; -1/NaN padding),
 pair_train_idx, pair_test_idx, pair_infl, pair_infl_se, seeds, test_acc, train_in_acc (per run, by seed),
-extra_<record extra>, and `summary`, a 0-d JSON string), memorization.csv, pairs.csv (sorted by infl
+extra_<record extra>, mem_epoch (E, n) and epoch_list (E,) (E = 0 without per-epoch records), proxy_<name>,
+and `summary`, a 0-d JSON string), memorization.csv, pairs.csv (sorted by infl
 descending), summary.json, gallery.png when the training images can be loaded, influence.npy (float32
 n_train x n_test, NaN rows for examples without an estimate) when it is at most --dense-cap-mb. In the
 CSV files a missing value (NaN) is an empty field and booleans are 0/1.
@@ -77,6 +84,7 @@ import numpy as np
 from src.errors import ConfigError, MeminfError, RecordError, cli_exit_code
 from src.records import (
     ARCHIVE_ERRORS,
+    PROXY_PREFIX,
     Record,
     content_hash,
     find_records,
@@ -87,9 +95,12 @@ from src.records import (
     write_atomic,
 )
 from src.subsets import subset_mask
+from src.tracking import RecordProgress, add_wandb_arguments, log_estimates
 
 IDENTITY_FIELDS = ("data_fingerprint", "n_train", "n_test", "num_classes", "ratio", "salt", "experiment_hash")
 IDENTITY_ARRAYS = ("train_label", "test_label", "flipped_idx", "flipped_orig_label")
+# What else records of one sweep share: the epochs with per-epoch results (`record.epochs`) and the proxy names.
+LAYOUT_FIELDS = ("epoch_list", "proxies")
 TRAIN_IN_ACC_WARNING = 0.99
 MEM_FRACTION_THRESHOLDS = (0.25, 0.3)
 SE_TARGETS = (0.05, 0.03, 0.02)
@@ -106,14 +117,21 @@ MB = 2**20
 # (benchmarks/aggregate.py; docs/PERFORMANCE.md, aggregator section).
 TOPK_PREFIX_ROWS_PER_K = 64
 INFLUENCE_CHUNK_ENTRIES = 2**17  # rows of a block post-processed together: 0.5 MB of float32, cache-sized
-PROGRESS_MIN_FILES = 500
 DENSE_NAME = "influence.npy"
+FOLDER_SOURCES = ("folder", "imagenet")  # dataset sources whose examples are image files (src/datasets.py)
 CACHE_NAME = "stats.npz"
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 # P and P^2 are summed on a grid of 2^-30: every term is then a multiple of 2^-30 in [0, 1], so every
 # partial sum over up to 2^23 runs is a multiple of 2^-30 below 2^23, which a float64 (53 bits) holds
 # exactly: the sums do not depend on the order runs are added in (tests/test_estimate.py checks it).
 SOFT_GRID = 2.0**30
+# The proxies' sums are order-independent the same way. Learn speed lies in [0, 1]: SOFT_GRID. Loss and margin
+# are clipped to +-PROXY_CLIP and put on a grid of 2^-20 (9.5e-7), so every partial sum over up to 2^21 runs is
+# a multiple of 2^-20 below 2^33, exact in a float64. The largest |loss| or |margin| in the 32 records of
+# mem_epochs_mnist (MNIST-5k MLP, 10 epochs, 10% flipped labels) was 35.4, far below the clip.
+PROXY_CLIP = 2.0**12
+PROXY_GRID = {"learn_speed": SOFT_GRID, "loss": 2.0**20, "margin": 2.0**20}
+IN, ALL = 0, 1  # rows of a proxy's sums: over runs with the example in the subset, over all runs
 NAN_RULE = ("mem, infl and their SEs are NaN (empty in CSV, null in JSON) when an example was never in "
             "or never out of a subset; NaN never passes a threshold, so such examples form no pairs and "
             "are no top-k influencers.")
@@ -134,9 +152,12 @@ class SweepIdentity:
     digests: tuple[tuple[str, str], ...]
 
     @classmethod
-    def of(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> SweepIdentity:
+    def of(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray],
+           layout: Mapping[str, list[Any]]) -> SweepIdentity:
+        """`layout`: LAYOUT_FIELDS, the record's epoch list and sorted proxy names."""
         return cls(
-            fields=tuple((key, json.dumps(meta.get(key), sort_keys=True)) for key in IDENTITY_FIELDS),
+            fields=tuple((key, json.dumps(meta.get(key), sort_keys=True)) for key in IDENTITY_FIELDS)
+            + tuple((key, json.dumps(layout[key])) for key in LAYOUT_FIELDS),
             digests=tuple((key, content_hash([np.asarray(arrays[key], dtype=np.int64)]))
                           for key in IDENTITY_ARRAYS),
         )
@@ -150,7 +171,8 @@ class SweepIdentity:
 
 
 def record_identity(record: Record) -> SweepIdentity:
-    return SweepIdentity.of(record.meta, {key: getattr(record, key) for key in IDENTITY_ARRAYS})
+    layout = {"epoch_list": record.epoch_list.tolist(), "proxies": sorted(record.proxies)}
+    return SweepIdentity.of(record.meta, {key: getattr(record, key) for key in IDENTITY_ARRAYS}, layout)
 
 
 def content_digest(record: Record) -> str:
@@ -202,9 +224,15 @@ class _RowBuffer:
         return self._data[:self._rows]
 
 
-def _on_soft_grid(values: np.ndarray) -> np.ndarray:
-    """float64 values rounded to the nearest multiple of 1/SOFT_GRID (exact: scaling by 2^30 is)."""
-    return np.round(values * SOFT_GRID) / SOFT_GRID
+def _on_soft_grid(values: np.ndarray, grid: float = SOFT_GRID) -> np.ndarray:
+    """float64 values rounded to the nearest multiple of 1/grid (exact: scaling by a power of 2 is)."""
+    return np.round(values * grid) / grid
+
+
+def _proxy_on_grid(name: str, values: np.ndarray) -> np.ndarray:
+    """A proxy as float64 on its PROXY_GRID, clipped to +-PROXY_CLIP; NaN (not defined) as 0."""
+    clipped = np.clip(np.nan_to_num(values.astype(np.float64), nan=0.0), -PROXY_CLIP, PROXY_CLIP)
+    return _on_soft_grid(clipped, PROXY_GRID[name])
 
 
 class RecordFile(NamedTuple):
@@ -239,6 +267,10 @@ class SweepStats:
     soft_all_sq: np.ndarray
     packed_masks: _RowBuffer  # (K, ceil(n/8)) np.packbits of the subset masks
     test_correct: _RowBuffer  # (K, n_test) 0/1
+    epoch_list: np.ndarray  # int64 (E,): the epochs with per-epoch results; E = 0 when none
+    epoch_hard_in: np.ndarray  # float64 (E, n): sums of the epoch's C over runs with i in; epoch_hard_all: all runs
+    epoch_hard_all: np.ndarray
+    proxy_sums: dict[str, np.ndarray]  # name -> float64 (2, n): rows IN and ALL, values on PROXY_GRID
     seeds: list[int] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
     train_in_acc: list[float] = field(default_factory=list)
@@ -257,6 +289,9 @@ class SweepStats:
             **{name: np.zeros(n) for name in ("n_in", "hard_in", "hard_all", "soft_in", "soft_all",
                                               "soft_in_sq", "soft_all_sq")},
             packed_masks=_RowBuffer((n + 7) // 8, capacity), test_correct=_RowBuffer(n_test, capacity),
+            epoch_list=record.epoch_list.copy(), epoch_hard_in=np.zeros((record.epoch_list.size, n)),
+            epoch_hard_all=np.zeros((record.epoch_list.size, n)),
+            proxy_sums={name: np.zeros((2, n)) for name in record.proxies},
         )
         stats.add_record(record, path)
         return stats
@@ -280,6 +315,13 @@ class SweepStats:
         self.soft_all += prob
         self.soft_in_sq += np.where(mask, prob_sq, 0.0)
         self.soft_all_sq += prob_sq
+        if self.epoch_list.size:
+            self.epoch_hard_in += record.epoch_train_correct & mask
+            self.epoch_hard_all += record.epoch_train_correct
+        for name, values in record.proxies.items():
+            on_grid = _proxy_on_grid(name, values)
+            self.proxy_sums[name][IN] += np.where(mask, on_grid, 0.0)
+            self.proxy_sums[name][ALL] += on_grid
         if self.seeds and record.seed < int(self.meta["seed"]):
             self.meta = dict(record.meta)
             self.extras = {key: np.asarray(values).copy() for key, values in record.extras.items()}
@@ -352,10 +394,13 @@ def read_file_info(path: Path) -> _FileInfo:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in IDENTITY_ARRAYS}
-        not_integer = [key for key, values in arrays.items() if values.dtype.kind not in "iu"]
+            epochs = archive["epoch_list"] if "epoch_list" in archive.files else np.zeros(0, dtype=np.int64)
+            proxies = sorted(key.removeprefix(PROXY_PREFIX) for key in archive.files if key.startswith(PROXY_PREFIX))
+        not_integer = [key for key, values in {**arrays, "epoch_list": epochs}.items() if values.dtype.kind not in "iu"]
         if not_integer:
             raise RecordError(path, f"{', '.join(not_integer)} must hold integers")
-        return _FileInfo(path, int(meta["seed"]), SweepIdentity.of(meta, arrays))
+        layout = {"epoch_list": epochs.astype(np.int64).ravel().tolist(), "proxies": proxies}
+        return _FileInfo(path, int(meta["seed"]), SweepIdentity.of(meta, arrays, layout))
     except KeyError as err:
         raise RecordError(path, f"missing array {err}") from err
     except ARCHIVE_ERRORS as err:
@@ -436,7 +481,8 @@ def stats_cache_arrays(stats: SweepStats) -> dict[str, np.ndarray]:
 
     | key | dtype, shape | meaning |
     |---|---|---|
-    | `cache` | 0-d unicode | JSON {"cache_version", "meta" (of the lowest seed), "extras" (names)} |
+    | `cache` | 0-d unicode | JSON {"cache_version", "meta" (of the lowest seed), "extras" (names), |
+    | | | "epoch_list", "proxies" (names)} |
     | `train_label`, `test_label`, `flipped_idx`, `flipped_orig_label` | int64 | as in SweepStats |
     | `n_in`, `hard_in`, `hard_all`, `soft_in`, `soft_all`, `soft_in_sq`, `soft_all_sq` | float64 (n,) | sums |
     | `packed_masks` | uint8 (K, ceil(n/8)) | np.packbits of the subset masks, runs by seed |
@@ -446,14 +492,19 @@ def stats_cache_arrays(stats: SweepStats) -> dict[str, np.ndarray]:
     | `file_seed`, `file_size`, `file_mtime_ns` | int64 (F,) | seed and os.stat of the file when read |
     | `file_used` | bool (F,) | a run (the first K rows, by seed) or an identical copy of one |
     | `extra_<name>` | numeric | the per-example columns of the lowest seed's record |
+    | `epoch_hard_in`, `epoch_hard_all` | float64 (E, n) | per-epoch sums |
+    | `proxy_sums_<name>` | float64 (2, n) | a proxy's sums over runs with the example in (row 0), all (row 1) |
     """
     files = stats.files
-    header = {"cache_version": CACHE_VERSION, "meta": stats.meta, "extras": sorted(stats.extras)}
+    header = {"cache_version": CACHE_VERSION, "meta": stats.meta, "extras": sorted(stats.extras),
+              "epoch_list": stats.epoch_list.tolist(), "proxies": sorted(stats.proxy_sums)}
     arrays = {
         "cache": np.array(json.dumps(header, sort_keys=True)),
         "train_label": stats.train_label, "test_label": stats.test_label,
         "flipped_idx": stats.flipped_idx, "flipped_orig_label": stats.flipped_orig_label,
         **{name: getattr(stats, name) for name in SUM_FIELDS},
+        "epoch_hard_in": stats.epoch_hard_in, "epoch_hard_all": stats.epoch_hard_all,
+        **{f"proxy_sums_{name}": sums for name, sums in stats.proxy_sums.items()},
         "packed_masks": stats.packed_masks.array,
         "test_correct_bits": np.packbits(stats.test_correct.array.astype(bool), axis=1),
         "seeds": np.asarray(stats.seeds, dtype=np.int64),
@@ -522,12 +573,19 @@ def _stats_from_cache(arrays: Mapping[str, np.ndarray], sweep_dir: Path,
               "flipped_idx": flipped_idx,
               "flipped_orig_label": _cached_array(arrays, "flipped_orig_label", "int64", flipped_idx.shape)}
     bits = _cached_array(arrays, "test_correct_bits", "uint8", (k, (n_test + 7) // 8))
+    epoch_list = [int(epoch) for epoch in header["epoch_list"]]
+    layout = {"epoch_list": epoch_list, "proxies": sorted(str(name) for name in header["proxies"])}
     stats = SweepStats(
-        meta=meta, identity=SweepIdentity.of(meta, labels), **labels,
+        meta=meta, identity=SweepIdentity.of(meta, labels, layout), **labels,
         extras={name: _cached_extra(arrays, name, n, n_test) for name in header["extras"]},
         **{name: _cached_array(arrays, name, "float64", (n,)) for name in SUM_FIELDS},
         packed_masks=_RowBuffer.of(_cached_array(arrays, "packed_masks", "uint8", (k, (n + 7) // 8))),
         test_correct=_RowBuffer.of(np.unpackbits(bits, axis=1, count=n_test)),
+        epoch_list=np.asarray(epoch_list, dtype=np.int64),
+        **{name: _cached_array(arrays, name, "float64", (len(epoch_list), n))
+           for name in ("epoch_hard_in", "epoch_hard_all")},
+        proxy_sums={name: _cached_array(arrays, f"proxy_sums_{name}", "float64", (2, n))
+                    for name in layout["proxies"]},
         seeds=seeds.tolist(), test_acc=_cached_array(arrays, "test_acc", "float64", (k,)).tolist(),
         train_in_acc=_cached_array(arrays, "train_in_acc", "float64", (k,)).tolist(),
         paths=[str(sweep_dir / file.rel_path) for file in used],
@@ -812,6 +870,8 @@ class Estimates:
     n_out: np.ndarray
     acc_in: np.ndarray
     acc_out: np.ndarray
+    mem_epoch: np.ndarray  # (E, n): mem from the correctness at the end of each epoch of stats.epoch_list
+    proxies: dict[str, np.ndarray]  # name -> (n,) mean over runs with the example in; NaN where none
     topk_idx: np.ndarray  # int64 (n_test, top_k); -1 where fewer train examples have an estimate
     topk_infl: np.ndarray  # float32 (n_test, top_k), descending; NaN where topk_idx is -1
     pairs: Pairs
@@ -825,7 +885,7 @@ class Estimates:
             self.dense = None
 
 
-def _memorization(stats: SweepStats) -> dict[str, np.ndarray]:
+def _memorization(stats: SweepStats) -> dict[str, Any]:
     n_in = stats.n_in
     n_out = stats.n_runs - n_in
     hard_out = stats.hard_all - stats.hard_in
@@ -837,6 +897,8 @@ def _memorization(stats: SweepStats) -> dict[str, np.ndarray]:
         "mem_soft_se": _plug_in_se(stats.soft_in, stats.soft_in_sq, n_in, soft_out, soft_out_sq, n_out),
         "n_in": n_in.astype(np.int64), "n_out": n_out.astype(np.int64),
         "acc_in": _mean(stats.hard_in, n_in), "acc_out": _mean(hard_out, n_out),
+        "mem_epoch": mean_difference(stats.epoch_hard_in, n_in, stats.epoch_hard_all - stats.epoch_hard_in, n_out),
+        "proxies": {name: _mean(sums[IN], n_in) for name, sums in stats.proxy_sums.items()},
     }
 
 
@@ -1170,6 +1232,20 @@ def _number(value: Any) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Spearman correlation (Pearson of average ranks) over the entries where both are finite; None when
+    fewer than 3 such entries or either side is constant."""
+    from scipy.stats import rankdata
+
+    both = np.isfinite(x) & np.isfinite(y)
+    if both.sum() < 3:
+        return None
+    rx, ry = rankdata(x[both]), rankdata(y[both])
+    rx, ry = rx - rx.mean(), ry - ry.mean()
+    denominator = np.sqrt((rx * rx).sum() * (ry * ry).sum())
+    return _number(np.dot(rx, ry) / denominator) if denominator > 0 else None
+
+
 def summarize(stats: SweepStats, est: Estimates, problems: list[Problem]) -> dict[str, Any]:
     meta, config = stats.meta, est.config
     has_estimate = ~np.isnan(est.mem)
@@ -1199,12 +1275,19 @@ def summarize(stats: SweepStats, est: Estimates, problems: list[Problem]) -> dic
         "null_pair_counts": est.null_pair_counts,
         "expected_false_pairs": _number(np.mean(est.null_pair_counts)) if est.null_pair_counts else None,
         "runs_needed": runs_needed(float(meta["ratio"]), stats.n_runs),
+        "epoch_list": stats.epoch_list.tolist(),
+        "mean_mem_by_epoch": [_number(np.mean(row[has_estimate])) if has_estimate.any() else None
+                              for row in est.mem_epoch],
+        "proxy_spearman_with_mem": {name: spearman(values, est.mem) for name, values in est.proxies.items()},
         "thresholds": {"theta_mem": config.theta_mem, "theta_infl": config.theta_infl, "top_k": config.top_k,
                        "null_perms": config.null_perms, "seed": config.seed},
         "influence_npy": est.has_dense,
         "estimators": {"mem": "hard: 0/1 correctness of the trained label; SE Agresti-Caffo",
                        "mem_soft": "probability of the trained label; plug-in SE with sample variances",
                        "pairs": "infl >= theta_infl and mem >= theta_mem and same trained class",
+                       "mem_epoch": "mem from the correctness at the end of each epoch of epoch_list",
+                       "proxies": "mean over runs with the example in the subset; Spearman with mem over "
+                                  "examples where both are defined",
                        "nan": NAN_RULE},
     }
 
@@ -1227,6 +1310,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"({summary['test_with_one_influencer']} with one influencer); expected by chance "
         f"{_fmt(summary['expected_false_pairs'], '.1f')} ({thresholds['null_perms']} shuffles)",
     ]
+    if summary["epoch_list"]:
+        by_epoch = ", ".join(f"{epoch}: {_fmt(mem)}" for epoch, mem in zip(summary["epoch_list"],
+                                                                           summary["mean_mem_by_epoch"], strict=True))
+        lines.append(f"mean mem by epoch: {by_epoch}")
+    if summary["proxy_spearman_with_mem"]:
+        rhos = ", ".join(f"{name} {_fmt(rho, '.3f')}" for name, rho in summary["proxy_spearman_with_mem"].items())
+        lines.append(f"proxies, Spearman with mem: {rhos}")
     if summary["train_in_acc_warning"]:
         lines.append(f"warning: {summary['train_in_acc_warning']}")
     return "\n".join(lines)
@@ -1248,6 +1338,9 @@ def _format_column(values: np.ndarray) -> list[str]:
         return ["" if v != v else f"{v:.6g}" for v in values.tolist()]
     if values.dtype.kind == "b":
         values = values.astype(np.int64)
+    if values.dtype.kind == "U":  # file paths: quoted as RFC 4180 when they hold a comma, quote or newline
+        return [f'"{v.replace(chr(34), 2 * chr(34))}"' if any(c in v for c in ',"\r\n') else v
+                for v in values.tolist()]
     return [str(v) for v in values.tolist()]
 
 
@@ -1257,14 +1350,18 @@ def csv_text(columns: Mapping[str, np.ndarray]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def memorization_columns(stats: SweepStats, est: Estimates) -> dict[str, np.ndarray]:
+def memorization_columns(stats: SweepStats, est: Estimates,
+                         train_paths: list[str] | None = None) -> dict[str, np.ndarray]:
     flipped = np.zeros(stats.n_train, dtype=bool)
     flipped[stats.flipped_idx] = True
     columns = {"index": np.arange(stats.n_train), "label": stats.train_label, "orig_label": stats.orig_label,
                "flipped": flipped}
+    if train_paths is not None:
+        columns["path"] = np.array(train_paths, dtype=str)
     columns.update({name: getattr(est, name) for name in ("mem", "mem_se", "mem_soft", "mem_soft_se", "n_in",
                                                           "n_out", "acc_in", "acc_out")})
     columns.update({name: values for name, values in stats.extras.items() if name.startswith("train_")})
+    columns.update({f"proxy_{name}": values for name, values in est.proxies.items()})
     return columns
 
 
@@ -1287,8 +1384,10 @@ def estimate_arrays(stats: SweepStats, est: Estimates, summary: dict[str, Any]) 
         "pair_infl": est.pairs.infl, "pair_infl_se": est.pairs.infl_se,
         "seeds": np.asarray(stats.seeds, dtype=np.int64), "test_acc": np.asarray(stats.test_acc),
         "train_in_acc": np.asarray(stats.train_in_acc),
+        "mem_epoch": est.mem_epoch, "epoch_list": stats.epoch_list,
         "summary": np.array(json.dumps(summary, allow_nan=False)),
     })
+    arrays.update({f"proxy_{name}": values for name, values in est.proxies.items()})
     arrays.update({f"extra_{name}": np.asarray(values) for name, values in stats.extras.items()})
     return arrays
 
@@ -1300,12 +1399,13 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def write_outputs(out_dir: str | Path, stats: SweepStats, est: Estimates, summary: dict[str, Any],
-                  gallery_png: bytes | None = None) -> list[Path]:
-    """Serialize every output in memory, then write each atomically; returns the written paths."""
+                  gallery_png: bytes | None = None, train_paths: list[str] | None = None) -> list[Path]:
+    """Serialize every output in memory, then write each atomically; returns the written paths.
+    `train_paths` (image files of the training examples) become memorization.csv's `path` column."""
     out_dir = Path(out_dir)
     payloads = {
         "estimates.npz": _npz_bytes(estimate_arrays(stats, est, summary)),
-        "memorization.csv": csv_text(memorization_columns(stats, est)).encode(),
+        "memorization.csv": csv_text(memorization_columns(stats, est, train_paths)).encode(),
         "pairs.csv": csv_text(pairs_columns(stats, est)).encode(),
         "summary.json": (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode(),
     }
@@ -1341,12 +1441,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--dense-cap-mb", type=float, default=EstimateConfig.dense_cap_mb)
     parser.add_argument("--gallery", type=int, default=64, help="examples in gallery.png (0: none)")
     parser.add_argument("--seed", type=int, default=EstimateConfig.seed, help="seed of the permutation null")
+    parser.add_argument("--progress", action="store_true",
+                        help="show the record-loading bar even when stderr is not a terminal")
+    add_wandb_arguments(parser)
     return parser.parse_args(argv)
-
-
-def _print_progress(done: int, total: int) -> None:
-    if total >= PROGRESS_MIN_FILES and done * 10 // total != (done - 1) * 10 // total:
-        print(f"loaded {done}/{total} records", flush=True)
 
 
 def most_memorized(mem: np.ndarray, mem_soft: np.ndarray, count: int) -> np.ndarray:
@@ -1380,24 +1478,40 @@ def _gallery_png(stats: SweepStats, est: Estimates, count: int) -> bytes | None:
         return None
 
 
+def _train_paths(stats: SweepStats) -> list[str] | None:
+    """The training examples' image files when the sweep's data set is an image folder and loads here."""
+    if (stats.meta.get("config") or {}).get("dataset", {}).get("source") not in FOLDER_SOURCES:
+        return None
+    try:
+        from src.data import train_paths_from_meta
+
+        return train_paths_from_meta(stats.meta)
+    except (ImportError, MeminfError, OSError) as err:
+        print(f"image paths left out of memorization.csv: the data set does not load here ({err})")
+        return None
+
+
 def run(args: argparse.Namespace) -> None:
     out_dir = args.out if args.out is not None else args.sweep_dir / "estimates"
     config = EstimateConfig(theta_mem=args.theta_mem, theta_infl=args.theta_infl, top_k=args.top_k,
                             null_perms=args.null_perms, block_mb=args.block_mb,
                             dense_cap_mb=args.dense_cap_mb, seed=args.seed)
     config.validate()
-    stats, problems = load_sweep(args.sweep_dir, strict=args.strict, progress=_print_progress,
+    stats, problems = load_sweep(args.sweep_dir, strict=args.strict,
+                                 progress=RecordProgress(args.progress or sys.stderr.isatty()),
                                  cache_path=out_dir / CACHE_NAME, use_cache=not args.no_cache, notify=print)
     for problem in problems:
         print(f"skipped {problem.file}: {problem.reason}")
     est = estimate(stats, config, dense_dir=out_dir)
     try:
         summary = summarize(stats, est, problems)
-        written = write_outputs(out_dir, stats, est, summary, _gallery_png(stats, est, args.gallery))
+        written = write_outputs(out_dir, stats, est, summary, _gallery_png(stats, est, args.gallery),
+                                _train_paths(stats))
     finally:
         est.discard_dense()
     print(format_summary(summary))
     print(f"wrote {', '.join(path.name for path in written)} to {out_dir}")
+    log_estimates(args, out_dir, stats.meta)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,8 @@ its records live.
 The experiment hash covers the data (content fingerprint, which includes the label noise), the data
 set, model, optimizer and trainer settings, the batch size and the subset ratio and salt. It leaves out
 what does not change the trained model: the seed (each record has its own), launcher, logger, device,
-paths, progress bars, checkpointing and evaluation batch size. A record is reused only when its hash
-equals the job's.
+paths, progress bars, checkpointing, evaluation batch size and what a record holds (`record.*`). A record
+is reused only when its hash equals the job's.
 """
 
 from __future__ import annotations
@@ -89,6 +89,11 @@ def validate_config(cfg: DictConfig) -> None:
     epochs = cfg.trainer.max_epochs
     if not isinstance(epochs, int) or epochs < 1:
         raise ConfigError(f"trainer.max_epochs={epochs!r} must be a positive integer")
+    record_epochs = list(cfg.record.get("epochs") or [])
+    if (any(not isinstance(e, int) or isinstance(e, bool) or not 1 <= e <= epochs for e in record_epochs)
+            or len(set(record_epochs)) != len(record_epochs)):
+        raise ConfigError(f"record.epochs={record_epochs} must be distinct epochs in 1..{epochs} "
+                          f"(trainer.max_epochs), e.g. record.epochs=[1,{epochs}]")
     if str(cfg.name) in ("", ".", "..") or "/" in str(cfg.name):
         raise ConfigError(f"name={cfg.name!r} must be a plain directory name")
     if cfg.optim.name not in OPTIMIZERS:

@@ -29,7 +29,14 @@ from typing import Any, Literal
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from timm.models import build_model_with_cfg, create_model, generate_default_cfgs, is_model, register_model
+from timm.models import (
+    build_model_with_cfg,
+    create_model,
+    generate_default_cfgs,
+    is_model,
+    model_entrypoint,
+    register_model,
+)
 from timm.models.densenet import DenseNet
 from timm.models.efficientnet import EfficientNet
 from timm.models.resnet import ResNet
@@ -45,6 +52,9 @@ _FLAT_INPUT_MODELS = frozenset({"meminf_mlp"})
 _RESERVED_KWARGS = frozenset({"pretrained", "num_classes", "in_chans", "in_features"})
 # Models built for small inputs, suggested when an input is too small for the configured one.
 _SMALL_INPUT_MODELS = ("cnn_small", "inception_small")
+# timm modules whose models are built for one input size and take it as ``img_size``: build_model sets it
+# from the data (a patch grid and position embeddings of that size), so a config must not.
+_IMG_SIZE_MODULES = frozenset({"timm.models.vision_transformer"})
 
 
 class MLP(nn.Module):
@@ -62,6 +72,13 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's interface: everything before the last Linear (the input, flattened, when hidden is empty)."""
+        return self.layers[:-1](x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.layers[-1](x)
 
 
 class SmallCNN(nn.Module):
@@ -90,6 +107,13 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """timm's interface: with pre_logits, the hidden layer's activations (the input of the last Linear)."""
+        return self.head[:-1](x) if pre_logits else self.head(x)
 
 
 class ConvModule(nn.Sequential):
@@ -170,6 +194,12 @@ class SmallInception(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return x if pre_logits else self.head(x)
 
 
 # register_model reads this module's default_cfgs; an entry without weights keeps timm from logging
@@ -278,6 +308,7 @@ def build_model(cfg: DictConfig | Mapping, input_shape: tuple[int, ...], num_cla
     config = ModelConfig.parse(cfg)
     input_shape = tuple(int(dim) for dim in input_shape)
     model = _create(config, input_shape, num_classes)
+    _check_patch_grid(model, config, input_shape)
     stem = _stem_of(model)
     use_small_stem = _use_small_stem(config, stem, input_shape)
     if use_small_stem:
@@ -313,7 +344,22 @@ def _input_kwargs(config: ModelConfig, input_shape: tuple[int, ...]) -> dict[str
             f"model '{config.name}' needs images (C, H, W) but the data set gives {kind} of shape "
             f"{input_shape}; use model=mlp"
         )
-    return {"in_chans": input_shape[0]}
+    if model_entrypoint(config.timm_name).__module__ not in _IMG_SIZE_MODULES:
+        return {"in_chans": input_shape[0]}
+    if "img_size" in config.kwargs:
+        raise ModelError(f"model '{config.name}': kwargs.img_size is set from the data ({input_shape[1]}x"
+                         f"{input_shape[2]}); remove it from conf/model/{config.name}.yaml")
+    return {"in_chans": input_shape[0], "img_size": input_shape[1:]}
+
+
+def _check_patch_grid(model: nn.Module, config: ModelConfig, input_shape: tuple[int, ...]) -> None:
+    """A patch size that does not divide the image would silently drop its last rows and columns."""
+    patch_embed = getattr(model, "patch_embed", None)
+    patch = getattr(patch_embed, "patch_size", None)
+    if patch is not None and any(side % size for side, size in zip(input_shape[1:], patch, strict=True)):
+        raise ModelError(f"model '{config.name}': patch_size {tuple(patch)} does not divide the "
+                         f"{input_shape[1]}x{input_shape[2]} images; set model.kwargs.patch_size to a divisor "
+                         "of both sides (or change dataset.image_size)")
 
 
 def _stem_of(model: nn.Module) -> SmallStem | None:

@@ -1,7 +1,8 @@
 """The record contract between a training job (map) and the aggregator (reduce).
 
 One record per trained subset model: `<sweep dir>/seed=<k>/record.npz`, a plain `.npz` archive that
-loads with `allow_pickle=False`. Format version 1 holds:
+loads with `allow_pickle=False`. Format version 2 holds (version 1, still read, is the same without the
+optional arrays marked v2):
 
 | key | dtype, shape | meaning |
 |---|---|---|
@@ -14,6 +15,14 @@ loads with `allow_pickle=False`. Format version 1 holds:
 | `flipped_idx` | int64, (n_flipped,) | training indices whose label was flipped |
 | `flipped_orig_label` | int16/int32, (n_flipped,) | their original labels |
 | `extra_train_<name>`, `extra_test_<name>` | numeric, (n,) | optional per-example columns (e.g. subpopulation) |
+| `epoch_list` | int32, (E,) | v2, optional (`record.epochs`): increasing 1-based epochs <= meta `epochs` |
+| `epoch_train_correct`, `epoch_test_correct` | uint8, (E, ceil(n/8)) | v2, with `epoch_list`: row e packs |
+| | | `pred == label` (no augmentation) at the end of epoch `epoch_list[e]` |
+| `proxy_train_learn_speed` | float32, (n_train,) | v2, optional: fraction of the example's training steps |
+| | | (all epochs, augmented batches) that predicted its trained label; NaN exactly outside the subset |
+| `proxy_train_loss` | float32, (n_train,) | v2, optional: final cross-entropy of the trained label (>= 0) |
+| `proxy_train_margin` | float32, (n_train,) | v2, optional: final logit of the trained label minus the |
+| | | largest other logit (finite) |
 
 Records are written atomically: a temp file named `record.npz.tmp.<host>.<pid>` in the same directory,
 fsync, then `os.replace`. Readers only ever look at `record.npz`, so a killed writer leaves at most a
@@ -38,9 +47,19 @@ import numpy as np
 
 from src.errors import RecordError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 is version 2 without the optional epoch and proxy arrays
 RECORD_NAME = "record.npz"
 EXTRA_PREFIXES = ("extra_train_", "extra_test_")
+PROXY_PREFIX = "proxy_train_"
+EPOCH_KEYS = ("epoch_list", "epoch_train_correct", "epoch_test_correct")
+# The proxies a record may hold: whether NaN marks exactly the examples outside the subset (else every value
+# is finite), and the closed range of the finite values.
+PROXIES: dict[str, tuple[bool, float, float]] = {
+    "learn_speed": (True, 0.0, 1.0),
+    "loss": (False, 0.0, np.inf),
+    "margin": (False, -np.inf, np.inf),
+}
 REQUIRED_META = (
     "format_version", "dataset", "n_train", "n_test", "num_classes", "data_fingerprint", "model",
     "ratio", "salt", "epochs", "seed", "experiment_hash", "experiment_name", "test_acc", "train_in_acc",
@@ -76,6 +95,10 @@ class Record:
     flipped_idx: np.ndarray  # int64 (n_flipped,)
     flipped_orig_label: np.ndarray  # int64 (n_flipped,)
     extras: dict[str, np.ndarray] = field(default_factory=dict)  # keys "train_<name>", "test_<name>"
+    epoch_list: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # int64 (E,); E=0: none
+    epoch_train_correct: np.ndarray | None = None  # bool (E, n_train), with epoch_list
+    epoch_test_correct: np.ndarray | None = None  # bool (E, n_test)
+    proxies: dict[str, np.ndarray] = field(default_factory=dict)  # name in PROXIES -> float32 (n_train,)
 
     @property
     def train_correct(self) -> np.ndarray:
@@ -130,6 +153,12 @@ def record_arrays(record: Record) -> dict[str, np.ndarray]:
         arrays[f"{split}_prob"] = getattr(record, f"{split}_prob").astype(np.float32)
     for name, values in record.extras.items():
         arrays[f"extra_{name}"] = np.asarray(values)
+    if record.epoch_list.size:
+        arrays["epoch_list"] = record.epoch_list.astype(np.int32)
+        for split in ("train", "test"):
+            arrays[f"epoch_{split}_correct"] = np.packbits(getattr(record, f"epoch_{split}_correct"), axis=1)
+    for name, values in record.proxies.items():
+        arrays[f"{PROXY_PREFIX}{name}"] = np.asarray(values, dtype=np.float32)
     return arrays
 
 
@@ -214,8 +243,8 @@ def _parse_meta(archive: np.lib.npyio.NpzFile, path: Path) -> dict[str, Any]:
     if not isinstance(meta, dict):
         raise RecordError(path, "metadata is not a JSON object")
     version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise RecordError(path, f"format version {version!r}, this meminf reads {FORMAT_VERSION}; "
+    if version not in READABLE_VERSIONS:
+        raise RecordError(path, f"format version {version!r}, this meminf reads {READABLE_VERSIONS}; "
                                 "use the meminf version that wrote it")
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
@@ -235,6 +264,29 @@ def _unpack(bits: np.ndarray, n: int, path: Path, key: str) -> np.ndarray:
         raise RecordError(path, f"'{key}' has dtype {bits.dtype} shape {bits.shape}, "
                                 f"expected uint8 ({(n + 7) // 8},)")
     return np.unpackbits(bits, count=n).astype(bool)
+
+
+def _unpack_rows(raw: dict[str, np.ndarray], key: str, rows: int, n: int, path: Path) -> np.ndarray:
+    if key not in raw:
+        raise RecordError(path, f"has epoch_list but no '{key}'; rerun that seed")
+    bits = raw[key]
+    if bits.dtype != np.uint8 or bits.shape != (rows, (n + 7) // 8):
+        raise RecordError(path, f"'{key}' has dtype {bits.dtype} shape {bits.shape}, "
+                                f"expected uint8 ({rows}, {(n + 7) // 8})")
+    return np.unpackbits(bits, axis=1, count=n).astype(bool)
+
+
+def _epoch_arrays(raw: dict[str, np.ndarray], n_train: int, n_test: int, path: Path) -> dict[str, Any]:
+    """The per-epoch members of a record as Record fields (none when it has no `epoch_list`)."""
+    if "epoch_list" not in raw:
+        stray = [key for key in EPOCH_KEYS if key in raw]
+        if stray:
+            raise RecordError(path, f"has {', '.join(stray)} but no epoch_list; rerun that seed")
+        return {}
+    epochs = _ints(raw, "epoch_list", path)
+    return {"epoch_list": epochs,
+            "epoch_train_correct": _unpack_rows(raw, "epoch_train_correct", epochs.size, n_train, path),
+            "epoch_test_correct": _unpack_rows(raw, "epoch_test_correct", epochs.size, n_test, path)}
 
 
 def read_record(path: str | Path) -> Record:
@@ -261,6 +313,8 @@ def read_record(path: str | Path) -> Record:
         flipped_orig_label=_ints(raw, "flipped_orig_label", path),
         extras={key.removeprefix("extra_"): value for key, value in raw.items()
                 if key.startswith(EXTRA_PREFIXES)},
+        proxies={key.removeprefix(PROXY_PREFIX): value for key, value in raw.items() if key.startswith(PROXY_PREFIX)},
+        **_epoch_arrays(raw, n_train, n_test, path),
     )
     validate_record(record, path)
     for split, n in (("train", n_train), ("test", n_test)):
@@ -314,6 +368,8 @@ def validate_record(record: Record, path: str | Path = "<record>") -> None:
             raise RecordError(path, f"'{key}' must be float probabilities in [0, 1] (found NaN or out of range)")
     _validate_flips(record, n_train, path)
     _validate_extras(record, n_train, n_test, path)
+    _validate_epochs(record, n_train, n_test, path)
+    _validate_proxies(record, n_train, path)
     if not record.subset_mask.any():
         raise RecordError(path, "empty subset mask")
     _check_accuracy(record.meta, "test_acc", record.test_correct, path)
@@ -330,6 +386,42 @@ def _validate_extras(record: Record, n_train: int, n_test: int, path: str | Path
         n = n_train if name.startswith("train_") else n_test
         if values.shape != (n,):
             raise RecordError(path, f"extra '{name}' has shape {values.shape}, expected ({n},)")
+
+
+def _validate_epochs(record: Record, n_train: int, n_test: int, path: str | Path) -> None:
+    epochs = np.asarray(record.epoch_list)
+    if epochs.dtype.kind not in "iu" or epochs.ndim != 1:
+        raise RecordError(path, f"'epoch_list' has dtype {epochs.dtype} shape {epochs.shape}, expected 1-d integers")
+    if not epochs.size:
+        if record.epoch_train_correct is not None or record.epoch_test_correct is not None:
+            raise RecordError(path, "per-epoch correctness without an epoch_list")
+        return
+    max_epochs = int(record.meta["epochs"])
+    if epochs.min() < 1 or epochs.max() > max_epochs or np.any(np.diff(epochs) <= 0):
+        raise RecordError(path, f"epoch_list {epochs.tolist()} must increase strictly within 1..{max_epochs}")
+    for split, n in (("train", n_train), ("test", n_test)):
+        correct = getattr(record, f"epoch_{split}_correct")
+        if correct is None or correct.dtype != bool or correct.shape != (epochs.size, n):
+            shape = None if correct is None else (correct.dtype, correct.shape)
+            raise RecordError(path, f"'epoch_{split}_correct' is {shape}, expected bool ({epochs.size}, {n})")
+
+
+def _validate_proxies(record: Record, n_train: int, path: str | Path) -> None:
+    for name, values in record.proxies.items():
+        if name not in PROXIES:
+            raise RecordError(path, f"unknown proxy '{name}'; known: {', '.join(PROXIES)}")
+        values = np.asarray(values)
+        if values.dtype != np.float32 or values.shape != (n_train,):
+            raise RecordError(path, f"proxy '{name}' has dtype {values.dtype} shape {values.shape}, "
+                                    f"expected float32 ({n_train},)")
+        nan_outside, low, high = PROXIES[name]
+        defined = record.subset_mask if nan_outside else np.ones(n_train, dtype=bool)
+        if not np.array_equal(~np.isnan(values), defined):
+            where = "exactly outside the subset" if nan_outside else "nowhere"
+            raise RecordError(path, f"proxy '{name}' must be NaN {where}")
+        finite = values[defined]
+        if not (np.all(np.isfinite(finite)) and np.all((finite >= low) & (finite <= high))):
+            raise RecordError(path, f"proxy '{name}' has values outside [{low}, {high}]")
 
 
 def _validate_flips(record: Record, n_train: int, path: str | Path) -> None:

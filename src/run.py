@@ -8,7 +8,8 @@ Before Hydra sees the command line, `a..b` seed ranges become `range(a, b+1)` (p
 `0..1999` as one string). For a sweep over seeds only, a pre-flight then composes the config once,
 checks it and the data, and drops the seeds whose valid record already exists, so a relaunched sweep
 trains only what is missing and a bad sweep fails once, not once per job. Each job checks its own
-record again, so the pre-flight is an optimisation, never the only guard.
+record again, so the pre-flight is an optimisation, never the only guard. `--dry-run` stops after the
+pre-flight and prints the plan (seeds done/missing, jobs, storage, compute: src/dryrun.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
@@ -35,6 +37,7 @@ OmegaConf.register_new_resolver("meminf_job_dir", job_subdir, replace=True)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 MULTIRUN_FLAGS = ("-m", "--multirun")
+DRY_RUN_FLAG = "--dry-run"
 SEED_RANGE = re.compile(r"^(?P<key>[+~]{0,2}seed)=(?P<first>-?\d+)\.\.(?P<last>-?\d+)$")
 log = logging.getLogger("src.run")
 
@@ -70,11 +73,12 @@ def _compose(overrides: list[str]) -> DictConfig:
         raise ConfigError("; ".join([*lines[:1], ", ".join(lines[2:])] if len(lines) > 2 else lines)) from err
 
 
-def pending_seeds(cfg: DictConfig, seeds: list[int]) -> list[int]:
+def pending_seeds(cfg: DictConfig, seeds: list[int], create_dir: bool = True) -> list[int]:
     """Validate config, output directory and data once; then the seeds that still need a record.
 
     Every record already in the sweep directory must be of this experiment (else the sweep would mix
-    two experiments): one of another is an error unless overwrite=true.
+    two experiments): one of another is an error unless overwrite=true. Without `create_dir` (a dry run)
+    the sweep directory is not created: its nearest existing ancestor must be writable.
     """
     from src.data import load_dataset
     from src.experiment import check_writable, experiment_hash, seed_record_path, sweep_dir, validate_config
@@ -84,7 +88,10 @@ def pending_seeds(cfg: DictConfig, seeds: list[int]) -> list[int]:
     for seed in seeds:
         check_seed(seed)
     validate_config(cfg)
-    check_writable(sweep_dir(cfg))
+    if create_dir:
+        check_writable(sweep_dir(cfg))
+    else:
+        check_creatable(sweep_dir(cfg))
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     exp_hash = experiment_hash(cfg, dataset.fingerprint)
     done = set()
@@ -101,16 +108,37 @@ def pending_seeds(cfg: DictConfig, seeds: list[int]) -> list[int]:
     return [seed for seed in seeds if cfg.overwrite or seed not in done]
 
 
-def seed_override(seeds: list[int]) -> str:
-    contiguous = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
-    return f"seed=range({seeds[0]},{seeds[-1] + 1})" if contiguous else "seed=" + ",".join(map(str, seeds))
+def check_creatable(directory: Path) -> None:
+    """Without writing anything: the directory, or its nearest existing ancestor, is a writable directory."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to {directory} ({existing} is not a writable directory); "
+                          "set paths.output_dir to a writable directory")
 
 
-def plan_command_line(args: list[str]) -> list[str] | None:
-    """The arguments Hydra gets, or None when every requested seed is already done."""
-    args = expand_seed_ranges(args)
+@dataclass(frozen=True)
+class SweepPlan:
+    """A command line after the pre-flight: the seeds asked for, those still to train, how they pack."""
+
+    cfg: DictConfig  # composed with the first seed
+    sweep: bool  # a -m sweep over seeds (else one run)
+    seeds: list[int]
+    pending: list[int]
+    pack: int
+    why: str
+
+    @property
+    def jobs(self) -> int:
+        return math.ceil(len(self.pending) / self.pack)
+
+
+def plan_sweep(args: list[str], create_dir: bool = True) -> SweepPlan | None:
+    """The pre-flight of a command line with expanded seed ranges; None when it is Hydra's business alone
+    (--cfg, --help, sweeps over other keys)."""
     if any(arg.startswith("-") and arg not in MULTIRUN_FLAGS for arg in args):
-        return args  # --cfg, --help, --config-name ...: Hydra's business
+        return None
     overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS and not _is_hydra_override(arg)]
     parsed = OverridesParser.create().parse_overrides(overrides)
     seed_parsed = [o for o in parsed if o.key_or_group == "seed"]
@@ -120,21 +148,42 @@ def plan_command_line(args: list[str]) -> list[str] | None:
         seed_parsed[0].is_sweep_override() else []
     fixed = [arg for arg, o in zip(overrides, parsed, strict=True) if o.key_or_group != "seed"]
     if other_sweeps or (multirun and not seeds):
-        return args
-    cfg = _compose(fixed + ([f"seed={seeds[0]}"] if seeds else [o.input_line for o in seed_parsed]))
-    if not seeds:
-        pending_seeds(cfg, [cfg.seed])
-        return args
-    pending = pending_seeds(cfg, seeds)
-    from src.experiment import resolve_pack, sweep_dir
-
-    pack, why = resolve_pack(cfg.pack, cfg.model, len(pending))
-    jobs = math.ceil(len(pending) / pack)
-    print(f"sweep {sweep_dir(cfg)}: {len(seeds)} seeds, {len(seeds) - len(pending)} done, "
-          f"{len(pending)} to train in {jobs} job(s) of up to {pack} model(s) ({why})", file=sys.stderr)
-    if not pending:
         return None
-    grouped = seed_override(pending) if pack == 1 else packed_override(pending, pack)
+    cfg = _compose(fixed + ([f"seed={seeds[0]}"] if seeds else [o.input_line for o in seed_parsed]))
+    if cfg.estimator.name == "turnover":  # one unpacked run per seed; it writes estimates, no records to look up
+        from src.turnover import check_turnover_config
+
+        check_turnover_config(cfg)
+        runs = seeds or [cfg.seed]
+        return SweepPlan(cfg, bool(seeds), runs, runs, 1, "estimator=turnover: one run per seed")
+    if not seeds:
+        return SweepPlan(cfg, False, [cfg.seed], pending_seeds(cfg, [cfg.seed], create_dir), 1, "one run")
+    from src.experiment import resolve_pack
+
+    pending = pending_seeds(cfg, seeds, create_dir)
+    return SweepPlan(cfg, True, seeds, pending, *resolve_pack(cfg.pack, cfg.model, len(pending)))
+
+
+def seed_override(seeds: list[int]) -> str:
+    contiguous = seeds == list(range(seeds[0], seeds[0] + len(seeds)))
+    return f"seed=range({seeds[0]},{seeds[-1] + 1})" if contiguous else "seed=" + ",".join(map(str, seeds))
+
+
+def plan_command_line(args: list[str]) -> list[str] | None:
+    """The arguments Hydra gets, or None when every requested seed is already done."""
+    args = expand_seed_ranges(args)
+    plan = plan_sweep(args)
+    if plan is None or not plan.sweep:
+        return args
+    from src.experiment import sweep_dir
+
+    print(f"sweep {sweep_dir(plan.cfg)}: {len(plan.seeds)} seeds, {len(plan.seeds) - len(plan.pending)} done, "
+          f"{len(plan.pending)} to train in {plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})",
+          file=sys.stderr)
+    if not plan.pending:
+        return None
+    pending = plan.pending
+    grouped = seed_override(pending) if plan.pack == 1 else packed_override(pending, plan.pack)
     return [grouped if arg.lstrip("+~").startswith("seed=") else arg for arg in args]
 
 
@@ -163,7 +212,12 @@ def hydra_entry(cfg: DictConfig) -> None:
 
     limit_threads_under_joblib()
     try:
-        run_job(cfg)
+        if cfg.estimator.name == "turnover":
+            from src.turnover import run_turnover_job
+
+            run_turnover_job(cfg)
+        else:
+            run_job(cfg)
     except MeminfError as err:
         log.error("seed=%s: %s", cfg.get("seed"), err)
         print(f"error: {err}", file=sys.stderr)
@@ -171,7 +225,13 @@ def hydra_entry(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    """Plan the command line and hand it to Hydra; with --dry-run, print the plan and launch nothing."""
     try:
+        if DRY_RUN_FLAG in sys.argv[1:]:
+            from src.dryrun import print_dry_run
+
+            print_dry_run([arg for arg in sys.argv[1:] if arg != DRY_RUN_FLAG])
+            return
         args = plan_command_line(sys.argv[1:])
     except MeminfError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,19 +1,52 @@
-"""wandb for training jobs: offline automatically when there are no credentials (`wandb sync` later).
+"""wandb and progress: training jobs, the aggregator and the comparison; offline automatically without
+credentials (`wandb sync` later).
 
-Imported only when `logger=wandb`, so no other job pays for importing wandb.
+- Training (`logger=wandb`): one run per job (a packed job is one run for its P members), job_type
+  train, grouped by experiment name, tagged dataset/model/ratio/pack/estimator.
+- `python -m src.estimate ... --wandb`: one run, job_type aggregate, group = the experiment name: the
+  summary numbers in run.summary, the mem histogram, a table of the most memorized examples and one of the
+  strongest high-influence pairs (with images when the training data load here), and the estimate files
+  as an artifact. Per-example arrays go only into the artifact, never into metrics.
+- `python -m src.compare ... --wandb`: one run, job_type compare: the agreement numbers per pair of
+  inputs in run.summary, the pair rows and the agreement matrices as tables, the outputs as an artifact.
+- Progress: `progress_enabled` decides whether bars show (`auto`: a single run attached to a terminal);
+  `RecordProgress` is the aggregator's record-loading bar.
+
+wandb is imported only when a run is started, so nothing else pays for importing it.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import netrc
 import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-WANDB_HOST = "api.wandb.ai"
+from src.errors import DataError, MeminfError
 
+WANDB_HOST = "api.wandb.ai"
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+DEFAULT_PROJECT = "meminf"
+# Rows of the aggregator's tables: as many examples as the default gallery.png shows (src.estimate --gallery),
+# and the strongest pairs; a Table row with two images is ~2 small media files, so both stay small.
+TOP_EXAMPLES = 64
+TOP_PAIRS = 32
+# wandb artifact names allow letters, digits, '-', '_' and '.'.
+ARTIFACT_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+ESTIMATE_FILES = ("estimates.npz", "memorization.csv", "pairs.csv", "summary.json")
+COMPARE_FILES = ("compare.csv", "compare.json", "compare.png")
+COMPARE_METRICS = ("pearson", "spearman", "jaccard_mem", "jaccard_pairs")
+
+
+# ---------------------------------------------------------------------------------------------- modes
 
 def has_wandb_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
@@ -26,24 +59,68 @@ def has_wandb_credentials() -> bool:
 
 def wandb_mode(requested: str) -> str:
     """`auto`: WANDB_MODE if set, online with credentials, offline without."""
+    if requested not in WANDB_MODES:
+        raise MeminfError(f"wandb mode {requested!r} is unknown; use one of {', '.join(WANDB_MODES)}")
     if requested != "auto":
         return requested
     return os.environ.get("WANDB_MODE") or ("online" if has_wandb_credentials() else "offline")
 
 
-def run_tags(cfg: DictConfig) -> list[str]:
+# ------------------------------------------------------------------------------------------- progress
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def progress_enabled(setting: bool | str, stream: IO[str], multirun: bool) -> bool:
+    """`progress`: true/false as given; `auto` shows bars for a single run whose `stream` is a terminal."""
+    if isinstance(setting, bool):
+        return setting
+    if setting != "auto":
+        raise MeminfError(f"progress={setting!r} must be auto, true or false")
+    return not multirun and stream.isatty()
+
+
+class RecordProgress:
+    """The aggregator's `load_sweep(progress=...)` callback: a tqdm bar over record files, or nothing."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc="records", unit="file", file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+        if done == total:
+            self.bar.close()
+
+
+# ------------------------------------------------------------------------------------------- training
+
+def run_tags(cfg: DictConfig, pack: int) -> list[str]:
     return [f"dataset={cfg.dataset.name}", f"model={cfg.model.name}", f"ratio={cfg.subset.ratio}",
-            *map(str, cfg.logger.tags)]
+            f"pack={pack}", f"estimator={cfg.estimator.name}", *map(str, cfg.logger.tags)]
 
 
-def wandb_logger(cfg: DictConfig, seed_dir: Path) -> Any:
+def wandb_logger(cfg: DictConfig, job_dir: Path) -> Any:
+    """The job's one run (named after its directory: seed=<k> or pack=<first>-<last>), saved under it."""
     from pytorch_lightning.loggers import WandbLogger
 
-    seed_dir.mkdir(parents=True, exist_ok=True)
+    from src.training import job_seeds
+
+    job_dir.mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         project=cfg.logger.project, entity=cfg.logger.entity, group=str(cfg.name), job_type="train",
-        name=f"{cfg.name}/seed={cfg.seed}", tags=run_tags(cfg), mode=wandb_mode(cfg.logger.mode),
-        save_dir=str(seed_dir), config=OmegaConf.to_container(cfg, resolve=True),
+        name=f"{cfg.name}/{job_dir.name}", tags=run_tags(cfg, len(job_seeds(cfg))),
+        mode=wandb_mode(cfg.logger.mode), save_dir=str(job_dir), config=OmegaConf.to_container(cfg, resolve=True),
     )
 
 
@@ -53,3 +130,178 @@ def finish_wandb() -> None:
 
     if wandb.run is not None:
         wandb.finish()
+
+
+# ------------------------------------------------------------------------------- aggregator, comparison
+
+def add_wandb_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--wandb", action="store_true", help="log the results to a wandb run (offline "
+                        "without credentials; upload later with wandb sync)")
+    parser.add_argument("--wandb-project", default=DEFAULT_PROJECT, help=f"wandb project (default {DEFAULT_PROJECT})")
+    parser.add_argument("--wandb-mode", choices=WANDB_MODES, default="auto",
+                        help="auto: WANDB_MODE if set, online with credentials, offline without")
+
+
+def _start_run(args: argparse.Namespace, out_dir: Path, job_type: str, group: str, name: str,
+               tags: list[str], config: dict[str, Any]) -> Any:
+    import wandb
+
+    return wandb.init(project=args.wandb_project, mode=wandb_mode(args.wandb_mode), dir=str(out_dir),
+                      job_type=job_type, group=group, name=name, tags=tags, config=config)
+
+
+def _log_files(run: Any, out_dir: Path, name: str, kind: str, files: Sequence[str]) -> None:
+    import wandb
+
+    artifact = wandb.Artifact(ARTIFACT_NAME_UNSAFE.sub("_", name), type=kind)
+    for file_name in files:
+        if (out_dir / file_name).is_file():
+            artifact.add_file(str(out_dir / file_name), name=file_name)
+    run.log_artifact(artifact)
+
+
+def flat_numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, float | int]:
+    """The numbers of a nested summary as `a/b` keys; strings, lists and nulls are left out."""
+    flat: dict[str, float | int] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_numbers(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _wandb_image(image: np.ndarray, caption: str) -> Any:
+    """A (C, H, W) image in [0, 1] as a wandb.Image (grey for one channel)."""
+    import wandb
+
+    pixels = np.clip(np.round(image.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+    return wandb.Image(pixels[..., 0] if pixels.shape[2] == 1 else pixels, caption=caption)
+
+
+def _images(meta: Mapping[str, Any], split: str, indices: np.ndarray) -> np.ndarray | None:
+    """The split's images at `indices`, or None (printed why) when they cannot be shown."""
+    from src.data import dataset_from_meta, split_images
+
+    try:
+        return split_images(dataset_from_meta(meta), split, indices)
+    except (DataError, OSError) as err:
+        print(f"wandb: {split} images left out ({err})")
+        return None
+
+
+def memorized_table(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], count: int) -> Any:
+    """The `count` most memorized examples (the gallery's order): index, label, orig_label, mem, mem_se, image."""
+    import wandb
+
+    from src.estimate import most_memorized
+
+    order = most_memorized(arrays["mem"], arrays["mem_soft"], count)
+    images = _images(meta, "train", order)
+    columns = ["index", "label", "orig_label", "mem", "mem_se"] + (["image"] if images is not None else [])
+    rows = []
+    for k, index in enumerate(order.tolist()):
+        row = [index, int(arrays["train_label"][index]), int(arrays["orig_label"][index]),
+               float(arrays["mem"][index]), float(arrays["mem_se"][index])]
+        if images is not None:
+            row.append(_wandb_image(images[k], f"{index}: mem {arrays['mem'][index]:.2f}"))
+        rows.append(row)
+    return wandb.Table(columns=columns, data=rows)
+
+
+def pairs_table(arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any], count: int) -> Any:
+    """The `count` strongest high-influence pairs (estimates.npz keeps them by infl, descending)."""
+    import wandb
+
+    train_idx, test_idx = arrays["pair_train_idx"][:count], arrays["pair_test_idx"][:count]
+    train_images, test_images = _images(meta, "train", train_idx), _images(meta, "test", test_idx)
+    with_images = train_images is not None and test_images is not None
+    columns = ["train_index", "test_index", "label", "infl", "infl_se", "mem"]
+    rows = []
+    for k, (i, j) in enumerate(zip(train_idx.tolist(), test_idx.tolist(), strict=True)):
+        row = [i, j, int(arrays["test_label"][j]), float(arrays["pair_infl"][k]), float(arrays["pair_infl_se"][k]),
+               float(arrays["mem"][i])]
+        if with_images:
+            row += [_wandb_image(train_images[k], f"train {i}"), _wandb_image(test_images[k], f"test {j}")]
+        rows.append(row)
+    return wandb.Table(columns=columns + (["train_image", "test_image"] if with_images else []), data=rows)
+
+
+def estimate_numbers(summary: Mapping[str, Any], mem: np.ndarray) -> dict[str, float | int]:
+    """run.summary of an aggregator run: the summary's numbers plus the mean and median of mem."""
+    estimated = mem[~np.isnan(mem)]
+    numbers = flat_numbers(summary)
+    if estimated.size:
+        numbers.update({"mem_mean": float(estimated.mean()), "mem_median": float(np.median(estimated))})
+    return numbers
+
+
+def log_estimates(args: argparse.Namespace, out_dir: Path, meta: Mapping[str, Any]) -> None:
+    """With --wandb: one aggregate run for the estimates written to `out_dir` (records' `meta` finds the images)."""
+    if not args.wandb:
+        return
+    import wandb
+
+    summary = json.loads((out_dir / "summary.json").read_text())
+    with np.load(out_dir / "estimates.npz", allow_pickle=False) as archive:
+        arrays = {key: archive[key] for key in archive.files if key != "summary"}
+    name = str(summary["experiment_name"])
+    tags = [f"dataset={summary['dataset']}", f"model={summary['model']}", f"ratio={summary['ratio']}"]
+    run = _start_run(args, out_dir, "aggregate", name, f"{name}/estimates", tags,
+                     {"thresholds": summary["thresholds"], "experiment_hash": summary["experiment_hash"]})
+    try:
+        run.summary.update(estimate_numbers(summary, arrays["mem"]))
+        mem = arrays["mem"][~np.isnan(arrays["mem"])]
+        tables = {"most_memorized": memorized_table(arrays, meta, TOP_EXAMPLES),
+                  "top_pairs": pairs_table(arrays, meta, TOP_PAIRS)}
+        run.log({**({"mem_histogram": wandb.Histogram(mem)} if mem.size else {}), **tables})
+        _log_files(run, out_dir, f"{name}-estimates", "estimates", ESTIMATE_FILES)
+    finally:
+        run.finish()
+    print(f"wandb: logged run {run.id} ({run.settings.mode}) under {out_dir / 'wandb'}")
+
+
+def compare_numbers(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
+    """run.summary of a comparison run: `<a> vs <b>/<metric>` for every defined number of every pair."""
+    return {f"{row['a']} vs {row['b']}/{metric}": row[metric]
+            for row in rows for metric in ("common", *COMPARE_METRICS, *(f"floor_{m}" for m in COMPARE_METRICS))
+            if row[metric] is not None}
+
+
+def agreement_matrix_table(labels: Sequence[str], rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
+    """One row per input: its agreement `metric` with every input (1 on the diagonal, null when undefined)."""
+    import wandb
+
+    index = {label: k for k, label in enumerate(labels)}
+    matrix: list[list[float | None]] = [[1.0 if i == j else None for j in range(len(labels))]
+                                        for i in range(len(labels))]
+    for row in rows:
+        i, j = index[row["a"]], index[row["b"]]
+        matrix[i][j] = matrix[j][i] = row[metric]
+    return wandb.Table(columns=["input", *labels], data=[[label, *values] for label, values in zip(labels, matrix,
+                                                                                                   strict=True)])
+
+
+def log_compare(args: argparse.Namespace, out_dir: Path) -> None:
+    """With --wandb: one compare run for the comparison written to `out_dir` (its compare.json)."""
+    if not args.wandb:
+        return
+    import wandb
+
+    document = json.loads((out_dir / "compare.json").read_text())
+    inputs, rows = document["inputs"], document["pairs"]
+    labels = [item["label"] for item in inputs]
+    tags = sorted({f"{key}={item[key]}" for item in inputs for key in ("dataset", "model", "ratio")})
+    group = "compare:" + ",".join(sorted({str(item["dataset"]) for item in inputs}))
+    run = _start_run(args, out_dir, "compare", group, f"compare {' '.join(labels)}", tags,
+                     {"theta_mem": document["theta_mem"], "inputs": inputs})
+    try:
+        run.summary.update(compare_numbers(rows))
+        pair_columns = list(rows[0])
+        tables = {"pairs": wandb.Table(columns=pair_columns, data=[[row[c] for c in pair_columns] for row in rows])}
+        tables.update({f"matrix_{metric}": agreement_matrix_table(labels, rows, metric) for metric in COMPARE_METRICS})
+        run.log(tables)
+        _log_files(run, out_dir, "compare-" + "-".join(labels), "compare", COMPARE_FILES)
+    finally:
+        run.finish()
+    print(f"wandb: logged run {run.id} ({run.settings.mode}) under {out_dir / 'wandb'}")

@@ -4,6 +4,8 @@ Data stay in memory as tensors. Each epoch's order and augmentation draws come f
 (seed, epoch) alone (`EpochPlan`), so a job is reproducible and a later packed trainer can give each
 member the same data a single run sees. Batches are gathered by index (`x[idx]`): no per-sample Python
 work and no worker processes. Augmentation (pad-crop, horizontal flip) runs on the training device.
+Under DDP (trainer=ddp) each rank trains on its share of every batch and rank 0 writes the records
+(docs/CLUSTER.md).
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -75,14 +78,23 @@ class EpochPlan(Sampler):
     """Per batch, for P members at once: (global example indices (P, B), crop shifts (P, B, 2), flips (P, B)).
 
     Member k's order and augmentation draws depend only on (seeds[k], epoch), so member k of a pack sees
-    exactly the batches that seed k sees when trained alone.
+    exactly the batches that seed k sees when trained alone. Under DDP (`shard`), rank r of W gets positions
+    r, r + W, ... of every batch of `batch_size` (the global batch); see `loss_weight`.
     """
 
     def __init__(self, subset_idx: torch.Tensor, batch_size: int, seeds: list[int], crop_padding: int,
                  hflip: bool) -> None:
         self.subset_idx, self.batch_size, self.seeds = subset_idx, batch_size, seeds
         self.crop_padding, self.hflip = crop_padding, hflip
-        self.epoch = 0
+        self.epoch, self.rank, self.world_size = 0, 0, 1
+
+    def shard(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+
+    def loss_weight(self, batch_idx: int) -> float:
+        """W / (examples in global batch `batch_idx`): a rank's summed loss times this, averaged over the W
+        ranks by DDP, is the mean loss of the global batch (with W = 1: this rank's batch mean)."""
+        return self.world_size / min(self.batch_size, self.subset_idx.shape[1] - batch_idx * self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this before every epoch
         self.epoch = epoch
@@ -97,9 +109,10 @@ class EpochPlan(Sampler):
         shifts, flips = torch.stack([d[1] for d in draws]), torch.stack([d[2] for d in draws])
         global_idx = torch.gather(self.subset_idx, 1, order)
         for start in range(0, n, self.batch_size):
-            positions = order[:, start:start + self.batch_size]
-            yield (global_idx[:, start:start + self.batch_size], torch.gather(shifts, 1, positions[..., None]
-                   .expand(-1, -1, 2)), torch.gather(flips, 1, positions))
+            share = slice(start + self.rank, start + self.batch_size, self.world_size)
+            positions = order[:, share]
+            yield (global_idx[:, share], torch.gather(shifts, 1, positions[..., None].expand(-1, -1, 2)),
+                   torch.gather(flips, 1, positions))
 
 
 class PlanItems(torch.utils.data.Dataset):
@@ -120,6 +133,7 @@ class SubsetDataModule(pl.LightningDataModule):
         self.plan = EpochPlan(subset_idx, batch_size, seeds, crop_padding, hflip)
 
     def train_dataloader(self) -> DataLoader:
+        self.plan.shard(self.trainer.global_rank, self.trainer.world_size)
         return DataLoader(PlanItems(), sampler=self.plan, batch_size=None, num_workers=0)
 
 
@@ -151,17 +165,42 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str, mil
     raise ConfigError(f"optim.schedule={schedule!r} is unknown; use constant, cosine, linear or step")
 
 
+class Evaluation(NamedTuple):
+    """Every member's outputs on one split, (P, n) each, no augmentation."""
+
+    pred: np.ndarray  # predicted class
+    prob: np.ndarray  # softmax probability of the split's label
+    loss: np.ndarray  # cross-entropy of the label
+    margin: np.ndarray  # logit of the label minus the largest other logit
+
+
+class MemberOutputs(NamedTuple):
+    """What one member's record holds beyond the data: final predictions, proxies, per-epoch correctness."""
+
+    train_pred: np.ndarray
+    train_prob: np.ndarray
+    test_pred: np.ndarray
+    test_prob: np.ndarray
+    proxies: dict[str, np.ndarray]  # float32 (n_train,) each, see src.records.PROXIES
+    epoch_list: np.ndarray  # int64 (E,)
+    epoch_train_correct: np.ndarray | None  # bool (E, n_train); None when E = 0
+    epoch_test_correct: np.ndarray | None
+
+
 class SubsetClassifier(pl.LightningModule):
     """Cross-entropy training of P members on device-resident data.
 
     The training and test inputs are non-persistent buffers, so they move to the training device with
     the module once; a step gathers its (P, B) index batch there, scales, augments and normalises there.
     A member whose loss is not finite at the end of an epoch is stopped (its loss no longer counts);
-    the others go on.
+    the others go on. Each step also counts, per member and example, the steps that saw the example and
+    those in which it was predicted right (on the device, no host sync): the learn-speed proxy. At the end of
+    each epoch in `record_epochs` (1-based) every member is evaluated on both splits and its correctness kept.
     """
 
     def __init__(self, members: Members, optim_cfg: DictConfig, dataset: Dataset, mean: list[float],
-                 std: list[float], crop_padding: int, hflip: bool, channels_last: bool) -> None:
+                 std: list[float], crop_padding: int, hflip: bool, channels_last: bool,
+                 record_epochs: tuple[int, ...] = (), eval_batch_size: int = 1024) -> None:
         super().__init__()
         self.members, self.optim_cfg = members, optim_cfg
         self.pixel_scale, self.crop_padding = dataset.pixel_scale, crop_padding
@@ -175,6 +214,14 @@ class SubsetClassifier(pl.LightningModule):
             self.register_buffer(name, torch.from_numpy(values), persistent=False)
         self.register_buffer("alive", torch.ones(members.pack, dtype=torch.bool), persistent=False)
         self.epoch_loss_sum = torch.zeros(members.pack)
+        for name in ("steps_seen", "steps_correct"):  # int32: exact up to 2**31 steps per example
+            self.register_buffer(name, torch.zeros(members.pack, len(dataset.y_train), dtype=torch.int32),
+                                 persistent=False)
+        self.record_epochs, self.eval_batch_size = tuple(sorted(record_epochs)), eval_batch_size
+        self.epoch_correct: dict[str, list[np.ndarray]] = {"train": [], "test": []}  # per recorded epoch: (P, n)
+        # DDP would broadcast these from rank 0 at the start and before every step: the data are already on
+        # every rank, and the counters are per rank until on_train_end sums them.
+        self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers(recurse=False)]
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Stored values (B, ...) → normalised float inputs."""
@@ -193,17 +240,23 @@ class SubsetClassifier(pl.LightningModule):
         idx, shifts, flips = batch
         y = self.y_train[idx]
         logits = self.members(self.normalize_batch(self.x_train[idx], shifts, flips))
-        member_loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+        weight = self.trainer.datamodule.plan.loss_weight(batch_idx)
+        member_loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).sum(1) * weight
         loss = torch.where(self.alive, member_loss, torch.zeros_like(member_loss)).sum()
         # Summed on the device: divergence is checked once per epoch, not with a host sync per step.
         self.epoch_loss_sum = self.epoch_loss_sum.to(loss.device) + member_loss.detach()
         alive = self.alive.float()
         self.log("train/loss", (member_loss.detach() * alive).sum() / alive.sum(), on_step=False, on_epoch=True)
-        accuracy = (logits.argmax(2) == y).float().mean(1)
+        correct = logits.detach().argmax(2) == y
+        self.steps_seen.scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.int32))
+        self.steps_correct.scatter_add_(1, idx, correct.int())
+        accuracy = correct.float().mean(1)
         self.log("train/acc", (accuracy * alive).sum() / alive.sum(), on_step=False, on_epoch=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:  # DDP: every rank must stop the same members
+            torch.distributed.all_reduce(self.epoch_loss_sum)
         finite = torch.isfinite(self.epoch_loss_sum)
         newly_dead = self.alive & ~finite
         if newly_dead.any():
@@ -215,6 +268,17 @@ class SubsetClassifier(pl.LightningModule):
             raise TrainingError(f"training loss became {self.epoch_loss_sum.tolist()} in epoch "
                                 f"{self.current_epoch}; lower optim.lr or check the data")
         self.epoch_loss_sum = torch.zeros_like(self.epoch_loss_sum)
+        if self.current_epoch + 1 in self.record_epochs:
+            was_training = self.training
+            for split, correct in self.epoch_correct.items():
+                evaluation = self.evaluate(split, self.eval_batch_size)
+                correct.append(evaluation.pred == getattr(self, f"y_{split}").cpu().numpy())
+            self.train(was_training)
+
+    def on_train_end(self) -> None:
+        if self.trainer.world_size > 1:  # DDP: each rank counted its share of every batch
+            for counts in (self.steps_seen, self.steps_correct):
+                torch.distributed.all_reduce(counts)
 
     def configure_optimizers(self) -> dict[str, Any]:
         cfg = self.optim_cfg
@@ -235,20 +299,35 @@ class SubsetClassifier(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     @torch.inference_mode()
-    def evaluate(self, split: str, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-        """Every member's predicted class and probability of the split's labels, (P, n) each; no augmentation."""
+    def evaluate(self, split: str, batch_size: int) -> Evaluation:
+        """Every member's prediction, probability, loss and margin of the split's labels; no augmentation."""
         self.eval()
         x, labels = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
-        preds, probs = [], []
+        parts: list[tuple[torch.Tensor, ...]] = []
         for start in range(0, len(labels), batch_size):
             xb = self.prepare(x[start:start + batch_size])
             if xb.ndim == 4:
                 xb = xb.contiguous(memory_format=self.memory_format)
-            prob = torch.softmax(self.members(xb, shared_input=True).float(), dim=2)
-            yb = labels[start:start + batch_size].expand(self.members.pack, -1)
-            preds.append(prob.argmax(2).cpu())
-            probs.append(prob.gather(2, yb[..., None])[..., 0].cpu())
-        return torch.cat(preds, 1).numpy(), torch.cat(probs, 1).numpy()
+            logits = self.members(xb, shared_input=True).float()
+            yb = labels[start:start + batch_size].expand(self.members.pack, -1)[..., None]
+            prob = torch.softmax(logits, dim=2)
+            loss = -torch.log_softmax(logits, dim=2).gather(2, yb)[..., 0]
+            margin = logits.gather(2, yb)[..., 0] - logits.scatter(2, yb, -torch.inf).amax(2)
+            parts.append(tuple(t.cpu() for t in (prob.argmax(2), prob.gather(2, yb)[..., 0], loss, margin)))
+        return Evaluation(*(torch.cat(column, 1).numpy() for column in zip(*parts, strict=True)))
+
+    def member_outputs(self, k: int, train: Evaluation, test: Evaluation) -> MemberOutputs:
+        """Member k's final predictions (from `evaluate`), its proxies and its per-epoch correctness."""
+        seen, hits = self.steps_seen[k].cpu().numpy(), self.steps_correct[k].cpu().numpy()
+        learn_speed = np.full(seen.shape, np.nan, dtype=np.float32)
+        np.divide(hits, seen, out=learn_speed, where=seen > 0)
+        epochs = {split: np.stack([correct[k] for correct in rows]) if rows else None
+                  for split, rows in self.epoch_correct.items()}
+        return MemberOutputs(
+            train_pred=train.pred[k], train_prob=train.prob[k], test_pred=test.pred[k], test_prob=test.prob[k],
+            proxies={"learn_speed": learn_speed, "loss": train.loss[k], "margin": train.margin[k]},
+            epoch_list=np.asarray(self.record_epochs, dtype=np.int64),
+            epoch_train_correct=epochs["train"], epoch_test_correct=epochs["test"])
 
 
 def make_logger(cfg: DictConfig, seed_dir: Path) -> Any:
@@ -265,8 +344,23 @@ def make_logger(cfg: DictConfig, seed_dir: Path) -> Any:
 
 
 def make_trainer(cfg: DictConfig, seed_dir: Path, logger: Any) -> pl.Trainer:
-    trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    return pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(seed_dir))
+    """Lightning's Trainer; its progress bar follows `progress` (auto: a single run on a terminal)."""
+    from src.tracking import in_multirun, progress_enabled
+
+    trainer_kwargs = {**OmegaConf.to_container(cfg.trainer, resolve=True),
+                      "enable_progress_bar": progress_enabled(cfg.progress, sys.stdout, in_multirun())}
+    # EpochPlan gives each DDP rank its share of every batch, so Lightning must not wrap it in a sampler.
+    return pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(seed_dir), plugins=cluster_plugins(),
+                      use_distributed_sampler=False)
+
+
+def cluster_plugins() -> list[Any]:
+    """Under SLURM, the launcher (submitit) requeues preempted and timed-out jobs; Lightning's own SLURM
+    auto-requeue (an hpc checkpoint and `scontrol requeue` on its signal) is turned off so that only one
+    of them requeues, and a requeued job starts its seeds afresh (docs/CLUSTER.md)."""
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
 
 
 @lru_cache(maxsize=1)
@@ -288,8 +382,9 @@ def environment_meta() -> dict[str, Any]:
     }
 
 
-def existing_record_action(path: Path, exp_hash: str, overwrite: bool) -> str:
-    """'train' or 'skip' for an existing record; a record of another experiment is an error."""
+def existing_record_action(path: Path, exp_hash: str, overwrite: bool, record_epochs: tuple[int, ...] = ()) -> str:
+    """'train' or 'skip' for an existing record; a record of another experiment is an error. A record of
+    this experiment that holds other per-epoch results than `record_epochs` asks for is retrained."""
     if not path.exists():
         return "train"
     try:
@@ -298,6 +393,10 @@ def existing_record_action(path: Path, exp_hash: str, overwrite: bool) -> str:
         log.warning("replacing unreadable record %s (%s)", path, err.reason)
         return "train"
     if meta["experiment_hash"] == exp_hash:
+        if meta.get("record_epochs", []) != list(record_epochs):
+            log.info("%s records epochs %s, not %s: retrained", path, meta.get("record_epochs", []),
+                     list(record_epochs))
+            return "train"
         return "train" if overwrite else "skip"
     if overwrite:
         return "train"
@@ -325,8 +424,9 @@ def run_job(cfg: DictConfig) -> list[Path]:
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     exp_hash = experiment_hash(cfg, dataset.fingerprint)
     requested = job_seeds(cfg)
-    seeds = [seed for seed in requested
-             if existing_record_action(seed_record_path(cfg, seed), exp_hash, cfg.overwrite) == "train"]
+    record_epochs = tuple(sorted(cfg.record.epochs))
+    seeds = [seed for seed in requested if existing_record_action(seed_record_path(cfg, seed), exp_hash,
+                                                                   cfg.overwrite, record_epochs) == "train"]
     if len(seeds) < len(requested):
         log.info("%d record(s) exist, skipped; %d seed(s) to train", len(requested) - len(seeds), len(seeds))
     if not seeds:
@@ -335,18 +435,21 @@ def run_job(cfg: DictConfig) -> list[Path]:
         remove_stale_temps(seed_record_path(cfg, seed))
     masks = np.stack([subset_mask(seed, len(dataset.y_train), cfg.subset.ratio, cfg.subset.salt) for seed in seeds])
     module = fit(cfg, dataset, seeds, masks)
+    if module.global_rank != 0:  # DDP: the ranks hold the same weights; rank 0 evaluates and writes
+        return []
     batch = int(cfg.dataset.eval_batch_size)
-    predictions = [module.evaluate(split, batch) for split in ("train", "test")]
+    train, test = (module.evaluate(split, batch) for split in ("train", "test"))
     wall_time = (time.perf_counter() - started) / len(seeds)
-    written = []
+    written, metas = [], []
     for k in np.flatnonzero(module.alive.cpu().numpy()):
-        (train_pred, train_prob), (test_pred, test_prob) = ((pred[k], prob[k]) for pred, prob in predictions)
-        record = member_record(cfg, dataset, seeds[k], masks[k], exp_hash, train_pred, train_prob, test_pred,
-                               test_prob, pack=len(seeds), wall_time=wall_time, device=module.device)
+        record = member_record(cfg, dataset, seeds[k], masks[k], exp_hash, module.member_outputs(k, train, test),
+                               pack=len(seeds), wall_time=wall_time, device=module.device)
         written.append(write_record(seed_record_path(cfg, seeds[k]), record))
         if cfg.record.save_model:
             save_weights(module.members.member_state_dict(k), written[-1].parent / "model.pt")
         log_record(record)
+        metas.append(record.meta)
+    log_job(metas, time.perf_counter() - started)
     dead = [seeds[k] for k in range(len(seeds)) if not module.alive[k]]
     if dead:
         raise TrainingError(f"seeds {dead} diverged (loss not finite) and wrote no record; the other "
@@ -376,10 +479,12 @@ def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) 
     augment = cfg.dataset.augment
     module = SubsetClassifier(build_members(cfg, dataset, seeds), cfg.optim, dataset,
                               list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std),
-                              augment.crop_padding, augment.hflip, bool(cfg.perf.channels_last))
+                              augment.crop_padding, augment.hflip, bool(cfg.perf.channels_last),
+                              tuple(cfg.record.epochs), int(cfg.dataset.eval_batch_size))
     datamodule = SubsetDataModule(masks, seeds, cfg.batch_size, augment.crop_padding, augment.hflip)
     directory = sweep_dir(cfg) / job_subdir(seeds[0], seeds)
     trainer = make_trainer(cfg, directory, make_logger(cfg, directory))
+    check_ddp(trainer, len(seeds))
     try:
         trainer.fit(module, datamodule=datamodule)
     finally:
@@ -389,9 +494,26 @@ def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) 
     return module
 
 
+def check_ddp(trainer: pl.Trainer, pack: int) -> None:
+    """DDP (world size > 1) trains one model whose ranks were started outside Lightning (torchrun, SLURM tasks):
+    ranks that Lightning starts itself would re-run the whole command line (a sweep) or, when spawned, hand
+    back only the weights, without the per-example counts the record needs."""
+    if trainer.world_size == 1:
+        return
+    if pack > 1:
+        raise ConfigError(f"this job packs {pack} models but trains on {trainer.world_size} devices (DDP); "
+                          "packing and DDP do not combine: add pack=1")
+    from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) or \
+            not trainer.strategy.cluster_environment.creates_processes_externally:
+        raise ConfigError(f"{type(trainer.strategy).__name__} would start the DDP ranks itself here; start "
+                          "them with torchrun --nproc_per_node=N -m src.run ... or as SLURM tasks, with strategy=ddp")
+
+
 def member_record(cfg: DictConfig, dataset: Dataset, seed: int, mask: np.ndarray, exp_hash: str,
-                  train_pred: np.ndarray, train_prob: np.ndarray, test_pred: np.ndarray, test_prob: np.ndarray,
-                  pack: int, wall_time: float, device: torch.device) -> Record:
+                  outputs: MemberOutputs, pack: int, wall_time: float, device: torch.device) -> Record:
+    train_pred, test_pred = outputs.train_pred, outputs.test_pred
     train_correct = train_pred == dataset.y_train
     meta = {
         "format_version": FORMAT_VERSION, "dataset": dataset.name, "n_train": len(dataset.y_train),
@@ -399,6 +521,7 @@ def member_record(cfg: DictConfig, dataset: Dataset, seed: int, mask: np.ndarray
         "data_fingerprint": dataset.fingerprint, "model": str(cfg.model.name),
         "ratio": float(cfg.subset.ratio), "salt": int(cfg.subset.salt), "epochs": int(cfg.trainer.max_epochs),
         "seed": seed, "experiment_hash": exp_hash, "experiment_name": str(cfg.name),
+        "record_epochs": outputs.epoch_list.tolist(),
         "sweep_dir": str(sweep_dir(cfg)), "pack": pack,
         "test_acc": float((test_pred == dataset.y_test).mean()),
         "train_in_acc": float(train_correct[mask].mean()),
@@ -409,9 +532,12 @@ def member_record(cfg: DictConfig, dataset: Dataset, seed: int, mask: np.ndarray
         "wall_time_s": round(wall_time, 3), **environment_meta(),
     }
     return Record(
-        meta=meta, subset_mask=mask, train_label=dataset.y_train, train_pred=train_pred, train_prob=train_prob,
-        test_label=dataset.y_test, test_pred=test_pred, test_prob=test_prob, flipped_idx=dataset.flipped_idx,
-        flipped_orig_label=dataset.y_train_orig[dataset.flipped_idx], extras=record_extras(dataset),
+        meta=meta, subset_mask=mask, train_label=dataset.y_train, train_pred=train_pred,
+        train_prob=outputs.train_prob, test_label=dataset.y_test, test_pred=test_pred, test_prob=outputs.test_prob,
+        flipped_idx=dataset.flipped_idx, flipped_orig_label=dataset.y_train_orig[dataset.flipped_idx],
+        extras=record_extras(dataset), epoch_list=outputs.epoch_list,
+        epoch_train_correct=outputs.epoch_train_correct, epoch_test_correct=outputs.epoch_test_correct,
+        proxies=outputs.proxies,
     )
 
 
@@ -420,6 +546,16 @@ def log_record(record: Record) -> None:
     out_acc = "-" if meta["train_out_acc"] is None else f"{meta['train_out_acc']:.4f}"
     log.info("seed=%d in-subset acc %.4f out acc %s test acc %.4f (%.2f s/model, pack %d)", meta["seed"],
              meta["train_in_acc"], out_acc, meta["test_acc"], meta["wall_time_s"], meta["pack"])
+
+
+def log_job(metas: list[dict[str, Any]], seconds: float) -> None:
+    """The job's one summary line: its seeds, mean in-subset and test accuracy, wall time."""
+    if not metas:
+        return
+    seeds = [meta["seed"] for meta in metas]
+    log.info("job seeds %s: %d model(s), mean in-subset acc %.4f, mean test acc %.4f, %.1f s", job_subdir(
+        seeds[0], seeds).split("=", 1)[1], len(metas), np.mean([meta["train_in_acc"] for meta in metas]),
+        np.mean([meta["test_acc"] for meta in metas]), seconds)
 
 
 def save_weights(state: dict[str, torch.Tensor], path: Path) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
 import struct
@@ -18,7 +19,7 @@ from src.datasets import RawData, load_raw
 from src.errors import ConfigError, DataError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
-SOURCES = ("mnist5k", "digits", "mnist", "cifar10", "cifar100", "npz", "longtail")
+SOURCES = ("mnist5k", "digits", "mnist", "cifar10", "cifar100", "npz", "longtail", "folder", "imagenet")
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
 CIFAR_SIDE = 32
@@ -82,7 +83,7 @@ def test_module_import_does_not_import_heavy_libraries() -> None:
 
 def test_unknown_source_and_missing_mandatory_key_are_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"dataset\.source"):
-        load_raw({"source": "imagenet"}, tmp_path)
+        load_raw({"source": "nope"}, tmp_path)
     with pytest.raises(ConfigError, match=r"dataset\.path"):
         load_raw(dataset_config("npz"), tmp_path)
 
@@ -451,3 +452,195 @@ def test_longtail_clusters_are_well_separated(longtail: RawData) -> None:
     radius = np.linalg.norm(members - centre, axis=1).max()
     nearest_outsider = np.linalg.norm(longtail.x_train[subpops != largest] - centre, axis=1).min()
     assert nearest_outsider > 3 * radius
+
+
+# -------------------------------------------------------------------------------------- folder, imagenet
+
+IMAGE_CLASSES = ("ant", "bee", "cat")
+IMAGE_SIZES = ((20, 30), (37, 16), (24, 24), (50, 41))  # (width, height): portrait, landscape, square, odd
+TREE_COUNTS = {"train": 8, "val": 2}  # images per class: 24 train, 6 val
+
+
+def write_image(path: Path, rng: np.random.Generator, index: int) -> None:
+    """A PNG of the index-th size, grey for even and RGB for odd indices, random pixels."""
+    from PIL import Image
+
+    width, height = IMAGE_SIZES[index % len(IMAGE_SIZES)]
+    if index % 2:
+        image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
+    else:
+        image = Image.fromarray(rng.integers(0, 256, (height, width), dtype=np.uint8), "L")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def write_image_tree(root: Path) -> Path:
+    rng = np.random.default_rng(5)
+    for folder, count in TREE_COUNTS.items():
+        for label, name in enumerate(IMAGE_CLASSES):
+            for k in range(count):
+                write_image(root / folder / name / f"{k:02d}.png", rng, label + k)
+    return root
+
+
+def folder_config(root: Path, **overrides: Any) -> DictConfig:
+    return dataset_config("folder", root=str(root), **{"image_size": 12, "num_workers": 0, **overrides})
+
+
+@pytest.fixture
+def image_tree(tmp_path: Path) -> Path:
+    return write_image_tree(tmp_path / "images")
+
+
+def test_folder_equals_torchvision_imagefolder_resize_centercrop(image_tree: Path, tmp_path: Path) -> None:
+    from torchvision.datasets import ImageFolder
+    from torchvision.transforms import CenterCrop, Compose, PILToTensor, Resize
+
+    raw = load_raw(folder_config(image_tree), tmp_path / "data")
+    assert raw.x_train.shape == (24, 3, 12, 12) and raw.x_test.shape == (6, 3, 12, 12)
+    assert raw.x_train.dtype == np.uint8 and raw.class_names == IMAGE_CLASSES and raw.num_classes == 3
+    transform = Compose([Resize(12), CenterCrop(12), PILToTensor()])
+    for split, folder, x, y, paths in (("train", "train", raw.x_train, raw.y_train, raw.train_paths),
+                                       ("test", "val", raw.x_test, raw.y_test, raw.test_paths)):
+        reference = ImageFolder(str(image_tree / folder), transform=transform)
+        assert reference.classes == list(IMAGE_CLASSES), split
+        assert y.tolist() == reference.targets
+        assert list(paths) == [str(Path(path).relative_to(image_tree)) for path, _ in reference.samples]
+        for index, (image, _) in enumerate(reference):
+            assert np.array_equal(x[index], image.numpy()), (split, index)
+    assert raw.train_paths[0] == "train/ant/00.png" and raw.train_paths[-1] == "train/cat/07.png"
+    grey = raw.x_train[0]  # index 0 of ant: a grey image, replicated into three equal channels
+    assert np.array_equal(grey[0], grey[1]) and np.array_equal(grey[1], grey[2])
+
+
+def cache_files(data_dir: Path) -> list[str]:
+    return sorted(path.name for path in (data_dir / "meminf_cache").glob("*.npy"))
+
+
+def test_folder_cache_is_reused_and_invalidated_by_a_changed_file(
+    image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import src.datasets
+
+    data_dir = tmp_path / "data"
+    in_process = load_raw(folder_config(image_tree), tmp_path / "other")
+    first = load_raw(folder_config(image_tree, num_workers=2), data_dir)  # decoded by two worker processes
+    assert np.array_equal(first.x_train, in_process.x_train) and np.array_equal(first.x_test, in_process.x_test)
+    names = cache_files(data_dir)
+    assert len(names) == 2 and names[0].startswith("folder-train-12px-")
+    assert np.array_equal(np.load(data_dir / "meminf_cache" / names[0], allow_pickle=False), first.x_train)
+
+    decoded: list[int] = []
+    real_decode_all = src.datasets._decode_all
+    monkeypatch.setattr(src.datasets, "_decode_all", lambda files, *a: decoded.append(len(files))
+                        or real_decode_all(files, *a))
+    again = load_raw(folder_config(image_tree), data_dir)
+    assert decoded == [] and np.array_equal(again.x_train, first.x_train)
+
+    changed = image_tree / "train" / "bee" / "03.png"
+    write_image(changed, np.random.default_rng(99), 0)
+    os.utime(changed, ns=(1, 1))  # a size and mtime no earlier file had
+    after = load_raw(folder_config(image_tree), data_dir)
+    assert decoded == [24]  # only the train split changed; val still comes from its cache
+    index = after.train_paths.index("train/bee/03.png")
+    assert not np.array_equal(after.x_train[index], first.x_train[index])
+    assert np.array_equal(np.delete(after.x_train, index, 0), np.delete(first.x_train, index, 0))
+    assert len(cache_files(data_dir)) == 3
+
+    load_raw(folder_config(image_tree, image_size=10), data_dir)
+    assert decoded == [24, 24, 6] and len(cache_files(data_dir)) == 5
+
+
+def test_damaged_cache_is_decoded_again(image_tree: Path, tmp_path: Path) -> None:
+    first = load_raw(folder_config(image_tree), tmp_path)
+    for path in (tmp_path / "meminf_cache").glob("*.npy"):
+        path.write_bytes(path.read_bytes()[:100])
+    again = load_raw(folder_config(image_tree), tmp_path)
+    assert np.array_equal(again.x_train, first.x_train) and np.array_equal(again.x_test, first.x_test)
+
+
+def break_tree(root: Path, kind: str) -> Path:
+    """The path the error must name, after breaking the tree in one way."""
+    if kind == "missing_val":
+        for path in sorted((root / "val").rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        (root / "val").rmdir()
+        return root / "val"
+    if kind == "empty_class":
+        (root / "train" / "dog").mkdir()
+        return root / "train"
+    if kind == "unreadable":
+        broken = root / "val" / "bee" / "bad.png"
+        broken.write_bytes(b"not an image")
+        return broken
+    if kind == "extra_val_class":
+        write_image(root / "val" / "dog" / "00.png", np.random.default_rng(0), 0)
+        return root / "val"
+    if kind == "no_classes":
+        for path in sorted((root / "train").rglob("*"), reverse=True):
+            path.unlink() if path.is_file() else path.rmdir()
+        return root / "train"
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fragment"),
+    [("missing_val", "expected"), ("empty_class", "dog"), ("unreadable", "replace or delete"),
+     ("extra_val_class", "['dog']"), ("no_classes", "class folder")],
+)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_folder_errors_name_the_path(image_tree: Path, tmp_path: Path, kind: str, fragment: str,
+                                     workers: int) -> None:
+    named = break_tree(image_tree, kind)
+    assert_one_line_data_error(folder_config(image_tree, num_workers=workers), tmp_path / "data", str(named),
+                               fragment)
+    assert not list((tmp_path / "data").rglob("folder-val-*"))  # the broken split leaves no cache behind
+
+
+def test_imagenet_reads_the_folder_layout_under_data_dir(tmp_path: Path) -> None:
+    write_image_tree(tmp_path / "imagenet")
+    raw = load_raw(dataset_config("imagenet", image_size=8, num_workers=0), tmp_path)
+    assert raw.x_train.shape == (24, 3, 8, 8) and raw.class_names == IMAGE_CLASSES
+    assert_one_line_data_error(dataset_config("imagenet", num_workers=0), tmp_path / "empty", "ImageNet not found",
+                               str(tmp_path / "empty" / "imagenet"))
+
+
+def test_train_paths_from_meta_gives_each_examples_file(image_tree: Path, tmp_path: Path) -> None:
+    from src.data import load_dataset, train_paths_from_meta
+
+    cfg = folder_config(image_tree, label_noise=0.25)
+    dataset = load_dataset(cfg, tmp_path)
+    config = {"dataset": OmegaConf.to_container(cfg), "paths": {"data_dir": str(tmp_path)}}
+    paths = train_paths_from_meta({"config": config, "data_fingerprint": dataset.fingerprint})
+    assert paths == [f"train/{name}/{k:02d}.png" for name in IMAGE_CLASSES for k in range(8)]
+    assert train_paths_from_meta({"config": {"dataset": OmegaConf.to_container(dataset_config("digits")),
+                                             "paths": {"data_dir": "unused"}},
+                                  "data_fingerprint": load_dataset(dataset_config("digits"), "unused").fingerprint}
+                                 ) is None
+    with pytest.raises(DataError, match="differs"):
+        train_paths_from_meta({"config": config, "data_fingerprint": "another"})
+
+
+@pytest.mark.slow
+def test_two_seed_sweep_on_an_image_folder(image_tree: Path, tmp_path: Path) -> None:
+    from src.records import find_records, read_record
+    from tests.conftest import run_cli
+
+    result = run_cli("src.run", "-m", "seed=0..1", "dataset=folder", f"dataset.root={image_tree}",
+                     "dataset.image_size=12", "model=cnn_small", "trainer.max_epochs=1", "logger=none",
+                     "batch_size=8", f"paths.output_dir={tmp_path / 'out'}", f"paths.data_dir={tmp_path / 'data'}",
+                     "name=folder_sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = [read_record(path) for path in find_records(tmp_path / "out" / "folder_sweep")]
+    assert [record.seed for record in records] == [0, 1]
+    expected_labels = np.repeat(np.arange(3), 8)
+    for record in records:
+        assert np.array_equal(record.train_label, expected_labels) and record.test_pred.shape == (6,)
+        assert record.subset_mask.sum() == round(0.7 * 24)
+    assert len(cache_files(tmp_path / "data")) == 2  # decoded once by the pre-flight, then read by each job
+    estimate = run_cli("src.estimate", str(tmp_path / "out" / "folder_sweep"), cwd=tmp_path)
+    assert estimate.returncode == 0, estimate.stderr
+    header, *rows = (tmp_path / "out" / "folder_sweep" / "estimates" / "memorization.csv").read_text().splitlines()
+    path_column = header.split(",").index("path")
+    assert [row.split(",")[path_column] for row in rows] == list(load_raw(folder_config(image_tree),
+                                                                          tmp_path / "data").train_paths)

@@ -28,6 +28,7 @@ from src.estimate import (
     SweepStats,
     _influence,
     _InfluenceBlocks,
+    csv_text,
     estimate,
     load_sweep,
     main,
@@ -60,6 +61,9 @@ class Sweep:
     num_classes: int
     flipped_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    epoch_list: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    epoch_correct: np.ndarray | None = None  # bool (E, K, n) train correctness at the end of each epoch
+    proxies: dict[str, np.ndarray] = field(default_factory=dict)  # name -> float32 (K, n); learn speed: NaN'd out
 
     @property
     def seeds(self) -> range:
@@ -77,6 +81,12 @@ class Sweep:
             train_prob=self.train_prob[k], test_label=self.test_label, test_pred=test_pred,
             test_prob=np.full(len(self.test_label), 0.5, dtype=np.float32),
             flipped_idx=self.flipped_idx, flipped_orig_label=wrong[self.flipped_idx], extras=self.extras,
+            epoch_list=self.epoch_list,
+            epoch_train_correct=None if self.epoch_correct is None else self.epoch_correct[:, k],
+            epoch_test_correct=None if self.epoch_correct is None else np.tile(self.test_correct[k],
+                                                                                (len(self.epoch_list), 1)),
+            proxies={name: np.where(self.masks[k], values[k], np.nan).astype(np.float32) if name == "learn_speed"
+                     else values[k] for name, values in self.proxies.items()},
         )
 
     def stats(self) -> SweepStats:
@@ -95,7 +105,7 @@ def make_meta(seed: int, n_train: int, n_test: int, num_classes: int, ratio: flo
     meta = {
         "format_version": FORMAT_VERSION, "dataset": "synthetic", "n_train": n_train, "n_test": n_test,
         "num_classes": num_classes, "data_fingerprint": "fp0", "model": "planted", "ratio": ratio, "salt": 0,
-        "epochs": 1, "seed": seed, "experiment_hash": "hash0", "experiment_name": "planted", "test_acc": 0.0,
+        "epochs": 3, "seed": seed, "experiment_hash": "hash0", "experiment_name": "planted", "test_acc": 0.0,
         "train_in_acc": 0.0, "versions": {"numpy": np.__version__}, "git": {"commit": None},
         "wall_time_s": 0.0,
     }
@@ -129,13 +139,26 @@ def planted_sweep(n: int, n_runs: int, n_test: int, rng: np.random.Generator, p_
 
 def small_sweep(seed: int = 0, n: int = 60, n_runs: int = 12, n_test: int = 25, ratio: float = 0.8,
                 num_classes: int = 3) -> Sweep:
-    """Small enough for naive loops; ratio 0.8 with 12 runs leaves a few examples never out (NaN)."""
+    """Small enough for naive loops; ratio 0.8 with 12 runs leaves a few examples never out (NaN). With
+    correctness after epochs 1 and 3 (the last one the final C) and the three proxies."""
     rng = np.random.default_rng(seed)
     sweep = planted_sweep(n, n_runs, n_test, rng, rng.uniform(0.2, 1, n), rng.uniform(0, 0.8, n),
                           ratio=ratio, num_classes=num_classes)
     sweep.flipped_idx = np.array([1, 7, 30])
     sweep.extras = {"train_subpop": np.arange(n) % 5, "test_subpop": np.arange(n_test) % 5}
+    add_epochs_and_proxies(sweep, rng)
     return sweep
+
+
+def add_epochs_and_proxies(sweep: Sweep, rng: np.random.Generator) -> None:
+    shape = sweep.masks.shape
+    sweep.epoch_list = np.array([1, 3])
+    sweep.epoch_correct = np.stack([rng.random(shape) < 0.5, sweep.train_correct])
+    sweep.proxies = {
+        "learn_speed": (rng.integers(0, 4, shape) / 3).astype(np.float32),
+        "loss": rng.exponential(1.0, shape).astype(np.float32),
+        "margin": rng.normal(0.0, 3.0, shape).astype(np.float32),
+    }
 
 
 def z_stats(z: np.ndarray) -> tuple[float, float, float]:
@@ -426,7 +449,8 @@ def test_outputs_written_and_consistent(sweep_dir: Path, tmp_path: Path) -> None
 
     header, rows = read_csv(out / "memorization.csv")
     assert header == ["index", "label", "orig_label", "flipped", "mem", "mem_se", "mem_soft", "mem_soft_se",
-                      "n_in", "n_out", "acc_in", "acc_out", "train_subpop"]
+                      "n_in", "n_out", "acc_in", "acc_out", "train_subpop", "proxy_learn_speed", "proxy_loss",
+                      "proxy_margin"]
     np.testing.assert_allclose(csv_floats(rows, "mem"), mem, rtol=1e-5, equal_nan=True)
     assert [row["flipped"] for row in rows if row["flipped"] == "1"] == ["1"] * 3
     assert any(row["mem"] == "" for row in rows)
@@ -515,14 +539,18 @@ def test_estimates_do_not_depend_on_run_order() -> None:
     shuffled = SweepStats.from_record(sweep.record(7))
     for k in (3, 11, 0, 9, 1, 10, 4, 6, 2, 8, 5):
         shuffled.add_record(sweep.record(k))
-    for name in ("n_in", "hard_in", "hard_all", "soft_in", "soft_all", "soft_in_sq", "soft_all_sq"):
+    for name in ("n_in", "hard_in", "hard_all", "soft_in", "soft_all", "soft_in_sq", "soft_all_sq",
+                 "epoch_hard_in", "epoch_hard_all"):
         assert getattr(shuffled, name).tobytes() == getattr(in_order, name).tobytes(), name
+    assert shuffled.proxy_sums.keys() == in_order.proxy_sums.keys() == {"learn_speed", "loss", "margin"}
+    for name, sums in in_order.proxy_sums.items():
+        assert shuffled.proxy_sums[name].tobytes() == sums.tobytes(), name
     shuffled.sort_by_seed()
     assert shuffled.seeds == list(range(12)) and shuffled.meta["seed"] == 0
     config = EstimateConfig(theta_mem=0.1, theta_infl=0.1, null_perms=3)
     a, b = estimate(shuffled, config), estimate(in_order, config)
     assert a.null_pair_counts == b.null_pair_counts
-    for name in ("mem", "mem_se", "mem_soft", "mem_soft_se", "topk_idx", "topk_infl"):
+    for name in ("mem", "mem_se", "mem_soft", "mem_soft_se", "topk_idx", "topk_infl", "mem_epoch"):
         assert getattr(a, name).tobytes() == getattr(b, name).tobytes(), name
     assert a.pairs.infl.tobytes() == b.pairs.infl.tobytes() and a.pairs.infl.size > 0
 
@@ -695,3 +723,14 @@ def test_problems_reported_on_every_run(sweep_dir: Path, capsys: pytest.CaptureF
         assert out.count(f"skipped {broken}:") == 1 and out.count(f"skipped {foreign}:") == 1
         assert ("stats cache: 8 runs from" in out) == (run == 1)
         assert json.loads((sweep_dir / "estimates" / "summary.json").read_text())["problems_excluded"] == 2
+
+
+def test_csv_text_quotes_paths_that_hold_separators() -> None:
+    import csv
+    import io
+
+    paths = np.array(["train/a/1.png", 'train/b,c/"2".png', "train/d\n3.png"])
+    text = csv_text({"index": np.arange(3), "path": paths, "mem": np.array([0.5, np.nan, 1.0])})
+    assert list(csv.reader(io.StringIO(text))) == [
+        ["index", "path", "mem"], ["0", "train/a/1.png", "0.5"], ["1", 'train/b,c/"2".png', ""],
+        ["2", "train/d\n3.png", "1"]]

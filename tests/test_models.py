@@ -25,6 +25,7 @@ CIFAR = (3, 32, 32)
 FORWARD_CASES = [
     ("mlp", (784,), 10),
     ("mlp", (1, 28, 28), 10),
+    ("linear", (256,), 10),
     ("cnn_small", (1, 8, 8), 10),
     ("cnn_small", (1, 28, 28), 10),
     ("cnn_small", CIFAR, 100),
@@ -34,8 +35,11 @@ FORWARD_CASES = [
     ("inception_small", CIFAR, 100),
     ("mobilenetv2", CIFAR, 100),
     ("resnet18", (3, 224, 224), 10),
+    ("inception_v3", (3, 75, 75), 10),  # its smallest input
+    ("vit_small", CIFAR, 100),
 ]
-IMAGE_MODELS = ["cnn_small", "resnet18", "resnet50", "densenet_bc100", "inception_small", "mobilenetv2"]
+IMAGE_MODELS = ["cnn_small", "resnet18", "resnet50", "densenet_bc100", "inception_small", "mobilenetv2",
+                "inception_v3", "vit_small"]
 
 
 def load_config(name: str, **overrides: Any) -> DictConfig:
@@ -258,3 +262,33 @@ def test_config_without_timm_name_is_a_model_error() -> None:
     with pytest.raises(ModelError) as excinfo:
         build_model({"name": "resnet18"}, CIFAR, num_classes=10)
     assert_one_line_model_error(excinfo, "lacks keys ['timm_name']")
+
+
+@pytest.mark.parametrize("input_shape", [(3, 32, 32), (1, 16, 24)])
+def test_vit_img_size_follows_the_data(input_shape: tuple[int, ...]) -> None:
+    model = build_model(load_config("vit_small", kwargs={"depth": 2}), input_shape, num_classes=10)
+    grid = (input_shape[1] // 4, input_shape[2] // 4)
+    assert tuple(model.patch_embed.img_size) == input_shape[1:] and tuple(model.patch_embed.grid_size) == grid
+    assert model.pos_embed.shape[1] == grid[0] * grid[1] + 1  # one per patch and the class token
+    assert len(model.blocks) == 2
+    assert model(torch.zeros(3, *input_shape)).shape == (3, 10)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "input_shape", "fragment"),
+    [
+        ({"kwargs": {"depth": 1}}, (3, 30, 30), "patch_size (4, 4) does not divide the 30x30 images"),
+        ({"kwargs": {"depth": 1, "img_size": 224}}, CIFAR, "kwargs.img_size is set from the data (32x32)"),
+    ],
+)
+def test_vit_size_mismatch_is_refused(overrides: dict[str, Any], input_shape: tuple[int, ...],
+                                      fragment: str) -> None:
+    with pytest.raises(ModelError) as excinfo:
+        build_model(load_config("vit_small", **overrides), input_shape, num_classes=10)
+    assert_one_line_model_error(excinfo, fragment)
+
+
+def test_inception_v3_refuses_inputs_below_75px() -> None:
+    with pytest.raises(ModelError) as excinfo:
+        build_model(load_config("inception_v3"), (3, 74, 74), num_classes=10)
+    assert_one_line_model_error(excinfo, "'inception_v3'", "(3, 74, 74)", "use larger inputs")

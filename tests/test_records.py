@@ -1,8 +1,10 @@
-"""The record contract: round trip, metadata alone, atomic writes, stale temps, and validation errors."""
+"""The record contract: round trip, metadata alone, atomic writes, stale temps, and validation errors; the
+optional v2 arrays (per-epoch correctness, proxies) and reading version 1."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +13,9 @@ import pytest
 
 from src.errors import RecordError
 from src.records import (
+    EPOCH_KEYS,
     FORMAT_VERSION,
+    PROXY_PREFIX,
     REQUIRED_META,
     Record,
     find_records,
@@ -48,6 +52,11 @@ def make_record(seed: int = 3) -> Record:
         test_label=test_label, test_pred=test_pred, test_prob=rng.random(N_TEST).astype(np.float32),
         flipped_idx=flipped_idx, flipped_orig_label=(train_label[flipped_idx] + 1) % NUM_CLASSES,
         extras={"train_subpop": np.arange(N_TRAIN) % 7, "test_subpop": np.arange(N_TEST) % 7},
+        epoch_list=np.array([1, 2]), epoch_train_correct=rng.random((2, N_TRAIN)) < 0.5,
+        epoch_test_correct=rng.random((2, N_TEST)) < 0.5,
+        proxies={"learn_speed": np.where(subset_mask, rng.random(N_TRAIN), np.nan).astype(np.float32),
+                 "loss": rng.exponential(1.0, N_TRAIN).astype(np.float32),
+                 "margin": rng.normal(0.0, 3.0, N_TRAIN).astype(np.float32)},
     )
 
 
@@ -66,6 +75,24 @@ def test_round_trip_keeps_every_field(tmp_path: Path) -> None:
         np.testing.assert_array_equal(loaded.extras[key], values)
     with np.load(path, allow_pickle=False) as archive:
         assert archive["train_label"].dtype == np.int16 and archive["train_correct"].dtype == np.uint8
+        assert archive["epoch_list"].dtype == np.int32 and archive["epoch_train_correct"].shape == (2, 7)
+    np.testing.assert_array_equal(loaded.epoch_list, [1, 2])
+    for key in ("epoch_train_correct", "epoch_test_correct"):
+        assert getattr(loaded, key).dtype == bool
+        np.testing.assert_array_equal(getattr(loaded, key), getattr(record, key), err_msg=key)
+    assert loaded.proxies.keys() == record.proxies.keys()
+    for name, values in record.proxies.items():
+        assert loaded.proxies[name].tobytes() == values.tobytes(), name
+
+
+def test_version_1_still_read(tmp_path: Path) -> None:
+    arrays = {key: value for key, value in record_arrays(make_record()).items()
+              if key not in EPOCH_KEYS and not key.startswith(PROXY_PREFIX)}
+    with_meta(lambda meta: meta.update(format_version=1))(arrays)
+    write_raw(tmp_path / "record.npz", arrays)
+    loaded = read_record(tmp_path / "record.npz")
+    assert loaded.meta["format_version"] == 1 and loaded.epoch_list.size == 0 and loaded.proxies == {}
+    assert loaded.epoch_train_correct is None and loaded.epoch_test_correct is None
 
 
 def test_read_meta_alone(tmp_path: Path) -> None:
@@ -146,6 +173,44 @@ ARRAY_EDITS: dict[str, Callable[[dict[str, np.ndarray]], None]] = {
     "pickled object extra": lambda arrays: arrays.update(extra_train_note=np.array([{"a": 1}] * N_TRAIN)),
     "extra of wrong length": lambda arrays: arrays.update(extra_test_subpop=np.arange(3)),
 }
+# Edits of the v2 arrays, with the words the error must contain.
+V2_EDITS: dict[str, tuple[Callable[[dict[str, np.ndarray]], None], str]] = {
+    "epoch beyond max_epochs": (set_item("epoch_list", 1, 3), "within 1..2"),
+    "epoch zero": (set_item("epoch_list", 0, 0), "within 1..2"),
+    "epochs repeated": (set_item("epoch_list", 1, 1), "increase strictly"),
+    "epoch_list as float": (lambda a: a.update(epoch_list=a["epoch_list"].astype(np.float32)), "integers"),
+    "epoch rows missing one": (lambda a: a.update(epoch_test_correct=a["epoch_test_correct"][:1]),
+                               "expected uint8 (2, 3)"),
+    "epoch bits as int64": (lambda a: a.update(epoch_train_correct=a["epoch_train_correct"].astype(np.int64)),
+                            "epoch_train_correct"),
+    "epoch rows without epoch_list": (lambda a: a.pop("epoch_list"), "no epoch_list"),
+    "epoch_list without rows": (lambda a: a.pop("epoch_train_correct"), "no 'epoch_train_correct'"),
+    "proxy as float64": (lambda a: a.update(proxy_train_loss=a["proxy_train_loss"].astype(np.float64)),
+                         "expected float32"),
+    "proxy too short": (lambda a: a.update(proxy_train_margin=a["proxy_train_margin"][:-1]), "expected float32"),
+    "unknown proxy": (lambda a: a.update(proxy_train_forgetting=a["proxy_train_loss"]), "unknown proxy"),
+    "learn speed above 1": (lambda a: a.update(proxy_train_learn_speed=a["proxy_train_learn_speed"] + 1),
+                            "outside [0.0, 1.0]"),
+    "learn speed NaN inside the subset": (lambda a: a.update(proxy_train_learn_speed=np.full(
+        N_TRAIN, np.nan, dtype=np.float32)), "NaN exactly outside the subset"),
+    "learn speed defined outside": (lambda a: a.update(proxy_train_learn_speed=np.zeros(N_TRAIN, np.float32)),
+                                    "NaN exactly outside the subset"),
+    "negative loss": (set_item("proxy_train_loss", 0, -1.0), "outside [0.0, inf]"),
+    "NaN margin": (set_item("proxy_train_margin", 0, np.nan), "NaN nowhere"),
+    "infinite margin": (set_item("proxy_train_margin", 0, np.inf), "outside [-inf, inf]"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(V2_EDITS))
+def test_invalid_v2_arrays_say_what_is_wrong(tmp_path: Path, case: str) -> None:
+    edit, reason = V2_EDITS[case]
+    arrays = record_arrays(make_record())
+    edit(arrays)
+    path = tmp_path / "record.npz"
+    write_raw(path, arrays)
+    with pytest.raises(RecordError, match=re.escape(reason)) as info:
+        read_record(path)
+    assert info.value.path == str(path) and "\n" not in str(info.value)
 
 
 @pytest.mark.parametrize("case", sorted(ARRAY_EDITS))

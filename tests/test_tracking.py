@@ -1,12 +1,175 @@
-"""wandb without credentials: a training job logs to an offline run and never needs the network."""
+"""wandb without credentials and without the network: training jobs (one run per job, packed too), the
+aggregator and the comparison log offline runs whose contents are read back from the `.wandb` file; progress
+bars follow `progress` (auto: a single run on a terminal, never a multirun)."""
 
+from __future__ import annotations
+
+import fcntl
+import io
+import json
 import os
+import pty
+import select
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+from hydra import compose, initialize_config_dir
 
-from src.tracking import has_wandb_credentials, wandb_mode
-from tests.conftest import TINY, run_cli
+from src import compare as compare_cli
+from src import estimate as estimate_cli
+from src.errors import MeminfError
+from src.records import find_records, read_meta
+from src.tracking import TOP_EXAMPLES, has_wandb_credentials, progress_enabled, wandb_mode
+from src.training import run_job
+from tests.conftest import CONF, ROOT, TINY, cli_env
+
+LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
+# The .wandb file is a LevelDB-style log (wandb-core's store): a 7-byte file header ":W&B", magic 0xBEE1,
+# version; then 32 KiB blocks of chunks, each with a 7-byte header (crc32, length, type: 1 full, 2 first,
+# 3 middle, 4 last); a block tail shorter than a chunk header is zero padding. Each record is a protobuf
+# wandb.proto.wandb_internal_pb2.Record.
+WANDB_LOG_BLOCK = 32768
+WANDB_LOG_HEADER = 7
+WANDB_FULL, WANDB_FIRST, WANDB_MIDDLE, WANDB_LAST = 1, 2, 3, 4
+FLUSH_WAIT_S = 30
+TERMINAL_ROWS, TERMINAL_COLUMNS = 24, 120
+
+
+def wandb_records(path: Path) -> list[Any]:
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    ident, magic, _ = struct.unpack("<4sHB", data[:WANDB_LOG_HEADER])
+    assert ident == b":W&B" and magic == 0xBEE1
+    records, pending, pos = [], b"", WANDB_LOG_HEADER
+    while pos + WANDB_LOG_HEADER <= len(data):
+        left = WANDB_LOG_BLOCK - pos % WANDB_LOG_BLOCK
+        if left < WANDB_LOG_HEADER:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + WANDB_LOG_HEADER])
+        chunk = data[pos + WANDB_LOG_HEADER:pos + WANDB_LOG_HEADER + length]
+        pos += WANDB_LOG_HEADER + length
+        if kind in (WANDB_FULL, WANDB_LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending + chunk)
+            records.append(record)
+            pending = b""
+        elif kind in (WANDB_FIRST, WANDB_MIDDLE):
+            pending += chunk
+        else:  # zeros: the unwritten end of the file
+            break
+    return records
+
+
+def finished_records(path: Path) -> list[Any]:
+    """The records of a finished run: wandb-core may still be flushing the file when finish() returns."""
+    deadline = time.monotonic() + FLUSH_WAIT_S
+    while True:
+        records = wandb_records(path)
+        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.1)
+
+
+def _key(item: Any) -> str:
+    return item.key or "/".join(item.nested_key)
+
+
+class OfflineRun:
+    """What an offline run directory holds: its run record, summary, history keys and artifacts."""
+
+    def __init__(self, directory: Path) -> None:
+        files = list(directory.glob("*.wandb"))
+        assert len(files) == 1, files
+        self.records = finished_records(files[0])
+        kinds = [record.WhichOneof("record_type") for record in self.records]
+        self.run = next(record.run for record, kind in zip(self.records, kinds, strict=True) if kind == "run")
+        self.summary: dict[str, Any] = {}
+        self.history_keys: set[str] = set()
+        self.artifacts = []
+        for record, kind in zip(self.records, kinds, strict=True):
+            if kind == "summary":
+                for item in record.summary.update:
+                    path = [item.key] if item.key else list(item.nested_key)
+                    node = self.summary
+                    for key in path[:-1]:
+                        node = node.setdefault(key, {})
+                    node[path[-1]] = json.loads(item.value_json)
+            elif kind == "history":
+                self.history_keys.update(item.key or item.nested_key[0] for item in record.history.item)
+            elif kind == "artifact":
+                self.artifacts.append(record.artifact)
+        assert "exit" in kinds  # finished
+
+    def artifact_files(self, kind: str) -> list[str]:
+        return sorted(entry.path for artifact in self.artifacts if artifact.type == kind
+                      for entry in artifact.manifest.contents)
+
+
+def offline_runs(directory: Path) -> list[OfflineRun]:
+    return [OfflineRun(run_dir) for run_dir in sorted((directory / "wandb").glob("offline-run-*"))]
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[Any]]:
+    """wandb offline under tmp_path; any connection other than a unix socket or localhost raises and is kept."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    for name in ("DIR", "CACHE_DIR", "CONFIG_DIR", "DATA_DIR", "ARTIFACT_DIR"):
+        (home / name).mkdir(parents=True)
+        monkeypatch.setenv(f"WANDB_{name}", str(home / name))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NETRC", str(home / "no-netrc"))
+    refused: list[Any] = []
+    connect, create_connection = socket.socket.connect, socket.create_connection
+
+    def local(family: int, address: Any) -> bool:
+        return family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in LOCAL_HOSTS)
+
+    def guarded_connect(self: socket.socket, address: Any) -> None:
+        if not local(self.family, address):
+            refused.append(address)
+            raise OSError(f"network blocked in tests: {address}")
+        return connect(self, address)
+
+    def guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+        if address[0] not in LOCAL_HOSTS:
+            refused.append(address)
+            raise OSError(f"network blocked in tests: {address}")
+        return create_connection(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
+    yield refused
+    assert refused == [], f"connections attempted: {refused}"
+
+
+def _tiny_cfg(output_dir: Path, *overrides: str) -> Any:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*TINY, "trainer.max_epochs=1", f"paths.output_dir={output_dir}",
+                                            *overrides])
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Five digits records (1 epoch, one packed job) and their estimates, written once for this module."""
+    output = tmp_path_factory.mktemp("sweep")
+    run_job(_tiny_cfg(output, "name=tracked", "seeds=[0,1,2,3,4]"))
+    directory = output / "tracked"
+    assert estimate_cli.main([str(directory), "--null-perms", "1"]) == 0
+    return directory
 
 
 def test_mode_auto_is_offline_without_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -18,14 +181,123 @@ def test_mode_auto_is_offline_without_credentials(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_mode("auto") == "online"
     assert wandb_mode("disabled") == "disabled"
+    with pytest.raises(MeminfError, match="unknown"):
+        wandb_mode("sometimes")
 
 
-def test_job_writes_an_offline_wandb_run(tmp_path: Path) -> None:
-    env_home = tmp_path / "home"
-    env_home.mkdir()
-    os.environ.pop("WANDB_MODE", None)
-    result = run_cli("src.run", *[a for a in TINY if not a.startswith("logger")], "logger=wandb",
-                     f"paths.output_dir={tmp_path / 'out'}", "name=tracked", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    runs = list((tmp_path / "out" / "tracked" / "seed=0" / "wandb").glob("offline-run-*"))
-    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+@pytest.mark.parametrize("seeds", ["[0]", "[0,1]"])
+def test_training_job_logs_one_offline_run(no_network: list[Any], tmp_path: Path, seeds: str) -> None:
+    written = run_job(_tiny_cfg(tmp_path / "out", "logger=wandb", "name=tracked", f"seeds={seeds}"))
+    pack = len(written)
+    job_dir = written[0].parent if pack == 1 else tmp_path / "out" / "tracked" / f"pack=0-{pack - 1}"
+    runs = offline_runs(job_dir)
+    assert len(runs) == 1  # one run per job, whatever the pack
+    run = runs[0]
+    assert run.run.run_group == "tracked" and run.run.job_type == "train" and run.run.display_name == \
+        f"tracked/{job_dir.name}"
+    assert set(run.run.tags) == {"dataset=digits", "model=mlp", "ratio=0.7", f"pack={pack}", "estimator=subsample"}
+    config = {_key(item): json.loads(item.value_json) for item in run.run.config.update}
+    assert config["seeds"] == json.loads(seeds)
+    assert {"train/loss", "train/acc", "epoch"} <= run.history_keys
+    assert run.summary["epoch"] == 0
+
+
+def test_estimate_wandb_run_matches_summary_json(no_network: list[Any], sweep: Path) -> None:
+    out = sweep.parent / "estimates-wandb"
+    assert estimate_cli.main([str(sweep), "--out", str(out), "--null-perms", "1", "--wandb"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    with np.load(out / "estimates.npz", allow_pickle=False) as archive:
+        mem = archive["mem"]
+    [run] = offline_runs(out)
+    assert run.run.job_type == "aggregate" and run.run.run_group == "tracked"
+    assert set(run.run.tags) == {"dataset=digits", "model=mlp", "ratio=0.7"}
+    for key in ("runs_used", "n_train", "n_test", "mean_test_acc", "mean_train_in_acc", "memorized", "pairs",
+                "examples_with_estimate"):
+        assert run.summary[key] == summary[key], key
+    assert run.summary["runs_used"] == 5
+    assert run.summary["runs_needed/worst_case_se_now/plug_in"] == summary["runs_needed"]["worst_case_se_now"][
+        "plug_in"]
+    assert run.summary["mem_mean"] == pytest.approx(float(np.nanmean(mem)), abs=1e-12)
+    assert run.summary["mem_median"] == pytest.approx(float(np.nanmedian(mem)), abs=1e-12)
+    assert run.summary["mem_histogram"]["_type"] == "histogram"
+    assert sum(run.summary["mem_histogram"]["values"]) == int(np.sum(~np.isnan(mem)))
+    assert run.summary["most_memorized"]["nrows"] == TOP_EXAMPLES
+    assert run.summary["top_pairs"]["nrows"] == min(summary["pairs"], 32)
+    assert {"most_memorized", "top_pairs", "mem_histogram"} <= run.history_keys
+    assert not any(key.startswith(("mem/", "mem_se")) for key in run.summary)  # no per-example metrics
+    assert run.artifact_files("estimates") == ["estimates.npz", "memorization.csv", "pairs.csv", "summary.json"]
+    images = [path for path in run.artifact_files("run_table") if path.endswith(".png")]
+    assert len(images) >= TOP_EXAMPLES  # the 8x8 digits of the most memorized examples
+
+
+def test_compare_wandb_run_matches_compare_json(no_network: list[Any], sweep: Path, tmp_path: Path) -> None:
+    estimates = str(sweep / "estimates")
+    assert compare_cli.main([estimates, estimates, "--labels", "a,b", "--out", str(tmp_path / "cmp"),
+                             "--wandb"]) == 0
+    document = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    [run] = offline_runs(tmp_path / "cmp")
+    assert run.run.job_type == "compare" and run.run.run_group == "compare:digits"
+    [row] = document["pairs"]
+    for metric in ("common", "pearson", "spearman", "jaccard_mem"):
+        assert run.summary[f"a vs b/{metric}"] == row[metric]
+    assert run.summary["a vs b/spearman"] == pytest.approx(1.0)
+    assert run.summary["matrix_spearman"]["nrows"] == 2 and run.summary["pairs"]["nrows"] == 1
+    assert run.artifact_files("compare") == ["compare.csv", "compare.json", "compare.png"]
+
+
+def test_estimate_without_wandb_starts_no_run(sweep: Path) -> None:
+    assert not (sweep / "estimates" / "wandb").exists()
+
+
+class Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_auto_shows_bars_only_for_a_single_run_on_a_terminal() -> None:
+    assert progress_enabled("auto", Stream(tty=True), multirun=False)
+    assert not progress_enabled("auto", Stream(tty=True), multirun=True)
+    assert not progress_enabled("auto", Stream(tty=False), multirun=False)
+    assert progress_enabled(True, Stream(tty=False), multirun=True)
+    assert not progress_enabled(False, Stream(tty=True), multirun=False)
+    with pytest.raises(MeminfError, match="auto, true or false"):
+        progress_enabled("sometimes", Stream(tty=True), multirun=False)
+
+
+def run_on_terminal(*args: str, cwd: Path) -> tuple[int, str]:
+    """`python -m <args>` with stdout and stderr on a pseudo-terminal; the exit code and all it printed."""
+    leader, follower = pty.openpty()
+    # A new pseudo-terminal is 0 columns wide, in which tqdm draws nothing: give it a terminal's size.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", TERMINAL_ROWS, TERMINAL_COLUMNS, 0, 0))
+    process = subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=cli_env(), stdin=subprocess.DEVNULL,
+                               stdout=follower, stderr=follower)
+    os.close(follower)
+    output = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 120)
+        try:
+            chunk = os.read(leader, 65536) if ready else b""
+        except OSError:  # the child closed the terminal
+            chunk = b""
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    return process.wait(timeout=120), output.decode(errors="replace")
+
+
+@pytest.mark.slow
+def test_progress_bar_on_a_terminal_for_one_run_never_in_a_multirun(tmp_path: Path) -> None:
+    base = [*TINY, "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'out'}"]
+    code, single = run_on_terminal("src.run", *base, "name=single", cwd=ROOT)
+    assert code == 0, single
+    assert "Epoch 0: 100%" in single
+    code, multi = run_on_terminal("src.run", "-m", *base, "name=multi", "seed=0..1", "pack=1", cwd=ROOT)
+    assert code == 0, multi
+    assert "Epoch 0" not in multi and "it/s" not in multi
+    assert "job seeds 1: 1 model(s), mean in-subset acc" in multi
+    assert [read_meta(path)["seed"] for path in find_records(tmp_path / "out" / "multi")] == [0, 1]

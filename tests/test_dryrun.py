@@ -1,0 +1,105 @@
+"""`python -m src.run ... --dry-run`: the plan (seeds done/missing, jobs, storage, compute) without launching
+or writing anything; the storage formula against real records; bad input fails with one line."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from src.dryrun import archive_bytes, meta_chars, record_members
+from src.experiment import sweep_dir
+from src.records import find_records, read_meta, read_record
+from src.training import run_job
+from tests.conftest import CONF, TINY, run_cli
+
+# The formula's meta length is an estimate (host, float widths and the git state vary); within 3% of the file.
+STORAGE_TOLERANCE = 0.03
+
+
+def _cfg(output_dir: Path, *overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=[*TINY, "trainer.max_epochs=1", f"paths.output_dir={output_dir}",
+                                            "name=planned", *overrides])
+
+
+@pytest.fixture(scope="module")
+def two_records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Seeds 0 and 1 of a digits sweep (1 epoch, one packed job); returns paths.output_dir."""
+    output = tmp_path_factory.mktemp("dry")
+    run_job(_cfg(output, "seeds=[0,1]", "dataset.label_noise=0.05"))
+    return output
+
+
+def _tree(directory: Path) -> list[str]:
+    return sorted(str(path.relative_to(directory)) for path in directory.rglob("*"))
+
+
+def test_storage_formula_matches_real_records(two_records: Path) -> None:
+    cfg = _cfg(two_records, "dataset.label_noise=0.05")
+    for path in find_records(sweep_dir(cfg)):
+        record = read_record(path)
+        meta = record.meta
+        members = record_members(meta["n_train"], meta["n_test"], meta["num_classes"], record.flipped_idx.size,
+                                 len(json.dumps(meta, sort_keys=True)))
+        with np.load(path, allow_pickle=False) as archive:
+            assert set(members) == set(archive.files)  # the layout: every member and nothing else
+            assert all(archive[name].nbytes == size for name, size in members.items())
+        assert archive_bytes(members) == path.stat().st_size  # the zip and npy overheads are exact
+        estimated = archive_bytes(record_members(meta["n_train"], meta["n_test"], meta["num_classes"],
+                                                 record.flipped_idx.size, meta_chars(cfg, record.seed, sweep_dir(cfg))))
+        assert abs(estimated / path.stat().st_size - 1) < STORAGE_TOLERANCE
+
+
+def test_dry_run_counts_done_seeds_and_writes_nothing(two_records: Path, tmp_path: Path) -> None:
+    before = _tree(two_records)
+    result = run_cli("src.run", "-m", *TINY, "trainer.max_epochs=1", f"paths.output_dir={two_records}",
+                     "name=planned", "dataset.label_noise=0.05", "seed=0..6", "pack=2", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert _tree(two_records) == before and not list(tmp_path.iterdir())
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert lines["seeds"] == "7 requested: 2 done, 5 to train"
+    assert lines["jobs"] == f"{math.ceil(5 / 2)} job(s) of up to 2 model(s) (pack=2)"
+    wall = np.mean([read_meta(path)["wall_time_s"] for path in find_records(two_records / "planned")])
+    assert lines["compute"].startswith(f"{wall:.2f} s/model (mean wall_time_s of 2 records) x 5 = ")
+    assert float(lines["compute"].split("= ")[1].split()[0]) == pytest.approx(wall * 5, abs=0.5)
+    sizes = [path.stat().st_size for path in find_records(two_records / "planned")]
+    assert f"measured {np.mean(sizes) / 1000:.1f} kB (2 records)" in lines["storage"]
+
+
+def test_dry_run_of_a_new_sweep_creates_no_directory(tmp_path: Path) -> None:
+    output = tmp_path / "not" / "yet"
+    result = run_cli("src.run", "-m", *TINY, f"paths.output_dir={output}", "seed=0..1999", "pack=16", "--dry-run",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "not").exists()
+    lines = dict(line.split(None, 1) for line in result.stdout.splitlines())
+    assert lines["seeds"] == "2000 requested: 0 done, 2000 to train"
+    assert lines["jobs"] == "125 job(s) of up to 16 model(s) (pack=16)"
+    assert lines["compute"] == "unknown: no finished record"
+    assert "(not created yet)" in lines["sweep"]
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("subset.ratio=1.5", "error: subset.ratio=1.5 is outside (0, 1]"),
+    ("model=nonexistent", "error: "),
+])
+def test_dry_run_of_a_bad_config_fails_with_one_line(tmp_path: Path, override: str, message: str) -> None:
+    result = run_cli("src.run", "-m", *TINY, f"paths.output_dir={tmp_path / 'out'}", "seed=0..3", override,
+                     "--dry-run", cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.startswith(message) and len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+def test_dry_run_refuses_an_unwritable_output_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    result = run_cli("src.run", "-m", *TINY, f"paths.output_dir={blocker / 'out'}", "seed=0..3", "--dry-run",
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "is not a writable directory" in result.stderr
