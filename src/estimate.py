@@ -95,7 +95,7 @@ from src.records import (
     write_atomic,
 )
 from src.subsets import subset_mask
-from src.tracking import RecordProgress, add_wandb_arguments, log_estimates
+from src.tracking import ProgressBar, add_wandb_arguments, log_estimates
 
 IDENTITY_FIELDS = ("data_fingerprint", "n_train", "n_test", "num_classes", "ratio", "salt", "experiment_hash")
 IDENTITY_ARRAYS = ("train_label", "test_label", "flipped_idx", "flipped_orig_label")
@@ -1148,10 +1148,14 @@ def _influence_block(blocks: _InfluenceBlocks, cols: np.ndarray, topk: _TopK,
     return pairs
 
 
-def _influence(stats: SweepStats, blocks: _InfluenceBlocks, config: EstimateConfig,
-               matrix: np.memmap | None) -> tuple[np.ndarray, np.ndarray, Pairs]:
+def _influence(stats: SweepStats, blocks: _InfluenceBlocks, config: EstimateConfig, matrix: np.memmap | None,
+               progress: Callable[[int, int], None] | None = None) -> tuple[np.ndarray, np.ndarray, Pairs]:
     topk = _TopK(config.top_k, stats.n_test)
-    found = [_influence_block(blocks, cols, topk, matrix) for cols in blocks.chunks(np.arange(stats.n_train))]
+    found = []
+    for cols in blocks.chunks(np.arange(stats.n_train)):
+        found.append(_influence_block(blocks, cols, topk, matrix))
+        if progress is not None:
+            progress(int(cols[-1]) + 1, stats.n_train)
     train_idx, test_idx, infl_values, infl_se = (np.concatenate(parts) for parts in zip(*found, strict=True))
     return *topk.result(), _sorted_pairs(train_idx, test_idx, infl_values, infl_se)
 
@@ -1172,10 +1176,11 @@ def _null_block_pairs(blocks: _InfluenceBlocks, cols: np.ndarray, run_order: np.
     return len(blocks.pairs(cols, pair_flat, s_in.shape[1])[0])
 
 
-def estimate(stats: SweepStats, config: EstimateConfig | None = None,
-             dense_dir: Path | None = None) -> Estimates:
+def estimate(stats: SweepStats, config: EstimateConfig | None = None, dense_dir: Path | None = None,
+             progress: Callable[[int, int], None] | None = None) -> Estimates:
     """All estimates of a sweep. With `dense_dir`, the influence matrix (when within the cap) is filled in a
-    temp file there, which `write_outputs` moves to influence.npy (or `Estimates.discard_dense` removes)."""
+    temp file there, which `write_outputs` moves to influence.npy (or `Estimates.discard_dense` removes).
+    `progress(done, n_train)` is called after each block of training examples."""
     config = config or EstimateConfig()
     config.validate()
     mem = _memorization(stats)
@@ -1184,7 +1189,7 @@ def estimate(stats: SweepStats, config: EstimateConfig | None = None,
     if dense_dir is not None and stats.n_train * stats.n_test * 4 <= config.dense_cap_mb * MB:
         dense, matrix = DenseFile.open(Path(dense_dir), (stats.n_train, stats.n_test))
     try:
-        topk_idx, topk_infl, pairs = _influence(stats, blocks, config, matrix)
+        topk_idx, topk_infl, pairs = _influence(stats, blocks, config, matrix, progress)
         if matrix is not None:
             matrix.flush()
             del matrix
@@ -1497,12 +1502,13 @@ def run(args: argparse.Namespace) -> None:
                             null_perms=args.null_perms, block_mb=args.block_mb,
                             dense_cap_mb=args.dense_cap_mb, seed=args.seed)
     config.validate()
+    show_progress = args.progress or sys.stderr.isatty()
     stats, problems = load_sweep(args.sweep_dir, strict=args.strict,
-                                 progress=RecordProgress(args.progress or sys.stderr.isatty()),
+                                 progress=ProgressBar(show_progress, "records", "file"),
                                  cache_path=out_dir / CACHE_NAME, use_cache=not args.no_cache, notify=print)
     for problem in problems:
         print(f"skipped {problem.file}: {problem.reason}")
-    est = estimate(stats, config, dense_dir=out_dir)
+    est = estimate(stats, config, dense_dir=out_dir, progress=ProgressBar(show_progress, "influence", "example"))
     try:
         summary = summarize(stats, est, problems)
         written = write_outputs(out_dir, stats, est, summary, _gallery_png(stats, est, args.gallery),

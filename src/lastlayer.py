@@ -58,9 +58,9 @@ SWEEP_EXPERIMENT = "lastlayer_mnist"
 def features_config(overrides: Sequence[str]) -> DictConfig:
     """conf/ composed with `overrides`, on all the data (ratio 1.0), one unlogged model, `<name>_features`."""
     from src.experiment import validate_config
-    from src.run import _compose
+    from src.run import compose_config
 
-    cfg = _compose(list(overrides))
+    cfg = compose_config(list(overrides))
     cfg.subset.ratio = 1.0
     cfg.logger = {"kind": "none"}
     cfg.seeds = None

@@ -147,9 +147,9 @@ def retrain_config(config: dict[str, Any], overrides: Sequence[str], out_dir: Pa
     settings are merged into today's composed defaults, so keys added since the sweep keep their defaults.
     """
     from src.experiment import MODEL_GROUPS
-    from src.run import _compose
+    from src.run import compose_config
 
-    cfg = _compose([])
+    cfg = compose_config([])
     for key, value in config.items():
         if key in MODEL_GROUPS or not isinstance(value, dict):
             cfg[key] = value

@@ -64,7 +64,8 @@ def _is_hydra_override(arg: str) -> bool:
     return arg.lstrip("+~").startswith(("hydra.", "hydra/"))
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str]) -> DictConfig:
+    """conf/ composed with command-line overrides (no Hydra job); a bad override is a one-line ConfigError."""
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return compose("config", overrides=overrides)
@@ -149,7 +150,7 @@ def plan_sweep(args: list[str], create_dir: bool = True) -> SweepPlan | None:
     fixed = [arg for arg, o in zip(overrides, parsed, strict=True) if o.key_or_group != "seed"]
     if other_sweeps or (multirun and not seeds):
         return None
-    cfg = _compose(fixed + ([f"seed={seeds[0]}"] if seeds else [o.input_line for o in seed_parsed]))
+    cfg = compose_config(fixed + ([f"seed={seeds[0]}"] if seeds else [o.input_line for o in seed_parsed]))
     if cfg.estimator.name == "turnover":  # one unpacked run per seed; it writes estimates, no records to look up
         from src.turnover import check_turnover_config
 

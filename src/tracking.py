@@ -10,7 +10,7 @@ credentials (`wandb sync` later).
 - `python -m src.compare ... --wandb`: one run, job_type compare: the agreement numbers per pair of
   inputs in run.summary, the pair rows and the agreement matrices as tables, the outputs as an artifact.
 - Progress: `progress_enabled` decides whether bars show (`auto`: a single run attached to a terminal);
-  `RecordProgress` is the aggregator's record-loading bar.
+  `ProgressBar` draws the aggregator's bars (record loading, influence blocks).
 
 wandb is imported only when a run is started, so nothing else pays for importing it.
 """
@@ -84,11 +84,12 @@ def progress_enabled(setting: bool | str, stream: IO[str], multirun: bool) -> bo
     return not multirun and stream.isatty()
 
 
-class RecordProgress:
-    """The aggregator's `load_sweep(progress=...)` callback: a tqdm bar over record files, or nothing."""
+class ProgressBar:
+    """A `(done, total)` callback drawing a tqdm bar on stderr, or nothing when disabled: the aggregator's
+    record loading (`load_sweep(progress=...)`) and influence blocks (`estimate(progress=...)`)."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, enabled: bool, desc: str, unit: str) -> None:
+        self.enabled, self.desc, self.unit = enabled, desc, unit
         self.bar: Any = None
 
     def __call__(self, done: int, total: int) -> None:
@@ -97,13 +98,11 @@ class RecordProgress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="records", unit="file", file=sys.stderr)
+            self.bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr)
         self.bar.update(done - self.bar.n)
         if done == total:
             self.bar.close()
 
-
-# ------------------------------------------------------------------------------------------- training
 
 def run_tags(cfg: DictConfig, pack: int) -> list[str]:
     return [f"dataset={cfg.dataset.name}", f"model={cfg.model.name}", f"ratio={cfg.subset.ratio}",

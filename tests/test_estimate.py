@@ -222,9 +222,13 @@ def test_blockwise_influence_equals_naive(tmp_path: Path, block_mb: float) -> No
     sweep = small_sweep()
     stats = sweep.stats()
     config = EstimateConfig(theta_mem=0.1, theta_infl=0.1, top_k=4, block_mb=block_mb)
-    est = estimate(stats, config, dense_dir=tmp_path)
+    calls: list[tuple[int, int]] = []
+    est = estimate(stats, config, dense_dir=tmp_path, progress=lambda done, total: calls.append((done, total)))
     write_outputs(tmp_path, stats, est, summarize(stats, est, []))
     naive = naive_influence(sweep)
+    done = [d for d, _ in calls]  # one progress call per block, ending with every training example
+    assert done == sorted(set(done)) and calls[-1] == (stats.n_train, stats.n_train)
+    assert (len(calls) > 1) == (block_mb < 1)
     assert np.isnan(naive).any(axis=1).sum() >= 2, "the fixture should have examples without an estimate"
     dense = np.load(tmp_path / "influence.npy")
     np.testing.assert_allclose(dense, naive, atol=1e-6)

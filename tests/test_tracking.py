@@ -58,6 +58,8 @@ def wandb_records(path: Path) -> list[Any]:
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + WANDB_LOG_HEADER])
         chunk = data[pos + WANDB_LOG_HEADER:pos + WANDB_LOG_HEADER + length]
+        if kind and len(chunk) < length:  # a chunk wandb-core is still writing
+            break
         pos += WANDB_LOG_HEADER + length
         if kind in (WANDB_FULL, WANDB_LAST):
             record = wandb_internal_pb2.Record()
@@ -74,8 +76,15 @@ def wandb_records(path: Path) -> list[Any]:
 def finished_records(path: Path) -> list[Any]:
     """The records of a finished run: wandb-core may still be flushing the file when finish() returns."""
     deadline = time.monotonic() + FLUSH_WAIT_S
+    from google.protobuf.message import DecodeError
+
     while True:
-        records = wandb_records(path)
+        try:
+            records = wandb_records(path)
+        except DecodeError:  # a chunk read while it was being written: read the file again
+            if time.monotonic() > deadline:
+                raise
+            records = []
         if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
             return records
         time.sleep(0.1)
