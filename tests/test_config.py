@@ -36,7 +36,7 @@ def test_experiments_set_the_papers_settings(compose_cfg: Callable[..., DictConf
 
 UNCHANGED = ["seed=7", "logger=wandb", "logger=none", "trainer=gpu", "paths.output_dir=/elsewhere",
              "paths.data_dir=/data", "overwrite=true", "dataset.eval_batch_size=7", "trainer.deterministic=true",
-             "name=other", "record.save_model=true", "trainer.enable_progress_bar=true"]
+             "name=other", "record.save_model=true", "progress=true"]
 CHANGED = ["optim.lr=0.05", "optim=adamw", "subset.ratio=0.5", "subset.salt=1", "dataset.label_noise=0.1",
            "model=cnn_small", "trainer.max_epochs=3", "batch_size=32", "trainer.precision=bf16-mixed",
            "dataset.augment.hflip=true"]
