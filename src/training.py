@@ -482,16 +482,22 @@ def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) 
                               augment.crop_padding, augment.hflip, bool(cfg.perf.channels_last),
                               tuple(cfg.record.epochs), int(cfg.dataset.eval_batch_size))
     datamodule = SubsetDataModule(masks, seeds, cfg.batch_size, augment.crop_padding, augment.hflip)
-    directory = sweep_dir(cfg) / job_subdir(seeds[0], seeds)
+    train_module(cfg, module, datamodule, sweep_dir(cfg) / job_subdir(seeds[0], seeds), pack=len(seeds))
+    return module
+
+
+def train_module(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.LightningDataModule,
+                 directory: Path, pack: int) -> None:
+    """Trainer.fit with the job's logger in `directory`; the job's wandb run (if any) is finished whatever
+    happens, so that a job has at most one."""
     trainer = make_trainer(cfg, directory, make_logger(cfg, directory))
-    check_ddp(trainer, len(seeds))
+    check_ddp(trainer, pack)
     try:
         trainer.fit(module, datamodule=datamodule)
     finally:
         if cfg.logger.kind == "wandb":
             from src.tracking import finish_wandb
             finish_wandb()
-    return module
 
 
 def check_ddp(trainer: pl.Trainer, pack: int) -> None:

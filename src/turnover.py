@@ -88,7 +88,7 @@ from src.experiment import experiment_hash, validate_config
 from src.models import MLP, SmallCNN, build_model
 from src.packing import Members
 from src.records import write_atomic
-from src.training import SubsetClassifier, SubsetDataModule, make_logger, make_trainer
+from src.training import SubsetClassifier, SubsetDataModule, train_module
 
 log = logging.getLogger(__name__)
 
@@ -253,13 +253,7 @@ def fit_turnover(cfg: DictConfig, dataset: Dataset, out_dir: Path) -> TurnoverCl
                                 augment.crop_padding, augment.hflip, channels_last=False)
     everything = np.ones((1, len(dataset.y_train)), dtype=bool)
     datamodule = SubsetDataModule(everything, [seed], cfg.batch_size, augment.crop_padding, augment.hflip)
-    trainer = make_trainer(cfg, out_dir, make_logger(cfg, out_dir))
-    try:
-        trainer.fit(module, datamodule=datamodule)
-    finally:
-        if cfg.logger.kind == "wandb":
-            from src.tracking import finish_wandb
-            finish_wandb()
+    train_module(cfg, module, datamodule, out_dir, pack=1)
     return module
 
 
