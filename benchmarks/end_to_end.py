@@ -29,36 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from machine import busy_cores_s, table, wait_for_quiet
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
-
-# Other processes on this shared machine slow torch's 2 OpenMP threads down several-fold (see
-# train_throughput.py), so each command starts at a quiet moment and the cores others used meanwhile
-# are reported ("others' cores").
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def busy_cores_s() -> float:
-    """CPU seconds spent by all processes on all cores (user, nice, system, irq, softirq) since boot."""
-    with open("/proc/stat") as handle:
-        user, nice, system, _idle, _iowait, irq, softirq = map(int, handle.readline().split()[1:8])
-    return (user + nice + system + irq + softirq) / CLOCK_TICKS
 
 
 def cpu_s_here() -> float:
     """CPU seconds of this process and of its finished children (the commands)."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
-
-
-def wait_for_quiet(limit_s: float = 60, threshold: float = 0.3) -> None:
-    """Wait (at most limit_s) for a 1-s window in which other processes use < threshold of a core."""
-    deadline = time.perf_counter() + limit_s
-    while time.perf_counter() < deadline:
-        busy, start = busy_cores_s(), time.perf_counter()
-        time.sleep(1.0)
-        if (busy_cores_s() - busy) / (time.perf_counter() - start) < threshold:
-            return
 
 
 LAUNCHER = '''"""python launcher.py ARGS == python -m src.run ARGS, plus timestamps in $MEMINF_BENCH_EVENTS."""
@@ -225,14 +205,6 @@ def job_times(run: Run) -> list[JobTimes]:
                                job["eval_start"] - job["train_end"], job["eval_end_last"] - job["eval_start"],
                                job["job_end"] - job["eval_end_last"], between))
     return result
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
 
 
 def fmt(value: float | None, digits: int = 2) -> str:

@@ -39,6 +39,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
+from machine import busy_cores_s, table, wait_for_quiet
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -118,27 +119,6 @@ def best_rate(flops: float, call: Callable[[], Any], min_s: float = 0.2, rounds:
     return best
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers], *[[str(c) for c in row] for row in rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["| " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |" for row in cells]
-    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
-# Other processes on this shared machine: torch's 2 OpenMP threads collapse when another process keeps a
-# core busy (measured: hand-written P=1 MLP loop 5-8x slower with 2 threads than with 1 while another
-# 2-thread job ran), so each timing waits for a quiet moment and reports the other processes' CPU use.
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def busy_cores_s() -> float:
-    """CPU seconds spent by all processes on all cores (user, nice, system, irq, softirq) since boot."""
-    with open("/proc/stat") as handle:
-        user, nice, system, _idle, _iowait, irq, softirq = map(int, handle.readline().split()[1:8])
-    return (user + nice + system + irq + softirq) / CLOCK_TICKS
-
-
 def own_cpu_s() -> float:
     times = os.times()
     return times.user + times.system
@@ -153,16 +133,9 @@ def spare_cores() -> int:
     return max(0, (os.cpu_count() or 1) - torch.get_num_threads())
 
 
-def wait_for_quiet(limit_s: float = 60, threshold: float = 0.3) -> None:
-    """Wait (at most limit_s) for a 1-s window in which other processes use < threshold of a core
-    beyond the spare cores."""
-    threshold += spare_cores()
-    deadline = time.perf_counter() + limit_s
-    while time.perf_counter() < deadline:
-        busy, start = busy_cores_s(), time.perf_counter()
-        time.sleep(1.0)
-        if (busy_cores_s() - busy) / (time.perf_counter() - start) < threshold:
-            return
+def wait_for_quiet_here(limit_s: float = 60, threshold: float = 0.3) -> None:
+    """wait_for_quiet, with the cores torch leaves free allowed to be busy."""
+    wait_for_quiet(limit_s, threshold + spare_cores())
 
 
 def timed_call(func: Callable[[], T], retries: int = 2) -> tuple[T, float]:
@@ -173,7 +146,7 @@ def timed_call(func: Callable[[], T], retries: int = 2) -> tuple[T, float]:
     """
     attempts: list[tuple[float, int, T]] = []
     for attempt in range(retries + 1):
-        wait_for_quiet()
+        wait_for_quiet_here()
         busy, own, start = busy_cores_s(), own_cpu_s(), time.perf_counter()
         result = func()
         elapsed = time.perf_counter() - start
@@ -203,7 +176,7 @@ def gemm_rates() -> list[tuple[str, float]]:
         a, b = (torch.randn(batch, m, k), torch.randn(batch, k, n)) if batch else (torch.randn(m, k), torch.randn(k, n))
         op = torch.bmm if batch else torch.mm
         label = f"{op.__name__} ({batch}, {m}x{k} @ {k}x{n})" if batch else f"mm {m}x{k} @ {k}x{n}"
-        wait_for_quiet()
+        wait_for_quiet_here()
         rates.append((label, best_rate(2.0 * max(batch, 1) * m * k * n, lambda a=a, b=b, op=op: op(a, b))))
     return rates
 
