@@ -34,6 +34,15 @@ MODEL_GROUPS = ("dataset", "model", "optim", "trainer", "subset")
 MODEL_KEYS = ("batch_size",)
 HASH_CHARS = 16
 OPTIMIZERS = ("sgd", "adamw")
+# Every true/false setting of conf/ (tests/test_config.py checks that no boolean default is missing): each takes
+# a boolean only, so that `overwrite=flase` or `record.save_model=no` is refused instead of reading as true.
+BOOLEAN_KEYS = (
+    "overwrite", "perf.channels_last", "perf.compile", "record.save_model", "optim.nesterov", "dataset.download",
+    "dataset.verify_checksums", "dataset.augment.hflip", "trainer.deterministic", "trainer.enable_checkpointing",
+    "trainer.enable_model_summary", "trainer.benchmark", "trainer.sync_batchnorm",
+)
+# Settings that take a boolean or `auto`.
+BOOLEAN_OR_AUTO_KEYS = ("progress", "model.small_input_stem")
 SCHEDULES = ("constant", "cosine", "linear", "step")
 
 
@@ -78,8 +87,20 @@ def check_writable(directory: Path) -> None:
                           "set paths.output_dir to a writable directory") from err
 
 
+def check_booleans(cfg: DictConfig) -> None:
+    """A true/false setting holds a boolean (Hydra parses true/false; any other word arrives as a string)."""
+    for key in (*BOOLEAN_KEYS, *BOOLEAN_OR_AUTO_KEYS):
+        value = OmegaConf.select(cfg, key, default=None)
+        allowed = (True, False, "auto") if key in BOOLEAN_OR_AUTO_KEYS else (True, False)
+        if value is not None and not any(value is choice or (value == choice and isinstance(value, str))
+                                         for choice in allowed):
+            words = " or ".join(f"{key}={str(choice).lower()}" for choice in allowed)
+            raise ConfigError(f"{key}={value!r} is not a boolean; use {words}")
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Checks that need no data: raise ConfigError with what is wrong and what to do."""
+    check_booleans(cfg)
     check_seed(cfg.seed)
     subset_size(1, float(cfg.subset.ratio))
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:

@@ -163,3 +163,15 @@ def test_aggregator_excludes_another_experiment_and_strict_refuses(tmp_path: Pat
     assert json.loads((sweep / "estimates" / "summary.json").read_text())["runs_used"] == 3
     strict = run_cli("src.estimate", str(sweep), "--strict", "--out", str(tmp_path / "strict"), cwd=tmp_path)
     assert strict.returncode == 2 and not (tmp_path / "strict").exists()
+
+
+@pytest.mark.parametrize("word", ["flase", "no"])
+def test_a_misspelt_boolean_never_replaces_finished_records(tmp_path: Path, word: str) -> None:
+    assert run_cli(*sweep_args(tmp_path, "seed=0..1"), cwd=tmp_path).returncode == 0
+    before = {path: path.read_bytes() for path in find_records(tmp_path)}
+    for extra in ([], ["--dry-run"]):
+        result = run_cli(*sweep_args(tmp_path, "seed=0..1", f"overwrite={word}"), *extra, cwd=tmp_path)
+        assert result.returncode == 2 and f"overwrite='{word}' is not a boolean" in result.stderr, result.stderr
+    saved = run_cli(*sweep_args(tmp_path, "seed=2", f"record.save_model={word}"), cwd=tmp_path)
+    assert saved.returncode == 2 and not list(tmp_path.rglob("model.pt"))
+    assert {path: path.read_bytes() for path in find_records(tmp_path)} == before

@@ -4,7 +4,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError
 from src.experiment import experiment_hash, seed_record_path, validate_config
@@ -61,3 +61,36 @@ def test_hash_covers_the_data(compose_cfg: Callable[..., DictConfig]) -> None:
 def test_validate_config_rejects(compose_cfg: Callable[..., DictConfig], override: str) -> None:
     with pytest.raises(ConfigError):
         validate_config(compose_cfg(override))
+
+
+def _boolean_leaves(node: object, prefix: str = "") -> set[str]:
+    """Dotted keys of every boolean value in a composed config (lists left out)."""
+    if isinstance(node, DictConfig):
+        found: set[str] = set()
+        for key in node:
+            if not OmegaConf.is_missing(node, key):
+                found |= _boolean_leaves(node[key], f"{prefix}{key}.")
+        return found
+    return {prefix[:-1]} if isinstance(node, bool) else set()
+
+
+ALL_OPTIONS = [(g, p.stem) for g in [*GROUPS, "subset", "estimator"] for p in sorted((CONF / g).glob("*.yaml"))]
+
+
+def test_every_boolean_default_is_a_checked_boolean(compose_cfg: Callable[..., DictConfig]) -> None:
+    from src.experiment import BOOLEAN_KEYS, BOOLEAN_OR_AUTO_KEYS
+
+    found = set().union(*(_boolean_leaves(compose_cfg(f"{g}={o}", tiny=False)) for g, o in ALL_OPTIONS))
+    assert found - {"hydra"} <= set(BOOLEAN_KEYS) | set(BOOLEAN_OR_AUTO_KEYS), found - set(BOOLEAN_KEYS)
+
+
+@pytest.mark.parametrize("word", ["flase", "no", "maybe", "1", "yes"])
+def test_every_boolean_setting_refuses_a_word(compose_cfg: Callable[..., DictConfig], word: str) -> None:
+    from src.experiment import BOOLEAN_KEYS, BOOLEAN_OR_AUTO_KEYS
+
+    for key in (*BOOLEAN_KEYS, *BOOLEAN_OR_AUTO_KEYS):
+        cfg = compose_cfg(f"++{key}={word}")
+        with pytest.raises(ConfigError, match="is not a boolean"):
+            validate_config(cfg)
+    for key in BOOLEAN_OR_AUTO_KEYS:
+        validate_config(compose_cfg(f"++{key}=auto"))
