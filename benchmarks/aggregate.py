@@ -50,16 +50,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import src.estimate as estimate_module  # noqa: E402
-from src.estimate import (  # noqa: E402
-    CACHE_NAME,
-    EstimateConfig,
-    SweepStats,
-    load_sweep,
-    read_stats_cache,
-    write_stats_cache,
-)
-from src.records import FORMAT_VERSION, Record, find_records, record_path, write_record  # noqa: E402
-from src.subsets import subset_mask  # noqa: E402
+from src.estimate import # noqa: E402     CACHE_NAME
+from src.estimators.subsample.cache import read_stats_cache, write_stats_cache
+from src.estimators.subsample.load import load_sweep
+from src.estimators.subsample.memorization import EstimateConfig
+from src.estimators.subsample.stats import SweepStats
+from src.contracts.records import FORMAT_VERSION, Record, find_records, record_path, write_record  # noqa: E402
+from src.data.subsets import subset_mask  # noqa: E402
 
 MB = 2**20
 RATIO = 0.7

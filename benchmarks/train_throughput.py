@@ -45,9 +45,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import src.run  # noqa: F401  registers the meminf_job_dir resolver that conf/hydra uses
 from src import training
-from src.data import load_dataset
-from src.models import build_model
-from src.subsets import subset_size
+from src.data.dataset import load_dataset
+from src.data.subsets import subset_size
+from src.models.build import build_model
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 MISSING = object()

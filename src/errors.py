@@ -1,9 +1,5 @@
 """Errors that mean "the input is wrong": the CLIs print them as one line and exit non-zero."""
 
-import sys
-from collections.abc import Callable
-
-
 class MeminfError(Exception):
     """Base class: the message says what is wrong and what to do."""
 
@@ -31,13 +27,3 @@ class RecordError(MeminfError):
 
 class TrainingError(MeminfError):
     """Training failed (e.g. the loss diverged); no record is written."""
-
-
-def cli_exit_code(run: Callable[[], None]) -> int:
-    """Run a command: 0, or 2 after one `error:` line for bad input or a file that cannot be read/written."""
-    try:
-        run()
-    except (MeminfError, OSError) as err:
-        print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
-    return 0

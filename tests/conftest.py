@@ -1,4 +1,4 @@
-"""Shared fixtures: the real `conf/` composed and shrunk to CPU-test size."""
+"""Shared fixtures: the real `conf/` composed (src/config/compose.py) and shrunk to CPU-test size."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+
+from src.config.compose import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -23,8 +24,7 @@ TINY = ["dataset=digits", "model=mlp", "trainer.max_epochs=2", "logger=none",
 def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     def _compose(*overrides: str, tiny: bool = True) -> DictConfig:
         base = [*TINY, f"paths.output_dir={tmp_path / 'outputs'}", f"paths.data_dir={tmp_path / 'data'}"]
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            return compose("config", overrides=[*(base if tiny else []), *overrides])
+        return compose_config([*(base if tiny else []), *overrides])
     return _compose
 
 

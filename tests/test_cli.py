@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.records import find_records, read_record
+from src.contracts.records import find_records, read_record
 from tests.conftest import TINY, run_cli
 
 
@@ -91,10 +91,10 @@ def write_npz(path: Path, kind: str) -> Path:
 BAD_RUNS = {  # case: (arguments, a phrase the one-line error must contain)
     "ratio zero": (["-m", "seed=0..1", "subset.ratio=0"], "subset.ratio"),
     "ratio above one": (["subset.ratio=1.5"], "subset.ratio"),
-    "unknown dataset": (["-m", "seed=0..1", "dataset=nope"], "dataset/nope"),
-    "unknown model": (["model=nope"], "model/nope"),
-    "unknown optimizer": (["-m", "seed=0..1", "optim=nope"], "optim/nope"),
-    "unknown optimizer name": (["optim.name=rmsprop"], "optim.name"),
+    "unknown dataset": (["-m", "seed=0..1", "dataset=nope"], "dataset=nope is unknown; choose one of cifar10"),
+    "unknown model": (["model=nope"], "model=nope is unknown; choose one of cnn_small"),
+    "unknown optimizer": (["-m", "seed=0..1", "optim=nope"], "optim=nope is unknown; choose one of adamw, sgd"),
+    "optimizer class that does not exist": (["optim._target_=torch.optim.Nope"], "optim._target_=torch.optim.Nope"),
     "missing data": (["-m", "seed=0..1", "dataset=cifar10", "model=cnn_small"], "dataset.download"),
     "missing data directory": (["dataset=mnist", "model=cnn_small", "paths.data_dir=/nonexistent/dir"],
                                "/nonexistent/dir"),

@@ -14,10 +14,15 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from src.compare import CROSS, SAME, compare, main
+from src.analyses.compare import DIFFERS, SAME, compare
+from src.compare import main
+from src.data.subsets import subset_mask
 from src.errors import MeminfError
-from src.estimate import EstimateConfig, SweepStats, estimate, summarize, write_outputs
-from src.subsets import subset_mask
+from src.estimators.subsample.estimator import write_outputs
+from src.estimators.subsample.influence import estimate
+from src.estimators.subsample.memorization import EstimateConfig
+from src.estimators.subsample.stats import SweepStats
+from src.estimators.subsample.summary import summarize
 from tests.conftest import run_cli
 from tests.test_estimate import Sweep
 
@@ -74,10 +79,12 @@ def four(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two sweeps of 'wide' (disjoint seeds; another salt) and two of 'deep', each memorizing its own set."""
     root = tmp_path_factory.mktemp("four")
     return {
-        "wide": write_estimates(root / "wide", range(10), range(10), model="wide"),
-        "wide2": write_estimates(root / "wide2", range(12), range(12), seeds=range(100, 100 + RUNS), model="wide"),
-        "deep": write_estimates(root / "deep", range(5, 15), range(5, 12), model="deep"),
-        "deep2": write_estimates(root / "deep2", range(4, 15), range(4, 12), salt=1, model="deep"),
+        "wide": write_estimates(root / "wide", range(10), range(10), model="wide", experiment_hash="h-wide"),
+        "wide2": write_estimates(root / "wide2", range(12), range(12), seeds=range(100, 100 + RUNS), model="wide",
+                                 experiment_hash="h-wide"),
+        "deep": write_estimates(root / "deep", range(5, 15), range(5, 12), model="deep", experiment_hash="h-deep"),
+        "deep2": write_estimates(root / "deep2", range(4, 15), range(4, 12), salt=1, model="deep",
+                                 experiment_hash="h-deep"),
     }
 
 
@@ -93,7 +100,7 @@ def test_identical_inputs_agree_exactly(four: dict[str, Path]) -> None:
 
 def test_planted_overlap_gives_the_exact_jaccard(four: dict[str, Path]) -> None:
     [row] = compare([four["wide"], four["deep"]], 0.25, labels=["w", "d"])
-    assert row["relation"] == CROSS and row["common"] == N
+    assert row["relation"] == DIFFERS + "model" and row["common"] == N
     assert (row["memorized_a"], row["memorized_b"], row["memorized_both"]) == (10, 10, 5)
     assert row["jaccard_mem"] == 5 / 15
     assert (row["pairs_a"], row["pairs_b"], row["pairs_both"]) == (10, 7, 5)
@@ -128,7 +135,7 @@ def test_same_architecture_pairs_are_the_noise_floor(four: dict[str, Path]) -> N
     assert floor["relation"] == SAME and floor["shared_subsets"] == 0 and floor["jaccard_mem"] == 10 / 12
     assert all(floor[f"floor_{metric}"] is None for metric in ("pearson", "jaccard_mem"))
     for cross in (row_of(rows, "wide", "deep"), row_of(rows, "wide2", "deep")):
-        assert cross["relation"] == CROSS
+        assert cross["relation"] == DIFFERS + "model"
         assert cross["floor_jaccard_mem"] == floor["jaccard_mem"]
         assert cross["floor_spearman"] == floor["spearman"]
     rows = compare([four[name] for name in ("wide", "wide2", "deep", "deep2")], 0.25)
@@ -146,17 +153,18 @@ def test_cli_writes_the_three_files(four: dict[str, Path], tmp_path: Path) -> No
     assert sorted(path.name for path in out.iterdir()) == ["compare.csv", "compare.json", "compare.png"]
     with open(out / "compare.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(row["a"], row["b"], row["relation"]) for row in rows] == [("w1", "w2", SAME), ("w1", "d", CROSS),
-                                                                       ("w2", "d", CROSS)]
+    cross = DIFFERS + "model"
+    assert [(row["a"], row["b"], row["relation"]) for row in rows] == [("w1", "w2", SAME), ("w1", "d", cross),
+                                                                       ("w2", "d", cross)]
     assert rows[0]["floor_spearman"] == "" and float(rows[1]["jaccard_mem"]) == pytest.approx(5 / 15)
     document = json.loads((out / "compare.json").read_text())
     assert document["theta_mem"] == 0.5 and [item["label"] for item in document["inputs"]] == ["w1", "w2", "d"]
-    assert document["floors"] == [{"model": "wide", "dataset": "synthetic", "rows": 1,
+    assert document["floors"] == [{"experiment": "h-wide/subsample", "model": "wide", "dataset": "synthetic", "rows": 1,
                                    **{key: document["pairs"][0][key] for key in ("pearson", "spearman",
                                                                                  "jaccard_mem", "jaccard_pairs")}}]
     image = matplotlib.image.imread(out / "compare.png")
     assert image.ndim == 3 and min(image.shape[:2]) > 100
-    assert SAME in result.stdout and "cross-architecture agreement [noise floor]" in result.stdout
+    assert SAME in result.stdout and "agreement [noise floor]" in result.stdout
     assert "w1 vs d: pearson" in result.stdout and "wrote compare.csv, compare.json, compare.png" in result.stdout
 
 
@@ -165,7 +173,26 @@ def test_cli_notes_shared_subsets_and_missing_floor(four: dict[str, Path], tmp_p
     assert main([str(four["wide"]), str(four["wide"]), "--out", str(tmp_path / "a")]) == 0
     assert "share 40 subsets" in capsys.readouterr().out
     assert main([str(four["wide"]), str(four["deep"]), "--out", str(tmp_path / "b")]) == 0
-    assert "no noise floor for deep, wide (swept once)" in capsys.readouterr().out
+    assert "no noise floor for deep, wide (estimated once)" in capsys.readouterr().out
+
+
+def _config(mean: float) -> dict:
+    """The part of a record's config that the experiment identity reads (one MNIST-5k MLP recipe)."""
+    return {"dataset": {"normalize": {"mean": [mean], "std": [0.3081]}}, "batch_size": 128,
+            "model": {"timm_name": "meminf_mlp", "kwargs": {"hidden": [512, 256]}}, "subset": {"ratio": 0.7},
+            "optim": {"_target_": "torch.optim.SGD", "lr": 0.1}, "trainer": {"max_epochs": 10}}
+
+
+def test_a_noise_floor_is_one_experiment_not_one_architecture(tmp_path: Path) -> None:
+    """Two MLP sweeps of one data set that differ in input normalisation are two experiments."""
+    standardised = write_estimates(tmp_path / "a", range(10), range(10), model="mlp", config=_config(0.1307))
+    scaled = write_estimates(tmp_path / "b", range(10), range(10), seeds=range(100, 100 + RUNS), model="mlp",
+                             config=_config(0.0))
+    again = write_estimates(tmp_path / "c", range(10), range(10), seeds=range(200, 200 + RUNS), model="mlp",
+                            config=_config(0.1307))
+    rows = compare([standardised, scaled, again], 0.25)
+    assert row_of(rows, "a", "b")["relation"] == DIFFERS + "data.normalize"
+    assert row_of(rows, "a", "c")["relation"] == SAME
 
 
 INCOMPARABLE: dict[str, Callable[[Path], Path]] = {
@@ -213,4 +240,4 @@ def test_damaged_estimates_give_one_line(four: dict[str, Path], tmp_path: Path,
         arrays = {key: archive[key] for key in archive.files if key != "pair_test_idx"}
     np.savez(damaged / "estimates.npz", **arrays)
     assert main([str(four["wide"]), str(damaged), "--out", str(tmp_path / "out")]) == 2
-    assert "missing arrays pair_test_idx" in capsys.readouterr().err
+    assert "hold no pair_test_idx" in capsys.readouterr().err

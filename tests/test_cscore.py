@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
+from src.contracts.records import record_path, write_record
 from src.cscore import main
 from src.estimate import main as estimate_main
-from src.records import record_path, write_record
 from tests.test_estimate import Sweep, planted_sweep
 
 N, N_TEST = 80, 20

@@ -28,10 +28,18 @@ import numpy as np
 import pytest
 from numpy.lib import format as npy_format
 
+from src.contracts.records import (
+    ARRAY_KEYS,
+    REQUIRED_META,
+    Record,
+    read_record,
+    record_arrays,
+    record_path,
+    write_record,
+)
+from src.data.subsets import subset_mask
 from src.errors import RecordError
-from src.estimate import load_sweep
-from src.records import ARRAY_KEYS, REQUIRED_META, Record, read_record, record_arrays, record_path, write_record
-from src.subsets import subset_mask
+from src.estimators.subsample.load import load_sweep
 from tests.test_estimate import make_meta
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

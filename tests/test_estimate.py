@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tracemalloc
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,28 +17,23 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-import src.estimate as estimate_module
+import src.data.images
+import src.estimators.subsample.cache as subsample_cache
+import src.estimators.subsample.load as subsample_load
+import src.estimators.subsample.scan as subsample_scan
+from src.contracts.records import FORMAT_VERSION, REQUIRED_META, Record, find_records, record_path, write_record
+from src.data.subsets import subset_mask
 from src.errors import MeminfError, RecordError
-from src.estimate import (
-    CACHE_NAME,
-    CACHE_VERSION,
-    MB,
-    EstimateConfig,
-    SweepStats,
-    _influence,
-    _InfluenceBlocks,
-    csv_text,
-    estimate,
-    load_sweep,
-    main,
-    pair_influence,
-    runs_needed,
-    summarize,
-    write_outputs,
-)
-from src.gallery import gallery_size, render_gallery, write_gallery
-from src.records import FORMAT_VERSION, REQUIRED_META, Record, find_records, record_path, write_record
-from src.subsets import subset_mask
+from src.estimate import main
+from src.estimators.subsample.cache import CACHE_NAME, CACHE_VERSION
+from src.estimators.subsample.estimator import write_outputs
+from src.estimators.subsample.influence import MB, _influence, _InfluenceBlocks, estimate, pair_influence
+from src.estimators.subsample.load import load_sweep
+from src.estimators.subsample.memorization import EstimateConfig
+from src.estimators.subsample.stats import SweepStats
+from src.estimators.subsample.summary import runs_needed, summarize
+from src.reporting.gallery import gallery_size, render_gallery, write_gallery
+from src.util.tables import csv_text
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -446,7 +440,7 @@ def test_outputs_written_and_consistent(sweep_dir: Path, tmp_path: Path) -> None
 
     with np.load(out / "estimates.npz", allow_pickle=False) as arrays:
         np.testing.assert_array_equal(arrays["mem"], est.mem)
-        assert json.loads(str(arrays["summary"][()])) == summary
+        assert json.loads(str(arrays["summary"][()])) == {**summary, "estimates_format": 1}
         assert arrays["flipped"].sum() == 3 and arrays["seeds"].size == 8
         np.testing.assert_array_equal(arrays["topk_idx"], est.topk_idx)
         mem, pair_train_idx = arrays["mem"], arrays["pair_train_idx"]
@@ -465,7 +459,7 @@ def test_outputs_written_and_consistent(sweep_dir: Path, tmp_path: Path) -> None
     assert np.all(np.diff(csv_floats(rows, "infl")) <= 0)
 
     saved = json.loads((out / "summary.json").read_text())
-    assert saved == summary and saved["runs_used"] == 8 and saved["pairs"] == len(rows)
+    assert saved == {**summary, "estimates_format": 1} and saved["runs_used"] == 8 and saved["pairs"] == len(rows)
     assert saved["examples_without_estimate"] == int(np.isnan(mem).sum()) > 0
     assert saved["frac_mem_ge_0.25"] == pytest.approx(np.mean(mem[~np.isnan(mem)] >= 0.25))
     assert saved["test_with_one_influencer"] == sum(row["influencers_of_test"] == "1" for row in rows)
@@ -512,9 +506,13 @@ def test_cli_end_to_end(sweep_dir: Path) -> None:
 
 def test_cli_gallery_and_dense_cap(sweep_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
-    fake_data = types.ModuleType("src.data")
-    fake_data.train_images_from_meta = lambda meta, indices: np.full((len(indices), 1, 8, 8), 0.5)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "src.data", fake_data)
+    class GreyImages:
+        problem = None
+
+        def get(self, split: str, indices: np.ndarray) -> np.ndarray:
+            return np.full((len(indices), 1, 8, 8), 0.5)
+
+    monkeypatch.setattr(src.data.images, "sweep_images", lambda sweep_dir, summary: GreyImages())
     out = sweep_dir / "estimates"
     assert main([str(sweep_dir), "--gallery", "12"]) == 0
     assert matplotlib.image.imread(out / "gallery.png").shape[:2] == gallery_size(12)
@@ -590,18 +588,20 @@ def cache_lines(capsys: pytest.CaptureFixture[str]) -> list[str]:
 
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Path]]:
-    """(function, path) of every record the loader reads in full (_read) or in part (read_file_info)."""
+    """(function, path) of every record the loader reads in full (read_checked) or in part (read_file_info)."""
     seen: list[tuple[str, Path]] = []
 
     def spy_on(name: str) -> None:
-        original = getattr(estimate_module, name)
+        original = getattr(subsample_scan, name)
 
         def spy(path: Path) -> object:
             seen.append((name, Path(path)))
             return original(path)
-        monkeypatch.setattr(estimate_module, name, spy)
+        for module in (subsample_scan, subsample_load, subsample_cache):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, spy)
 
-    spy_on("_read")
+    spy_on("read_checked")
     spy_on("read_file_info")
     return seen
 
@@ -625,7 +625,7 @@ def test_incremental_update_equals_full_load(tmp_path: Path, reads: list[tuple[s
     reads.clear()
     assert aggregate(sweep_dir, out) == 0
     assert cache_lines(capsys) == [f"stats cache: 9 runs from {out / CACHE_NAME}, reading 3 new record files"]
-    assert {path for name, path in reads if name == "_read"} == new
+    assert {path for name, path in reads if name == "read_checked"} == new
     identity_checks = [path for name, path in reads if name == "read_file_info" and path not in new]
     assert identity_checks == [record_path(sweep_dir, 0)]
 
@@ -704,7 +704,7 @@ def test_cache_that_cannot_be_used_is_rebuilt(tmp_path: Path, case: str, reads: 
     assert len(lines) == 1 and lines[0].startswith("stats cache: reading all") and CACHE_CASES[case] in lines[0]
     other_group = {record_path(sweep_dir, k) for k in range(100, 109)}
     sweep_files = other_group if case == "other_group" else set(find_records(sweep_dir))
-    assert {path for name, path in reads if name == "_read"} == sweep_files
+    assert {path for name, path in reads if name == "read_checked"} == sweep_files
 
     full = tmp_path / "full"
     assert aggregate(sweep_dir, full) == 0

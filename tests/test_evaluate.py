@@ -14,24 +14,21 @@ import pytest
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_curve
 
-from src import removal
-from src.estimate import EstimateConfig, SweepStats, estimate, load_sweep
+from src.analyses import removal_table
+from src.analyses.evaluation.evaluate import FIT_ESTIMATES_DIR, fit_estimate
+from src.analyses.evaluation.lds import linear_datamodel_scores
+from src.analyses.evaluation.mia import attack_metrics, lira_scores, tpr_at_fpr
+from src.analyses.evaluation.split import holdout_seeds, load_split, split_runs
+from src.contracts.records import Record, record_path, write_record
+from src.data.subsets import subset_mask
 from src.estimate import main as estimate_main
-from src.evaluate import (
-    FIT_ESTIMATES_DIR,
-    attack_metrics,
-    auroc,
-    fit_estimate,
-    holdout_seeds,
-    linear_datamodel_scores,
-    lira_scores,
-    load_split,
-    main,
-    split_runs,
-    tpr_at_fpr,
-)
-from src.records import Record, record_path, write_record
-from src.subsets import subset_mask
+from src.estimators.subsample.influence import estimate
+from src.estimators.subsample.load import load_sweep
+from src.estimators.subsample.memorization import EstimateConfig
+from src.estimators.subsample.stats import SweepStats
+from src.evaluate import main
+from src.util.stats import auroc
+from src.util.tables import csv_rows
 from tests.test_estimate import Sweep, small_sweep
 
 
@@ -213,11 +210,11 @@ def noisy_sweep(tmp_path: Path) -> tuple[Path, Sweep, np.ndarray]:
 
 
 def removal_csv(path: Path) -> Path:
-    rows = [removal.RemovalRow(selection, level, control, 0, seed, 5, acc, None, 0)
+    rows = [removal_table.RemovalRow(selection, level, control, 0, seed, 5, acc, None, 0)
             for seed, (selection, level, control, acc) in enumerate(
                 [("none", None, "removed", 0.9), ("theta", 0.25, "removed", 0.8), ("theta", 0.25, "random", 0.85)]
                 * 2)]
-    path.write_text(removal.csv_text(removal.COLUMNS, [dataclasses.astuple(row) for row in rows]))
+    path.write_text(csv_rows(removal_table.COLUMNS, [dataclasses.astuple(row) for row in rows], exact=True))
     return path
 
 
@@ -265,7 +262,7 @@ def test_cli_end_to_end(noisy_sweep: tuple[Path, Sweep, np.ndarray], tmp_path: P
     assert summary["mia"]["variance"] == "global"
     assert summary["mia"]["attacks"]["online"]["auc"] == pytest.approx(auroc(scores["online"], held_masks).auroc)
     assert summary["removal"]["rows"] == json.loads(json.dumps(
-        removal.summarize(removal.read_removal_csv(tmp_path / "removal.csv"))))
+        removal_table.summarize(removal_table.read_removal_csv(tmp_path / "removal.csv"))))
     assert {path.name for path in out.iterdir()} == {
         "evaluation.json", "noise_auroc.csv", "lds.csv", "lds.png", "mia_roc.csv", "mia_roc.png",
         "mia_examples.csv", FIT_ESTIMATES_DIR}

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig
 
-from src.estimate import EstimateConfig, estimate, load_sweep
-from src.experiment import sweep_dir
-from src.training import run_job
+from src.config.paths import sweep_dir
+from src.estimators.subsample.influence import estimate
+from src.estimators.subsample.load import load_sweep
+from src.estimators.subsample.memorization import EstimateConfig
+from src.training.job import run_job
 
 pytestmark = pytest.mark.slow
 

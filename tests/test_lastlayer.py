@@ -12,11 +12,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from src.data import load_dataset
+from src.analyses.lastlayer import FEATURES_NAME, WEIGHTS_NAME, compare_lastlayer, penultimate
+from src.data.dataset import load_dataset
 from src.estimate import main as estimate_main
-from src.lastlayer import FEATURES_NAME, WEIGHTS_NAME, compare_lastlayer, main, penultimate
-from src.models import build_model
-from src.training import run_job
+from src.lastlayer import main
+from src.models.build import build_model
+from src.training.job import run_job
 from tests.conftest import CONF, TINY
 
 NOISE = ["dataset.label_noise=0.1", "dataset.noise_seed=3"]

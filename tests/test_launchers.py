@@ -15,9 +15,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from src.contracts.records import find_records, read_record
 from src.errors import ConfigError
-from src.records import find_records, read_record
-from src.training import EpochPlan, make_trainer, run_job
+from src.training.epochs import EpochPlan
+from src.training.job import run_job
+from src.training.trainer import make_trainer
 from tests.conftest import CONF, ROOT, TINY, cli_env, run_cli
 
 # Largest |probability difference| allowed between a 2-rank DDP record and the 1-process record of the same seed:
@@ -148,7 +150,7 @@ import json, sys
 import numpy as np, torch
 from hydra import compose, initialize_config_dir
 from src import training
-from src.records import read_record
+from src.contracts.records import read_record
 
 out, first_job_too = sys.argv[1], sys.argv[2] == "yes"
 seen = {}

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from src.errors import ModelError
-from src.models import build_model
+from src.models.build import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONF_DIR = REPO_ROOT / "conf" / "model"
@@ -186,12 +186,12 @@ def test_forward_check_draws_no_random_numbers_and_keeps_train_mode() -> None:
 
 def test_registration_happens_on_import_and_is_idempotent() -> None:
     script = (
-        "import importlib, warnings, timm, src.models\n"
+        "import importlib, warnings, timm, src.models.zoo\n"
         "names = ['meminf_cnn_small', 'meminf_densenet_bc100', 'meminf_inception_small', 'meminf_mlp']\n"
         "assert timm.list_models('meminf_*') == names, timm.list_models('meminf_*')\n"
         "with warnings.catch_warnings():\n"
         "    warnings.simplefilter('error')\n"
-        "    importlib.reload(src.models)\n"
+        "    importlib.reload(src.models.zoo)\n"
         "assert timm.list_models('meminf_*') == names\n"
     )
     subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True, capture_output=True, timeout=60)

@@ -3,7 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.data import apply_label_noise, fingerprint, load_dataset
+from src.data.dataset import apply_label_noise, fingerprint, load_dataset
 from src.errors import ConfigError
 
 

@@ -8,11 +8,12 @@ import pytest
 import torch
 from omegaconf import DictConfig
 
-import src.training
+import src.training.job
+from src.config.paths import seed_record_path
+from src.contracts.records import read_record
 from src.errors import ConfigError, TrainingError
-from src.experiment import resolve_pack, seed_record_path
-from src.records import read_record
-from src.training import run_job
+from src.sweep.plan import resolve_pack
+from src.training.job import run_job
 
 # A few steps on small subsets of the 8×8 digits (10% subsets: 144 examples, 3 steps an epoch).
 FEW_STEPS = ["subset.ratio=0.1", "trainer.max_epochs=2", "record.save_model=true", "optim.lr=0.05"]
@@ -50,7 +51,7 @@ def test_member_equals_its_seed_trained_alone(compose_cfg: Callable[..., DictCon
 
 def test_a_diverging_member_stops_alone(compose_cfg: Callable[..., DictConfig],
                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    build = src.training.build_model
+    build = src.training.job.build_model
 
     def poisoned_for_seed_4(*args, **kwargs) -> torch.nn.Module:
         model = build(*args, **kwargs)
@@ -59,7 +60,7 @@ def test_a_diverging_member_stops_alone(compose_cfg: Callable[..., DictConfig],
                 next(model.parameters()).fill_(float("nan"))
         return model
 
-    monkeypatch.setattr(src.training, "build_model", poisoned_for_seed_4)
+    monkeypatch.setattr(src.training.job, "build_model", poisoned_for_seed_4)
     with pytest.raises(TrainingError, match=r"seeds \[4\] diverged"):
         run_job(compose_cfg(f"seeds={SEEDS}", "name=packed", *FEW_STEPS))
     monkeypatch.undo()

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.errors import RecordError
-from src.records import (
+from src.contracts.io import remove_stale_temps, write_atomic
+from src.contracts.records import (
     EPOCH_KEYS,
     FORMAT_VERSION,
     PROXY_PREFIX,
@@ -23,10 +23,9 @@ from src.records import (
     read_record,
     record_arrays,
     record_path,
-    remove_stale_temps,
-    write_atomic,
     write_record,
 )
+from src.errors import RecordError
 
 N_TRAIN, N_TEST, NUM_CLASSES = 50, 20, 4
 

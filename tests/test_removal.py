@@ -16,35 +16,36 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from scipy.stats import t
 
-import src.training
-from src.data import load_dataset
-from src.errors import ConfigError, DataError
-from src.estimate import main as estimate_main
-from src.removal import (
-    COLUMNS,
-    SUMMARY_COLUMNS,
+import src.training.job
+from src.analyses.removal import (
     Condition,
-    RemovalRow,
-    SweepEstimates,
     class_matched_control,
     conditions,
     influenced_tests,
     kept_masks,
-    load_estimates,
-    main,
     pair_selection,
-    parse_seeds,
     plan_jobs,
     random_control,
-    read_removal_csv,
     retrain,
     score,
-    summarize,
     theta_selection,
     top_q_selection,
+)
+from src.analyses.removal_table import (
+    COLUMNS,
+    SUMMARY_COLUMNS,
+    RemovalRow,
+    read_removal_csv,
+    summarize,
     write_outputs,
 )
-from src.training import fit, run_job
+from src.contracts.estimates import Estimates, read_estimates
+from src.data.dataset import load_dataset
+from src.errors import ConfigError, DataError
+from src.estimate import main as estimate_main
+from src.removal import main
+from src.training.job import fit, run_job
+from src.util.cli import parse_seeds
 from tests.conftest import CONF, TINY
 
 RNG = np.random.default_rng(7)
@@ -55,9 +56,11 @@ LABELS = RNG.integers(0, CLASSES, N)
 PAIR_TRAIN, PAIR_TEST = np.array([3, 3, 10, 57, 57, 120]), np.array([1, 2, 2, 9, 30, 44])
 
 
-def planted_estimates() -> SweepEstimates:
-    return SweepEstimates(Path("."), {"experiment_hash": "h", "data_fingerprint": "f"}, MEM, MEM_SOFT, LABELS,
-                          RNG.integers(0, CLASSES, N_TEST), PAIR_TRAIN, PAIR_TEST)
+def planted_estimates() -> Estimates:
+    return Estimates({"experiment_hash": "h", "data_fingerprint": "f", "n_train": N, "n_test": N_TEST},
+                     {"mem": MEM, "mem_soft": MEM_SOFT, "train_label": LABELS,
+                      "test_label": RNG.integers(0, CLASSES, N_TEST), "pair_train_idx": PAIR_TRAIN,
+                      "pair_test_idx": PAIR_TEST})
 
 
 # ------------------------------------------------------------------------------------------- selections
@@ -201,8 +204,8 @@ def test_csv_schema_and_round_trip(tmp_path: Path) -> None:
 
 
 def test_seed_lists_and_ranges() -> None:
-    assert parse_seeds(["0..2", "7"]) == [0, 1, 2, 7]
-    for bad in (["0..2", "1"], ["x"], []):
+    assert parse_seeds("0..2,7") == [0, 1, 2, 7]
+    for bad in ("0..2,1", "x", "", "3..1"):
         with pytest.raises(ConfigError):
             parse_seeds(bad)
 
@@ -248,7 +251,7 @@ def test_retrain_passes_each_condition_its_mask_and_seed(compose_cfg: Callable[.
         calls.append((list(seeds), masks.copy()))
         return fit(cfg, dataset, seeds, masks)
 
-    monkeypatch.setattr(src.training, "fit", spy)
+    monkeypatch.setattr(src.training.job, "fit", spy)
     empty = np.zeros(0, dtype=np.int64)
     job = [(Condition("theta", 0.5, "removed", 0, np.array([0, 3, 8]), np.array([1, 2])), 0),
            (Condition("theta", 0.5, "random", 0, np.array([5, 6, 7]), np.array([1, 2])), 1),
@@ -275,7 +278,7 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow
 def test_removal_command_on_a_real_sweep(tiny_sweep: Path, tmp_path: Path) -> None:
-    est = load_estimates(tiny_sweep / "estimates")
+    est = read_estimates(tiny_sweep / "estimates")
     theta = float(np.nanquantile(est.mem, 0.9))
     out = tmp_path / "removal"
     assert main([str(tiny_sweep / "estimates"), "--theta", str(theta), "--draws", "1", "--seeds", "0..1",

@@ -17,16 +17,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import src.data
-import src.report
+import src.data.dataset
+import src.data.images
+from src.analyses.removal_table import COLUMNS as REMOVAL_COLUMNS
 from src.compare import main as compare_main
-from src.data import Dataset, load_dataset, split_images
+from src.contracts.records import FORMAT_VERSION, Record, record_path, write_record
+from src.data.dataset import Dataset, load_dataset, split_images
+from src.data.subsets import subset_mask
 from src.estimate import main as estimate_main
-from src.records import FORMAT_VERSION, Record, record_path, write_record
-from src.removal import COLUMNS as REMOVAL_COLUMNS
-from src.removal import csv_text as removal_csv_text
 from src.report import main
-from src.subsets import subset_mask
+from src.util.tables import csv_rows
 
 HOSTILE = "<script>alert('x')</script>&\"<b>bold</b>"
 RUNS = 8
@@ -278,7 +278,7 @@ def test_without_data_the_page_says_so_and_renders_the_rest(tmp_path: Path, monk
     cfg = npz_cfg(tmp_path, 32, 30, 6, True)
     write_sweep(tmp_path / "sweep", cfg, tmp_path / "data")
     Path(cfg["path"]).unlink()
-    monkeypatch.setattr(src.data, "_CACHE", OrderedDict())  # as in a fresh process: the data are gone
+    monkeypatch.setattr(src.data.dataset, "_CACHE", OrderedDict())  # as in a fresh process: the data are gone
     assert main([str(tmp_path / "sweep"), "--gallery", "5"]) == 0
     report = tmp_path / "sweep" / "report"
     page = parse(report / "index.html")
@@ -292,7 +292,7 @@ def test_without_data_the_page_says_so_and_renders_the_rest(tmp_path: Path, monk
 def test_strings_from_data_are_escaped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sweep = tmp_path / f"sweep{HOSTILE.replace('/', '_')}"
     write_sweep(sweep, npz_cfg(tmp_path, 32, 30, 6, True), tmp_path / "data", name=HOSTILE)
-    real = src.report.dataset_from_meta
+    real = src.data.images.dataset_from_meta
 
     def hostile_dataset(meta: dict) -> Dataset:
         dataset = real(meta)
@@ -300,7 +300,7 @@ def test_strings_from_data_are_escaped(tmp_path: Path, monkeypatch: pytest.Monke
                                    train_paths=tuple(f"{HOSTILE}/{i}.png" for i in range(len(dataset.y_train))),
                                    test_paths=tuple(f"t{HOSTILE}/{i}.png" for i in range(len(dataset.y_test))))
 
-    monkeypatch.setattr(src.report, "dataset_from_meta", hostile_dataset)
+    monkeypatch.setattr(src.data.images, "dataset_from_meta", hostile_dataset)
     compare_dir = tmp_path / "compare"
     assert estimate_main([str(sweep), "--out", str(tmp_path / "est2"), "--gallery", "0", "--null-perms", "1"]) == 0
     assert compare_main([str(sweep), str(tmp_path / "est2"), "--labels", f"{HOSTILE},b", "--out",
@@ -329,7 +329,7 @@ def test_removal_compare_and_epoch_sections(digits: tuple[Path, Dataset], tmp_pa
     rows = [("none", None, "removed", 0, seed, 0, 0.9 + 0.01 * seed, None, 0) for seed in range(3)]
     rows += [("theta", 0.25, control, draw, seed, 100, 0.8 + 0.01 * seed + 0.02 * draw, 0.5 + 0.1 * seed, 7)
              for control, draws in (("removed", 1), ("random", 2)) for draw in range(draws) for seed in range(3)]
-    (removal / "removal.csv").write_text(removal_csv_text(REMOVAL_COLUMNS, rows))
+    (removal / "removal.csv").write_text(csv_rows(REMOVAL_COLUMNS, rows, exact=True))
     Image.new("RGB", (40, 30), (200, 10, 10)).save(removal / "removal.png")
     compare_dir = tmp_path / "compare"
     assert compare_main([str(sweep), str(estimates), "--out", str(compare_dir)]) == 0
@@ -380,7 +380,7 @@ def test_output_replaces_only_reports_and_leaves_no_temp(digits: tuple[Path, Dat
 
 
 def test_image_png_enlarges_small_images_only() -> None:
-    from src.report import display_factor, image_png
+    from src.reporting.page import display_factor, image_png
 
     assert [display_factor(side, side) for side in (8, 28, 32, 63, 64, 224)] == [8, 3, 2, 2, 1, 1]
     with Image.open(io.BytesIO(image_png(np.full((1, 8, 12), 0.5)))) as opened:

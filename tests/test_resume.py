@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from src.records import find_records
+from src.contracts.records import find_records
 from tests.conftest import TINY, cli_env, run_cli
 
 pytestmark = pytest.mark.slow

@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
+from src.data.subsets import subset_indices, subset_mask, subset_size
 from src.errors import ConfigError
-from src.run import expand_seed_ranges, seed_override
-from src.subsets import subset_indices, subset_mask, subset_size
+from src.sweep.seeds import expand_seed_ranges, seed_override
 
 
 @pytest.mark.parametrize(("n", "ratio", "size"), [(4000, 0.7, 2800), (1437, 0.7, 1006), (10, 0.25, 3),

@@ -26,10 +26,11 @@ from hydra import compose, initialize_config_dir
 
 from src import compare as compare_cli
 from src import estimate as estimate_cli
+from src.contracts.records import find_records, read_meta
 from src.errors import MeminfError
-from src.records import find_records, read_meta
-from src.tracking import TOP_EXAMPLES, has_wandb_credentials, progress_enabled, wandb_mode
-from src.training import run_job
+from src.tracking.progress import progress_enabled
+from src.tracking.wandb import TOP_EXAMPLES, has_wandb_credentials, wandb_mode
+from src.training.job import run_job
 from tests.conftest import CONF, ROOT, TINY, cli_env
 
 LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
@@ -219,7 +220,7 @@ def test_estimate_wandb_run_matches_summary_json(no_network: list[Any], sweep: P
         mem = archive["mem"]
     [run] = offline_runs(out)
     assert run.run.job_type == "aggregate" and run.run.run_group == "tracked"
-    assert set(run.run.tags) == {"dataset=digits", "model=mlp", "ratio=0.7"}
+    assert set(run.run.tags) == {"dataset=digits", "model=mlp", "ratio=0.7", "estimator=subsample"}
     for key in ("runs_used", "n_train", "n_test", "mean_test_acc", "mean_train_in_acc", "memorized", "pairs",
                 "examples_with_estimate"):
         assert run.summary[key] == summary[key], key

@@ -5,13 +5,15 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from src.config.paths import seed_record_path
+from src.contracts.records import read_record
+from src.data.subsets import subset_mask
 from src.errors import ConfigError, TrainingError
-from src.experiment import seed_record_path
-from src.records import read_record
-from src.subsets import subset_mask
-from src.training import EpochPlan, lr_factor, pad_crop_flip, run_job
+from src.training.epochs import EpochPlan, pad_crop_flip
+from src.training.job import run_job
 
 
 def plan_batches(seed: int, epoch: int, n: int = 50) -> list[tuple[torch.Tensor, ...]]:
@@ -66,14 +68,17 @@ def test_pad_zero_leaves_images_alone_without_flips() -> None:
 @pytest.mark.parametrize(("schedule", "step", "expected"), [
     ("constant", 50, 1.0), ("cosine", 0, 1.0), ("cosine", 100, 0.0), ("cosine", 50, 0.5), ("linear", 25, 0.75),
     ("step", 59, 1.0), ("step", 60, 0.1), ("step", 90, 0.01)])
-def test_lr_schedules(schedule: str, step: int, expected: float) -> None:
-    assert lr_factor(step, 100, 0, schedule, [60, 80], 0.1) == pytest.approx(expected, abs=1e-9)
+def test_lr_schedules(compose_cfg: Callable[..., DictConfig], schedule: str, step: int, expected: float) -> None:
+    cfg = compose_cfg(f"schedule={schedule}", *(["schedule.milestones=[60,80]"] if schedule == "step" else []))
+    factor = instantiate(cfg.schedule)(total_steps=100, steps_per_epoch=1)
+    assert factor(step) == pytest.approx(expected, abs=1e-9)
 
 
-def test_lr_warmup_then_unknown_schedule() -> None:
-    assert lr_factor(0, 100, 10, "constant", [], 0.1) == pytest.approx(0.1)
-    with pytest.raises(ConfigError):
-        lr_factor(50, 100, 0, "exponential", [], 0.1)
+def test_lr_warmup_and_an_unknown_schedule(compose_cfg: Callable[..., DictConfig]) -> None:
+    cfg = compose_cfg("schedule.warmup_epochs=10")
+    assert instantiate(cfg.schedule)(total_steps=100, steps_per_epoch=1)(0) == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match="schedule=exponential is unknown; choose one of constant, cosine"):
+        compose_cfg("schedule=exponential")
 
 
 def test_job_writes_a_valid_record_against_the_trained_labels(compose_cfg: Callable[..., DictConfig]) -> None:

@@ -13,21 +13,19 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 from torch import nn
 
-from src.compare import compare, load_input
-from src.data import load_dataset
+from src.analyses.compare import compare, load_input
+from src.contracts.estimates import Thresholds, write_estimates
+from src.data.dataset import load_dataset
 from src.errors import ConfigError
-from src.models import build_model
-from src.turnover import (
-    TRAIN_DOMAIN,
-    HalfMaskedNetwork,
-    RunningTopK,
-    TurnoverClassifier,
+from src.estimators.subsample.topk import TopK
+from src.estimators.turnover.job import (
     check_turnover_config,
     estimate_turnover,
     fit_turnover,
-    half_masks,
-    write_turnover_outputs,
 )
+from src.estimators.turnover.masks import TRAIN_DOMAIN, half_masks
+from src.estimators.turnover.network import HalfMaskedNetwork, TurnoverClassifier
+from src.models.build import build_model
 from tests.conftest import CONF, TINY, run_cli
 
 INFLUENCE_CAP = 23  # training examples with influence rows in the trained-model tests: a short last block
@@ -155,7 +153,8 @@ def test_memorization_and_influence_equal_naive_loops(trained: tuple[DictConfig,
     cfg = cfg.copy()
     cfg.estimator.influence_cap, cfg.estimator.eval_rows = INFLUENCE_CAP, eval_rows
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
-    arrays, summary = estimate_turnover(module, dataset, cfg, train_time=np.zeros(2))
+    estimates = estimate_turnover(module, dataset, cfg, train_time=np.zeros(2))
+    arrays, summary = estimates.arrays, estimates.summary
     module.eval()
     cpu = torch.device("cpu")
     probe = np.array([0, 7, 500, 1436, *dataset.flipped_idx[:2]], dtype=np.int64)
@@ -171,7 +170,7 @@ def test_memorization_and_influence_equal_naive_loops(trained: tuple[DictConfig,
         c_own, p_own = _per_row(module, module.x_test, module.y_test, half)
         c_flip, p_flip = _per_row(module, module.x_test, module.y_test, [~mask for mask in half])
         infl[i], infl_soft[i] = c_own - c_flip, p_own - p_flip
-    theta_mem, theta_infl = cfg.estimator.theta_mem, cfg.estimator.theta_infl
+    theta_mem, theta_infl = Thresholds.theta_mem, Thresholds.theta_infl
     train, test = np.nonzero((infl >= theta_infl) & (arrays["mem"][:INFLUENCE_CAP, None] >= theta_mem)
                              & (dataset.y_train[:INFLUENCE_CAP, None] == dataset.y_test[None, :]))
     assert sorted(zip(arrays["pair_train_idx"].tolist(), arrays["pair_test_idx"].tolist(), strict=True)) == \
@@ -179,17 +178,18 @@ def test_memorization_and_influence_equal_naive_loops(trained: tuple[DictConfig,
     assert (arrays["pair_infl"] == 1).all() and np.isnan(arrays["pair_infl_se"]).all()
     # top-k by infl_soft: the k largest naive values, and each chosen index carries its naive value (the
     # order of near-ties may differ between a single-row and a batched forward in the last float bits)
-    best = -np.sort(-infl_soft, axis=0)[:cfg.estimator.top_k].T
+    best = -np.sort(-infl_soft, axis=0)[:Thresholds.top_k].T
     np.testing.assert_allclose(arrays["topk_infl"], best, atol=1e-5)
     np.testing.assert_allclose(np.take_along_axis(infl_soft.T, arrays["topk_idx"], axis=1), best, atol=1e-5)
     assert summary["turnover"]["influence_train_examples"] == INFLUENCE_CAP
     assert summary["runs_used"] == 1 and np.isnan(arrays["mem_se"]).all()
 
 
-def test_running_top_k_breaks_ties_to_the_lower_index_across_blocks() -> None:
-    topk = RunningTopK(2, 3)
-    topk.merge(np.array([0, 1]), np.array([[0.5, 0.0, -1.0], [0.5, 0.2, -1.0]]))
-    topk.merge(np.array([2, 3]), np.array([[0.5, 0.2, -2.0], [0.9, 0.0, -1.0]]))
+def test_top_k_breaks_ties_to_the_lower_index_across_blocks() -> None:
+    topk = TopK(2, 3)
+    every = np.ones(2, dtype=bool)
+    topk.merge(np.array([0, 1]), np.array([[0.5, 0.0, -1.0], [0.5, 0.2, -1.0]], dtype=np.float32), every)
+    topk.merge(np.array([2, 3]), np.array([[0.5, 0.2, -2.0], [0.9, 0.0, -1.0]], dtype=np.float32), every)
     indices, values = topk.result()
     np.testing.assert_array_equal(indices, [[3, 0], [1, 2], [0, 1]])
     np.testing.assert_allclose(values, [[0.9, 0.5], [0.2, 0.2], [-1.0, -1.0]])
@@ -200,12 +200,13 @@ def test_estimates_dir_is_read_by_compare(trained: tuple[DictConfig, TurnoverCla
     cfg = cfg.copy()
     cfg.estimator.influence = "none"
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
-    arrays, summary = estimate_turnover(module, dataset, cfg, train_time=np.zeros(2))
+    estimates = estimate_turnover(module, dataset, cfg, train_time=np.zeros(2))
+    arrays = estimates.arrays
     for name in ("a", "b"):
-        write_turnover_outputs(tmp_path / name, arrays, summary)
+        write_estimates(tmp_path / name, estimates)
     item = load_input(tmp_path / "a", "a")
     np.testing.assert_array_equal(item.mem, arrays["mem"])
-    assert item.summary["estimator"] == "turnover" and item.summary["model"] == "mlp turnover"
+    assert item.summary["estimator"] == "turnover" and item.summary["model"] == "mlp"
     assert item.pair_keys.size == 0 and (arrays["topk_idx"] == -1).all()
     (row,) = compare([tmp_path / "a", tmp_path / "b"])
     assert row["spearman"] == pytest.approx(1.0) and row["common"] == len(dataset.y_train)

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 import src.estimate as estimate_module
+from src.contracts.records import read_meta, read_record, record_arrays, record_path
 from src.errors import RecordError
-from src.estimate import load_sweep, main
-from src.records import read_meta, read_record, record_arrays, record_path
+from src.estimate import main
+from src.estimators.subsample.load import load_sweep
 from tests.test_estimate import small_sweep
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -215,7 +216,7 @@ def test_crafted_checkpoint_rejected_by_weights_only(tmp_path: Path, wrapped: bo
 
 def test_project_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
-    from src.training import save_weights
+    from src.training.job import save_weights
 
     state = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).state_dict()
     path = save_weights(state, tmp_path / "seed=0" / "model.pt")

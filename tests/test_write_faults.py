@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from src.records import find_records
+from src.contracts.records import find_records
 from tests.conftest import TINY, cli_env
 
 # Larger than Hydra's log lines, smaller than a digits record (~16 KB): only the record write fails.

@@ -1,0 +1,364 @@
+"""Agreement between the estimates of several sweeps of one data set (cross-architecture consistency);
+the command line is src/compare.py.
+
+Each argument is an estimates directory (src/contracts/estimates.py) or a sweep directory holding estimates/.
+All inputs must estimate the same data: equal data fingerprint (it covers the flipped labels), n_train, n_test
+and num_classes; otherwise one `error:` line, exit 2, nothing written.
+Labels default to the sweep directory names.
+
+For every pair of inputs (a, b), one row:
+- common: training examples with a mem estimate in both; an example without one (NaN) in either input is
+  left out of every number below.
+- pearson, spearman: correlation of mem over the common examples (Spearman: Pearson of average ranks).
+  Undefined (empty in CSV, null in JSON, None in the API) with fewer than 2 common examples or a constant side.
+- jaccard_mem: |A and B| / |A or B| of the memorized sets, mem >= --theta-mem among the common examples
+  (memorized_a, memorized_b, memorized_both are the set sizes).
+- jaccard_pairs: the same for the high-influence (train, test) pairs as each aggregator wrote them (its own
+  thresholds: infl >= theta_infl, mem >= its theta_mem, same class), pairs of common train examples only.
+  The Jaccard of two empty sets is undefined.
+- shared_subsets: seeds both sweeps ran with the same ratio and salt, i.e. identical training subsets.
+- relation: `same experiment (noise floor)` when both are estimates of one experiment (the same experiment
+  identity, src/contracts/identity.py) by the same estimator (two sweeps with disjoint seeds or another
+  subset.salt): their agreement is what estimation noise alone allows, the floor against which other numbers
+  are read. Otherwise `differs: <what>`: the estimator, and the identity keys whose values differ (e.g.
+  `model.kwargs.hidden`, `optimizer.lr`, `data.fingerprint`).
+- floor_<number> (comparison rows): the geometric mean of the noise floors of a's and b's experiments (each
+  the mean over that experiment's noise-floor rows), the one available when only one was swept twice,
+  undefined when neither was. For correlations this is the attenuation bound: two noisy estimates of one
+  quantity correlate at most sqrt(r_aa r_bb).
+- per input, from its summary: model, dataset, runs, mean test accuracy, mean in-subset train accuracy.
+
+Outputs (in --out, default <first input's sweep dir>/compare/), each written atomically after everything is
+computed: compare.csv (one row per pair), compare.json (inputs, pairs, floors by experiment, notes) and
+compare.png (matrices of spearman, jaccard_mem and jaccard_pairs; boxed cells are noise-floor pairs).
+
+API: `compare(estimates_dirs, theta_mem)` returns the rows as dicts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import rankdata
+
+from src.contracts.estimates import Estimates, Thresholds, read_estimates
+from src.contracts.identity import identity_differences
+from src.contracts.io import write_files
+from src.errors import ConfigError, MeminfError
+from src.util.plotting import new_figure, png_bytes
+from src.util.stats import pearson
+from src.util.tables import csv_rows, fmt, text_table
+
+COMPARABLE = ("data_fingerprint", "n_train", "n_test", "num_classes")
+SAME = "same experiment (noise floor)"
+DIFFERS = "differs: "
+SHOWN_DIFFERENCES = 3  # identity keys named in a relation (the rest as "+N more")
+METRICS = ("pearson", "spearman", "jaccard_mem", "jaccard_pairs")
+MATRICES = (("spearman", "Spearman of mem"), ("jaccard_mem", "Jaccard of memorized sets"),
+            ("jaccard_pairs", "Jaccard of high-influence pairs"))
+DEFINITIONS = {
+    "common": "training examples with a mem estimate in both inputs; all numbers use only these",
+    "pearson, spearman": "correlation of mem over the common examples; null when undefined",
+    "jaccard_mem": "|A and B| / |A or B| of {mem >= theta_mem}; null when both sets are empty",
+    "jaccard_pairs": "the same for the (train, test) high-influence pairs each aggregator wrote",
+    "floor_<number>": "geometric mean of the noise-floor agreement of the two experiments",
+}
+
+
+@dataclass(frozen=True)
+class Input:
+    """The estimates of one sweep, read through the estimates contract."""
+
+    label: str
+    path: Path  # the estimates directory
+    summary: dict[str, Any]
+    mem: np.ndarray  # float (n_train,), NaN without an estimate
+    pair_keys: np.ndarray  # int64, sorted: train_idx * n_test + test_idx of each high-influence pair
+    seeds: np.ndarray
+    train_label: np.ndarray  # the trained labels
+
+    @property
+    def architecture(self) -> tuple[str, str]:
+        return str(self.summary["model"]), str(self.summary["dataset"])
+
+    @property
+    def experiment(self) -> str:
+        """What a noise floor shares: the experiment identity and the estimator."""
+        return f"{self.summary['experiment_hash']}/{self.summary['estimator']}"
+
+
+def input_of(est: Estimates, label: str) -> Input:
+    n_test = est.n_test
+    train_idx, test_idx = est.arrays["pair_train_idx"], est.arrays["pair_test_idx"]
+    return Input(label, est.path or Path("."), est.summary, est.mem.astype(np.float64),
+                 np.unique(train_idx.astype(np.int64) * n_test + test_idx), est.arrays["seeds"].astype(np.int64),
+                 est.arrays["train_label"])
+
+
+def load_input(path: Path, label: str) -> Input:
+    """Read and check one estimates directory (or a sweep directory holding estimates/)."""
+    return input_of(read_estimates(path, ("pair_train_idx", "pair_test_idx"), "src.compare"), label)
+
+
+def default_labels(paths: Sequence[Path]) -> list[str]:
+    """Sweep directory names (the parent of an `estimates` directory), with #2, #3 on repeats."""
+    resolved = [path.resolve() for path in paths]
+    names = [path.parent.name if path.name == "estimates" else path.name for path in resolved]
+    return [name if names[:k].count(name) == 0 else f"{name}#{names[:k].count(name) + 1}"
+            for k, name in enumerate(names)]
+
+
+def load_inputs(paths: Sequence[Path], labels: Sequence[str] | None = None) -> list[Input]:
+    """Read every input and check that they are comparable."""
+    if len(paths) < 2:
+        raise ConfigError("give at least two estimates directories to compare")
+    estimates = [read_estimates(path, ("pair_train_idx", "pair_test_idx"), "src.compare") for path in paths]
+    directories = [est.path for est in estimates]
+    labels = list(labels) if labels is not None else default_labels(directories)
+    if len(labels) != len(paths) or len(set(labels)) != len(labels) or not all(labels):
+        raise ConfigError(f"--labels needs {len(paths)} distinct non-empty labels, got {','.join(labels)!r}")
+    inputs = [input_of(est, label) for est, label in zip(estimates, labels, strict=True)]
+    check_comparable(inputs)
+    return inputs
+
+
+def check_comparable(inputs: Sequence[Input]) -> None:
+    first = inputs[0]
+    for other in inputs[1:]:
+        diffs = [f"{key} {other.summary[key]!r} vs {first.summary[key]!r}" for key in COMPARABLE
+                 if other.summary[key] != first.summary[key]]
+        if diffs:
+            raise MeminfError(f"{other.label} ({other.path}) and {first.label} ({first.path}) are not estimates "
+                              f"of the same data: {'; '.join(diffs)}; compare sweeps of one data set (same "
+                              "dataset config, label noise and noise_seed)")
+
+
+# ------------------------------------------------------------------------------------------- agreement
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int, float | None]:
+    """Sizes of two sets of unique keys, of their intersection, and their Jaccard (None if both empty)."""
+    both = np.intersect1d(a, b, assume_unique=True).size
+    union = a.size + b.size - both
+    return a.size, b.size, both, both / union if union else None
+
+
+def _memorized(item: Input, common: np.ndarray, theta_mem: float) -> np.ndarray:
+    return np.flatnonzero(common & (np.nan_to_num(item.mem, nan=-np.inf) >= theta_mem))
+
+
+def _common_pairs(item: Input, common: np.ndarray) -> np.ndarray:
+    return item.pair_keys[common[item.pair_keys // int(item.summary["n_test"])]]
+
+
+def shared_subsets(a: Input, b: Input) -> int:
+    same_draw = all(a.summary[key] == b.summary[key] for key in ("ratio", "salt"))
+    return int(np.intersect1d(a.seeds, b.seeds).size) if same_draw else 0
+
+
+def _side(item: Input, side: str) -> dict[str, Any]:
+    summary = item.summary
+    return {f"model_{side}": summary["model"], f"dataset_{side}": summary["dataset"],
+            f"runs_{side}": summary["runs_used"], f"test_acc_{side}": summary["mean_test_acc"],
+            f"train_in_acc_{side}": summary["mean_train_in_acc"], f"dir_{side}": str(item.path)}
+
+
+def relation(a: Input, b: Input) -> str:
+    """SAME for two estimates of one experiment by one estimator; else what differs between them."""
+    if a.experiment == b.experiment:
+        return SAME
+    what = [] if a.summary["estimator"] == b.summary["estimator"] else ["estimator"]
+    identities = a.summary.get("experiment"), b.summary.get("experiment")
+    if all(isinstance(identity, dict) for identity in identities):
+        what += [line.split(":", 1)[0] for line in identity_differences(*identities)]
+    elif a.architecture != b.architecture:
+        what.append("model")
+    what = what or ["experiment"]
+    more = f" (+{len(what) - SHOWN_DIFFERENCES} more)" if len(what) > SHOWN_DIFFERENCES else ""
+    return DIFFERS + ", ".join(what[:SHOWN_DIFFERENCES]) + more
+
+
+def compare_pair(a: Input, b: Input, theta_mem: float) -> dict[str, Any]:
+    """The row of one pair of inputs (floors left undefined; `add_floors` fills them)."""
+    common = ~np.isnan(a.mem) & ~np.isnan(b.mem)
+    x, y = a.mem[common], b.mem[common]
+    mem_sets = jaccard(_memorized(a, common, theta_mem), _memorized(b, common, theta_mem))
+    pair_sets = jaccard(_common_pairs(a, common), _common_pairs(b, common))
+    return {
+        "a": a.label, "b": b.label, "relation": relation(a, b),
+        "common": int(common.sum()), "pearson": pearson(x, y),
+        "spearman": pearson(rankdata(x), rankdata(y)), "jaccard_mem": mem_sets[3], "jaccard_pairs": pair_sets[3],
+        **{f"floor_{metric}": None for metric in METRICS},
+        **dict(zip(("memorized_a", "memorized_b", "memorized_both"), mem_sets[:3], strict=True)),
+        **dict(zip(("pairs_a", "pairs_b", "pairs_both"), pair_sets[:3], strict=True)),
+        "shared_subsets": shared_subsets(a, b), **_side(a, "a"), **_side(b, "b"),
+        "experiment_a": a.experiment, "experiment_b": b.experiment,
+    }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    defined = [value for value in values if value is not None]
+    return sum(defined) / len(defined) if defined else None
+
+
+def experiment_floors(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For each experiment estimated more than once: its noise-floor rows and their mean agreement."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["relation"] == SAME:
+            groups.setdefault(str(row["experiment_a"]), []).append(row)
+    return {experiment: {"rows": len(same), "model": same[0]["model_a"], "dataset": same[0]["dataset_a"],
+                         **{metric: _mean([row[metric] for row in same]) for metric in METRICS}}
+            for experiment, same in groups.items()}
+
+
+def combine_floors(floors: Sequence[float | None]) -> float | None:
+    """Geometric mean of the defined floors; None when none is defined or one is negative."""
+    defined = [floor for floor in floors if floor is not None]
+    if not defined or min(defined) < 0:
+        return None
+    return math.prod(defined) ** (1 / len(defined))
+
+
+def add_floors(rows: Sequence[dict[str, Any]]) -> None:
+    floors = experiment_floors(rows)
+    for row in rows:
+        if row["relation"] != SAME:
+            sides = [floors.get(str(row[f"experiment_{s}"]), {}) for s in "ab"]
+            for metric in METRICS:
+                row[f"floor_{metric}"] = combine_floors([side.get(metric) for side in sides])
+
+
+def compare_inputs(inputs: Sequence[Input], theta_mem: float) -> list[dict[str, Any]]:
+    if not math.isfinite(theta_mem):
+        raise ConfigError(f"--theta-mem {theta_mem} must be a finite number")
+    rows = [compare_pair(a, b, theta_mem) for a, b in combinations(inputs, 2)]
+    add_floors(rows)
+    return rows
+
+
+def compare(estimates_dirs: list[Path], theta_mem: float = Thresholds.theta_mem,
+            labels: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """One row (dict) per pair of inputs; see the module docstring for the keys."""
+    return compare_inputs(load_inputs(estimates_dirs, labels), theta_mem)
+
+
+def notes(inputs: Sequence[Input], rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Caveats for reading the numbers."""
+    found = []
+    if len({item.summary["ratio"] for item in inputs}) > 1:
+        found.append("the inputs used different subset ratios: mem is defined for a subset size, so they "
+                     "estimate different quantities")
+    thresholds = {json.dumps([item.summary["thresholds"].get(key) for key in ("theta_mem", "theta_infl")])
+                  for item in inputs}
+    if len(thresholds) > 1:
+        found.append("the aggregators used different pair thresholds: jaccard_pairs also reflects that")
+    for row in rows:
+        if row["relation"] == SAME and row["shared_subsets"]:
+            found.append(f"{row['a']} and {row['b']} share {row['shared_subsets']} subsets (same seeds, ratio and "
+                         "salt): their agreement is not independent and overstates the noise floor; use disjoint "
+                         "seeds or another subset.salt")
+    floors = experiment_floors(rows)
+    once = sorted({item.label for item in inputs if item.experiment not in floors})
+    if once and any(row["relation"] != SAME for row in rows):
+        found.append(f"no noise floor for {', '.join(once)} (estimated once): their comparison rows use the "
+                     "other experiment's floor, or none; add a sweep with disjoint seeds or another subset.salt")
+    return found
+
+
+# --------------------------------------------------------------------------------------------- outputs
+
+def csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    return csv_rows(list(rows[0]), [list(row.values()) for row in rows])
+
+
+def _input_json(item: Input, theta_mem: float) -> dict[str, Any]:
+    summary = item.summary
+    return {"label": item.label, "dir": str(item.path),
+            **{key: summary.get(key) for key in ("experiment_name", "estimator", "experiment_hash", "model", "dataset",
+                                                 "ratio", "salt")},
+            "runs": summary["runs_used"], "mean_test_acc": summary["mean_test_acc"],
+            "mean_train_in_acc": summary["mean_train_in_acc"],
+            "examples_with_estimate": int(np.sum(~np.isnan(item.mem))),
+            "memorized": int(np.sum(np.nan_to_num(item.mem, nan=-np.inf) >= theta_mem)),
+            "pairs": int(item.pair_keys.size), "aggregator_thresholds": summary["thresholds"]}
+
+
+def json_text(inputs: Sequence[Input], rows: Sequence[dict[str, Any]], theta_mem: float) -> str:
+    floors = [{"experiment": experiment, **floor} for experiment, floor in experiment_floors(rows).items()]
+    document = {"theta_mem": theta_mem, "inputs": [_input_json(item, theta_mem) for item in inputs],
+                "pairs": list(rows), "floors": floors, "notes": notes(inputs, rows), "definitions": DEFINITIONS}
+    return json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+
+def _matrix(labels: Sequence[str], rows: Sequence[dict[str, Any]], key: str) -> np.ndarray:
+    index = {label: k for k, label in enumerate(labels)}
+    matrix = np.full((len(labels), len(labels)), np.nan)
+    for row in rows:
+        i, j = index[row["a"]], index[row["b"]]
+        matrix[i, j] = matrix[j, i] = np.nan if row[key] is None else row[key]
+    return matrix
+
+
+def render_png(labels: Sequence[str], rows: Sequence[dict[str, Any]], theta_mem: float) -> bytes:
+    """PNG bytes: one matrix per entry of MATRICES, labels on both axes, numbers in the cells (Agg canvas)."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+
+    side = 2.0 + 0.55 * len(labels)
+    figure = new_figure((3 * side, side + 0.8), layout="constrained")
+    cmap = colormaps["viridis"].with_extremes(bad="lightgray")
+    index = {label: k for k, label in enumerate(labels)}
+    for ax, (key, title) in zip(figure.subplots(1, len(MATRICES)), MATRICES, strict=True):
+        matrix = _matrix(labels, rows, key)
+        ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0, vmax=1)
+        ax.set_title(title if key != "jaccard_mem" else f"{title} (mem >= {theta_mem:g})", fontsize=9)
+        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        for (i, j), value in np.ndenumerate(matrix):
+            if i != j:
+                ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
+                        color="black" if np.isnan(value) or value > 0.5 else "white")
+        for row in rows:
+            if row["relation"] == SAME:
+                i, j = index[row["a"]], index[row["b"]]
+                for y, x in ((i, j), (j, i)):
+                    ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
+    figure.suptitle("Agreement of the estimates (boxed: same experiment, the noise floor)", fontsize=10)
+    return png_bytes(figure)
+
+
+def write_compare(out_dir: Path, inputs: Sequence[Input], rows: Sequence[dict[str, Any]],
+                  theta_mem: float) -> list[Path]:
+    """Serialize the three outputs in memory, then write each atomically; returns the written paths."""
+    payloads = {"compare.csv": csv_text(rows).encode(), "compare.json": json_text(inputs, rows, theta_mem).encode(),
+                "compare.png": render_png([item.label for item in inputs], rows, theta_mem)}
+    return write_files(out_dir, payloads)
+
+
+def format_report(inputs: Sequence[Input], rows: Sequence[dict[str, Any]], theta_mem: float) -> str:
+    lines = ["inputs:", *text_table(
+        ["label", "model", "dataset", "runs", "test acc", "in-subset train acc", "dir"],
+        [[item.label, *map(str, item.architecture), str(item.summary["runs_used"]),
+          fmt(item.summary["mean_test_acc"], ".4f"), fmt(item.summary["mean_train_in_acc"], ".4f"), str(item.path)]
+         for item in inputs])]
+    lines += [f"agreement (over examples estimated in both; memorized: mem >= {theta_mem:g}; pairs as each "
+              "aggregator wrote them):", *text_table(
+                  ["pair", "relation", "common", "pearson", "spearman", "J(mem)", "J(pairs)"],
+                  [[f"{row['a']} vs {row['b']}", row["relation"], str(row["common"]),
+                    *(fmt(row[metric], ".3f") for metric in METRICS)] for row in rows])]
+    cross = [row for row in rows if row["relation"] != SAME]
+    if cross:
+        lines.append("agreement [noise floor]:")
+        lines += [f"  {row['a']} vs {row['b']}: " + ", ".join(
+            f"{name} {fmt(row[metric], '.3f')} [{fmt(row[f'floor_{metric}'], '.3f')}]"
+            for name, metric in zip(("pearson", "spearman", "J(mem)", "J(pairs)"), METRICS, strict=True))
+            for row in cross]
+    lines += [f"note: {note}" for note in notes(inputs, rows)]
+    return "\n".join(lines)

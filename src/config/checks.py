@@ -1,0 +1,86 @@
+"""The checks every composed config passes before anything trains (the launcher's pre-flight and each job).
+
+Checks that need no data: raise ConfigError saying what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.config.compose import plain
+from src.contracts.identity import experiment_hash, experiment_identity
+from src.data.subsets import check_seed, subset_size
+from src.errors import ConfigError
+
+# Every true/false setting of conf/ (tests/test_config.py checks that no boolean default is missing): each takes
+# a boolean only, so that `overwrite=flase` or `record.save_model=no` is refused instead of reading as true.
+BOOLEAN_KEYS = (
+    "overwrite", "perf.channels_last", "perf.compile", "record.save_model", "optim.nesterov", "dataset.download",
+    "dataset.verify_checksums", "dataset.augment.hflip", "trainer.deterministic", "trainer.enable_checkpointing",
+    "trainer.enable_model_summary", "trainer.benchmark", "trainer.sync_batchnorm",
+)
+# Settings that take a boolean or `auto`.
+BOOLEAN_OR_AUTO_KEYS = ("progress", "model.small_input_stem")
+# The groups whose values define what a job trains (a retrained recipe takes them from a record's config).
+TRAINING_GROUPS = ("dataset", "model", "optim", "schedule", "trainer", "subset")
+TARGET_GROUPS = ("optim", "schedule", "logger")  # instantiated from their `_target_`
+
+
+def check_booleans(cfg: DictConfig) -> None:
+    """A true/false setting holds a boolean (Hydra parses true/false; any other word arrives as a string)."""
+    for key in (*BOOLEAN_KEYS, *BOOLEAN_OR_AUTO_KEYS):
+        value = OmegaConf.select(cfg, key, default=None)
+        allowed = (True, False, "auto") if key in BOOLEAN_OR_AUTO_KEYS else (True, False)
+        if value is not None and not any(value is choice or (value == choice and isinstance(value, str))
+                                         for choice in allowed):
+            words = " or ".join(f"{key}={str(choice).lower()}" for choice in allowed)
+            raise ConfigError(f"{key}={value!r} is not a boolean; use {words}")
+
+
+def check_targets(cfg: DictConfig) -> None:
+    """`optim`, `schedule` and `logger` name an importable `_target_` (what hydra.utils.instantiate calls)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import get_method
+
+    for group in TARGET_GROUPS:
+        target = OmegaConf.select(cfg, f"{group}._target_", default=None)
+        if not isinstance(target, str) or not target:
+            raise ConfigError(f"{group}._target_ is missing; choose a {group}= option from conf/{group}/")
+        try:
+            get_method(target)
+        except (ImportError, InstantiationException, ValueError) as err:
+            raise ConfigError(f"{group}._target_={target} cannot be imported; choose a {group}= option from "
+                              f"conf/{group}/") from err
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Checks that need no data (module docstring)."""
+    check_booleans(cfg)
+    check_seed(cfg.seed)
+    subset_size(1, float(cfg.subset.ratio))
+    if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size!r} must be a positive integer")
+    if not isinstance(cfg.subset.salt, int) or cfg.subset.salt < 0:
+        raise ConfigError(f"subset.salt={cfg.subset.salt!r} must be a non-negative integer")
+    epochs = cfg.trainer.max_epochs
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+        raise ConfigError(f"trainer.max_epochs={epochs!r} must be a positive integer")
+    record_epochs = list(cfg.record.get("epochs") or [])
+    if (any(not isinstance(e, int) or isinstance(e, bool) or not 1 <= e <= epochs for e in record_epochs)
+            or len(set(record_epochs)) != len(record_epochs)):
+        raise ConfigError(f"record.epochs={record_epochs} must be distinct epochs in 1..{epochs} "
+                          f"(trainer.max_epochs), e.g. record.epochs=[1,{epochs}]")
+    if str(cfg.name) in ("", ".", "..") or "/" in str(cfg.name):
+        raise ConfigError(f"name={cfg.name!r} must be a plain directory name")
+    check_targets(cfg)
+
+
+def config_identity(cfg: DictConfig, data_fingerprint: str) -> dict[str, Any]:
+    """The experiment identity (src/contracts/identity.py) of a composed config."""
+    return experiment_identity(plain(cfg), data_fingerprint)
+
+
+def config_hash(cfg: DictConfig, data_fingerprint: str) -> str:
+    return experiment_hash(plain(cfg), data_fingerprint)

@@ -1,0 +1,40 @@
+"""Every estimator and record score by name. Entries are imported when asked for, so that a command that
+only reduces records never imports an estimator that trains with Lightning (turnover)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterable
+
+from src.errors import ConfigError
+from src.estimators.base import Estimator, RecordScore
+
+ESTIMATORS = {
+    "subsample": "src.estimators.subsample.estimator:SubsampleEstimator",
+    "turnover": "src.estimators.turnover.estimator:TurnoverEstimator",
+}
+RECORD_SCORES = {
+    "learn_speed": "src.estimators.proxies:LearnSpeed",
+    "loss": "src.estimators.proxies:FinalLoss",
+    "margin": "src.estimators.proxies:FinalMargin",
+}
+
+
+def _load(entry: str) -> type:
+    module, _, name = entry.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def get_estimator(name: str) -> Estimator:
+    if name not in ESTIMATORS:
+        raise ConfigError(f"estimator={name} is unknown; use one of {', '.join(ESTIMATORS)}")
+    return _load(ESTIMATORS[name])()
+
+
+def record_scores(names: Iterable[str]) -> list[RecordScore]:
+    """New accumulators of the named record scores, in the order given."""
+    names = list(names)
+    unknown = [name for name in names if name not in RECORD_SCORES]
+    if unknown or len(set(names)) != len(names):
+        raise ConfigError(f"record.scores={names} must name each of {', '.join(RECORD_SCORES)} at most once")
+    return [_load(RECORD_SCORES[name])() for name in names]

@@ -1,0 +1,82 @@
+"""Feldman & Zhang's subsampled estimator (Algorithm 1 of the paper): the subset job writes one record per seed
+(src/training/job.py); the reduce streams the records into sufficient statistics (load.py, stats.py, cache.py)
+and computes memorization (memorization.py), influence, top-k influencers, high-influence pairs and the pairs
+expected by chance (influence.py, topk.py), and the summary (summary.py).
+
+Notebook API (numpy only): `stats, problems = load_sweep(dir)`, `est = estimate(stats)`,
+`write_outputs(out_dir, stats, est, summarize(stats, est, problems))`; `pair_influence` gives the influence of
+chosen (train, test) pairs with their standard errors.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from src.contracts.estimates import Estimates, write_estimates
+from src.estimators.base import Estimator, ReduceOptions
+from src.estimators.subsample.cache import CACHE_NAME
+from src.estimators.subsample.influence import estimate
+from src.estimators.subsample.load import load_sweep
+from src.estimators.subsample.memorization import EstimateConfig, SubsampleEstimates
+from src.estimators.subsample.stats import SweepStats
+from src.estimators.subsample.summary import ESTIMATOR, format_summary, summarize
+
+TRAIN_COLUMNS = ("mem", "mem_se", "mem_soft", "mem_soft_se", "n_in", "n_out", "acc_in", "acc_out")
+
+
+def to_estimates(stats: SweepStats, est: SubsampleEstimates, summary: dict[str, Any],
+                 train_paths: list[str] | None = None) -> Estimates:
+    """The estimates contract's form of a sweep's estimates (src/contracts/estimates.py)."""
+    flipped = np.zeros(stats.n_train, dtype=bool)
+    flipped[stats.flipped_idx] = True
+    arrays: dict[str, np.ndarray] = {name: getattr(est, name) for name in TRAIN_COLUMNS}
+    arrays.update({
+        "orig_label": stats.orig_label, "flipped": flipped, "train_label": stats.train_label,
+        "test_label": stats.test_label, "topk_idx": est.topk_idx, "topk_infl": est.topk_infl,
+        "pair_train_idx": est.pairs.train_idx, "pair_test_idx": est.pairs.test_idx,
+        "pair_infl": est.pairs.infl, "pair_infl_se": est.pairs.infl_se,
+        "seeds": np.asarray(stats.seeds, dtype=np.int64), "test_acc": np.asarray(stats.test_acc),
+        "train_in_acc": np.asarray(stats.train_in_acc), "mem_epoch": est.mem_epoch, "epoch_list": stats.epoch_list,
+    })
+    arrays.update({f"proxy_{name}": values for name, values in est.proxies.items()})
+    arrays.update({f"extra_{name}": np.asarray(values) for name, values in stats.extras.items()})
+    if train_paths is not None:
+        arrays["train_path"] = np.array(train_paths, dtype=str)
+    return Estimates(summary, arrays, dense=est.dense)
+
+
+def write_outputs(out_dir: str | Path, stats: SweepStats, est: SubsampleEstimates, summary: dict[str, Any],
+                  gallery_png: bytes | None = None, train_paths: list[str] | None = None) -> list[Path]:
+    """Write a sweep's estimates through the contract (with gallery.png when given); the dense matrix, if any,
+    moves into place."""
+    estimates = to_estimates(stats, est, summary, train_paths)
+    est.dense = None
+    return write_estimates(out_dir, estimates, {} if gallery_png is None else {"gallery.png": gallery_png})
+
+
+class SubsampleEstimator(Estimator):
+    name = ESTIMATOR
+    description = "Feldman & Zhang's subsampled estimator: K subset models, mem and infl from in/out differences"
+    trains = "subsets"
+
+    def reduce(self, sweep_dir: Path, options: ReduceOptions) -> Estimates:
+        config = options.settings or EstimateConfig()
+        config.validate()
+        notify = options.notify or print
+        out_dir = options.out_dir if options.out_dir is not None else self.out_dir(sweep_dir)
+        stats, problems = load_sweep(sweep_dir, strict=options.strict, progress=options.load_progress,
+                                     cache_path=out_dir / CACHE_NAME, use_cache=options.use_cache, notify=notify)
+        for problem in problems:
+            notify(f"skipped {problem.file}: {problem.reason}")
+        est = estimate(stats, config, dense_dir=out_dir, progress=options.reduce_progress)
+        try:
+            return to_estimates(stats, est, summarize(stats, est, problems))
+        except BaseException:
+            est.discard_dense()
+            raise
+
+    def format_summary(self, summary: dict[str, Any]) -> str:
+        return format_summary(summary)

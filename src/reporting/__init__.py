@@ -1,0 +1,1 @@
+"""Reporting: the static HTML report (page, sections), gallery.png (gallery), example images (images)."""

@@ -1,0 +1,91 @@
+"""The one rule that says whether a seed is done, used by the launcher's pre-flight and by every job.
+
+A seed is done when its record (`<sweep>/seed=<k>/record.npz`) is readable, belongs to the same experiment
+(identity: src/contracts/identity.py; records written before identity 2 are recognised by the config they
+store) and holds at least what the config asks: every epoch of `record.epochs` among its recorded epochs,
+every record score of `record.scores` among its scores, and `model.pt` beside it when `record.save_model`.
+With `overwrite=true` nothing is done. A readable record of another experiment is refused (unless
+overwrite=true): the sweep would mix two experiments.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from src.contracts.identity import record_experiment_hash
+from src.contracts.records import RecordError, read_header
+from src.errors import ConfigError
+
+log = logging.getLogger(__name__)
+MODEL_FILE = "model.pt"
+
+
+class State(Enum):
+    MISSING = "missing"
+    DONE = "done"
+    INCOMPLETE = "incomplete"  # of this experiment, but holds less than the config asks: trained again
+    UNREADABLE = "unreadable"  # trained again, the file replaced
+    FOREIGN = "foreign"  # another experiment's
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a config asks of every record of its sweep."""
+
+    experiment_hash: str
+    epochs: frozenset[int]
+    scores: frozenset[str]
+    model_file: bool
+    overwrite: bool
+
+    @classmethod
+    def of(cls, cfg: Any, experiment_hash: str) -> Wanted:
+        return cls(experiment_hash, frozenset(int(e) for e in cfg.record.epochs),
+                   frozenset(str(name) for name in cfg.record.get("scores") or ()), bool(cfg.record.save_model),
+                   bool(cfg.overwrite))
+
+
+@dataclass(frozen=True)
+class RecordState:
+    state: State
+    reason: str = ""
+    meta: dict[str, Any] | None = None
+
+    @property
+    def trains(self) -> bool:
+        """Whether the seed is (re)trained; a foreign record must have been refused before."""
+        return self.state is not State.DONE
+
+
+def record_state(path: Path, wanted: Wanted) -> RecordState:
+    """The state of the record at `path` against what the config asks (module docstring)."""
+    if not path.exists():
+        return RecordState(State.MISSING)
+    try:
+        meta, scores_held = read_header(path)
+    except RecordError as err:
+        return RecordState(State.UNREADABLE, err.reason)
+    if record_experiment_hash(meta) != wanted.experiment_hash:
+        return RecordState(State.FOREIGN, f"holds experiment {meta.get('experiment_hash')} "
+                                          f"({meta.get('experiment_name')}), not {wanted.experiment_hash}", meta)
+    missing = sorted(wanted.epochs - set(meta.get("record_epochs") or []))
+    if missing:
+        return RecordState(State.INCOMPLETE, f"records no epochs {missing}", meta)
+    scores = sorted(wanted.scores - scores_held)
+    if scores:
+        return RecordState(State.INCOMPLETE, f"holds no record scores {scores}", meta)
+    if wanted.model_file and not (path.parent / MODEL_FILE).is_file():
+        return RecordState(State.INCOMPLETE, f"has no {MODEL_FILE} (record.save_model=true)", meta)
+    if wanted.overwrite:
+        return RecordState(State.INCOMPLETE, "overwrite=true", meta)
+    return RecordState(State.DONE, meta=meta)
+
+
+def refuse_foreign(path: Path, state: RecordState, wanted: Wanted) -> None:
+    """A record of another experiment stops the sweep unless overwrite=true."""
+    if state.state is State.FOREIGN and not wanted.overwrite:
+        raise ConfigError(f"{path} {state.reason}: choose another name=..., or overwrite=true to replace it")

@@ -1,0 +1,109 @@
+"""`python -m src.run [-m] ... --dry-run`: what a launch would do, without launching or writing anything.
+
+The command line goes through the launcher's own pre-flight (src/sweep/plan.py: config composed and checked
+once, data loaded, the output directory's nearest existing ancestor writable, records of another experiment
+refused); then one table: seeds done and missing, jobs at the resolved pack, storage and compute.
+
+Storage: a record of this sweep, zero-filled but of the real shapes and metadata, serialised by the record
+contract's own writer (src/contracts/records.py `record_arrays`, `np.savez`) in memory. Compute: the mean
+`wall_time_s` (per model) of the records already written, times the seeds missing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from src.config.checks import config_hash
+from src.config.paths import seed_record_path, sweep_dir
+from src.contracts.records import read_meta, record_arrays
+from src.data.dataset import Dataset, load_dataset
+from src.errors import ConfigError
+from src.estimators.registry import get_estimator
+from src.sweep.plan import plan_sweep
+from src.sweep.seeds import expand_seed_ranges
+from src.training.record import MemberOutputs, member_record
+
+SECONDS_PER_MINUTE = 60
+SECONDS_PER_HOUR = 3600
+
+
+def record_bytes(cfg: DictConfig, dataset: Dataset, seed: int) -> int:
+    """Bytes of one record of this sweep: a zero-filled record of the real layout through the real writer."""
+    n_train, n_test = len(dataset.y_train), len(dataset.y_test)
+    epochs = np.asarray(sorted(cfg.record.epochs), dtype=np.int64)
+    outputs = MemberOutputs(
+        train_pred=dataset.y_train, train_prob=np.zeros(n_train, np.float32), test_pred=dataset.y_test,
+        test_prob=np.zeros(n_test, np.float32),
+        proxies={str(name): np.zeros(n_train, np.float32) for name in cfg.record.scores}, epoch_list=epochs,
+        epoch_train_correct=np.zeros((epochs.size, n_train), bool) if epochs.size else None,
+        epoch_test_correct=np.zeros((epochs.size, n_test), bool) if epochs.size else None)
+    record = member_record(cfg, dataset, seed, np.ones(n_train, dtype=bool), "0" * 16, outputs, pack=1,
+                           wall_time=0.0, device="cpu", torch_threads=os.cpu_count() or 1)
+    buffer = io.BytesIO()
+    np.savez(buffer, **record_arrays(record))
+    return buffer.getbuffer().nbytes
+
+
+def _size(n_bytes: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n_bytes < 1000 or unit == "GB":
+            return f"{n_bytes:.0f} {unit}" if unit == "B" else f"{n_bytes:.1f} {unit}"
+        n_bytes /= 1000
+    raise AssertionError("unreachable")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < SECONDS_PER_MINUTE:
+        return f"{seconds:.1f} s"
+    if seconds < SECONDS_PER_HOUR:
+        return f"{seconds:.0f} s ({seconds / SECONDS_PER_MINUTE:.1f} min)"
+    return f"{seconds:.0f} s ({seconds / SECONDS_PER_HOUR:.2f} h)"
+
+
+def dry_run_report(args: list[str]) -> list[tuple[str, str]]:
+    """The rows of the dry-run table for this command line (as `python -m src.run` gets it)."""
+    plan = plan_sweep(expand_seed_ranges(args), create_dir=False)
+    if plan is None:
+        raise ConfigError("--dry-run plans a sweep over seeds (or one run); drop --cfg/--help and sweeps over "
+                          "other keys, or dry-run each value separately")
+    cfg, sweep = plan.cfg, sweep_dir(plan.cfg)
+    estimator = get_estimator(str(cfg.estimator.name))
+    if estimator.trains != "subsets":
+        raise ConfigError(f"--dry-run plans subset-training sweeps; estimator={estimator.name} trains its own "
+                          "run: launch it without --dry-run")
+    dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    pending = set(plan.pending)
+    done_paths = [seed_record_path(cfg, seed) for seed in plan.seeds if seed not in pending]
+    wall_times = [float(read_meta(path)["wall_time_s"]) for path in done_paths]
+    per_record = record_bytes(cfg, dataset, plan.seeds[0])
+    storage = f"{_size(per_record)} per record (the record writer on a zero-filled record)"
+    if done_paths:
+        storage += f", measured {_size(np.mean([path.stat().st_size for path in done_paths]))} " \
+                   f"({len(done_paths)} records)"
+    missing = len(plan.pending)
+    compute = "unknown: no finished record"
+    if wall_times:
+        mean = float(np.mean(wall_times))
+        compute = (f"{mean:.2f} s/model (mean wall_time_s of {len(wall_times)} records) x {missing} = "
+                   f"{_duration(mean * missing)} of training, one job at a time")
+    return [
+        ("dry run", "nothing launched, nothing written"),
+        ("sweep", f"{sweep}" + ("" if Path(sweep).exists() else " (not created yet)")),
+        ("experiment", f"{cfg.name} {config_hash(cfg, dataset.fingerprint)}: {dataset.name}, {cfg.model.name}, "
+                       f"ratio {cfg.subset.ratio}, {len(dataset.y_train)} train x {len(dataset.y_test)} test"),
+        ("seeds", f"{len(plan.seeds)} requested: {len(done_paths)} done, {missing} to train"),
+        ("jobs", f"{plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})"),
+        ("storage", f"{storage}; {_size(per_record * missing)} for the {missing} missing"),
+        ("compute", compute),
+    ]
+
+
+def print_dry_run(args: list[str]) -> None:
+    rows = dry_run_report(args)
+    width = max(len(key) for key, _ in rows)
+    print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))

@@ -1,0 +1,168 @@
+"""The Lightning module of P packed members: cross-entropy training on device-resident data, the record scores
+accumulated on the way (src/estimators/base.py), and the evaluation pass that gives every record's predictions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, NamedTuple
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from src.data.dataset import Dataset
+from src.errors import TrainingError
+from src.estimators.base import RecordScore, TrainStep
+from src.models.packing import Members
+from src.training.epochs import pad_crop_flip
+from src.training.record import MemberOutputs
+
+log = logging.getLogger(__name__)
+
+
+class Evaluation(NamedTuple):
+    """Every member's outputs on one split, (P, n) each, no augmentation."""
+
+    pred: np.ndarray  # predicted class
+    prob: np.ndarray  # softmax probability of the split's label
+    loss: np.ndarray  # cross-entropy of the label
+    margin: np.ndarray  # logit of the label minus the largest other logit
+
+
+class SubsetClassifier(pl.LightningModule):
+    """Cross-entropy training of P members on device-resident data.
+
+    The training and test inputs are non-persistent buffers, so they move to the training device with
+    the module once; a step gathers its (P, B) index batch there, scales, augments and normalises there.
+    A member whose loss is not finite at the end of an epoch is stopped (its loss no longer counts);
+    the others go on. Each step hands its batch to the record scores (src/estimators/base.py), which
+    accumulate on the device (no host sync). At the end of each epoch in `record_epochs` (1-based) every member
+    is evaluated on both splits and its correctness kept. The optimizer and the learning-rate schedule are
+    instantiated from the `optim` and `schedule` configs' `_target_`.
+    """
+
+    def __init__(self, members: Members, optim_cfg: DictConfig, schedule_cfg: DictConfig, dataset: Dataset,
+                 mean: list[float], std: list[float], crop_padding: int, hflip: bool, channels_last: bool,
+                 record_epochs: tuple[int, ...] = (), eval_batch_size: int = 1024,
+                 scores: tuple[RecordScore, ...] = ()) -> None:
+        super().__init__()
+        self.members, self.optim_cfg, self.schedule_cfg, self.scores = members, optim_cfg, schedule_cfg, scores
+        self.n_train = len(dataset.y_train)
+        self.pixel_scale, self.crop_padding = dataset.pixel_scale, crop_padding
+        self.augment = dataset.is_image and (crop_padding > 0 or hflip)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        stats_shape = (1, -1, 1, 1) if dataset.is_image else (1, -1)
+        for name, values in (("mean", mean), ("std", std)):
+            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(stats_shape), persistent=False)
+        for name, values in (("x_train", dataset.x_train), ("y_train", dataset.y_train),
+                             ("x_test", dataset.x_test), ("y_test", dataset.y_test)):
+            self.register_buffer(name, torch.from_numpy(values), persistent=False)
+        self.register_buffer("alive", torch.ones(members.pack, dtype=torch.bool), persistent=False)
+        self.epoch_loss_sum = torch.zeros(members.pack)
+        self.record_epochs, self.eval_batch_size = tuple(sorted(record_epochs)), eval_batch_size
+        self.epoch_correct: dict[str, list[np.ndarray]] = {"train": [], "test": []}  # per recorded epoch: (P, n)
+        # DDP would broadcast these from rank 0 at the start and before every step: the data are already on
+        # every rank.
+        self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers(recurse=False)]
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored values (B, ...) → normalised float inputs."""
+        return (x.float() * self.pixel_scale - self.mean) / self.std
+
+    def normalize_batch(self, x: torch.Tensor, shifts: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        pack, batch = x.shape[:2]
+        flat = x.reshape(pack * batch, *x.shape[2:]).float() * self.pixel_scale
+        if self.augment:
+            flat = pad_crop_flip(flat, shifts.reshape(-1, 2), flips.reshape(-1), self.crop_padding)
+        if flat.ndim == 4:
+            flat = flat.contiguous(memory_format=self.memory_format)
+        return ((flat - self.mean) / self.std).reshape(pack, batch, *flat.shape[1:])
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        idx, shifts, flips = batch
+        y = self.y_train[idx]
+        logits = self.members(self.normalize_batch(self.x_train[idx], shifts, flips))
+        weight = self.trainer.datamodule.plan.loss_weight(batch_idx)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+        member_loss = losses.sum(1) * weight
+        loss = torch.where(self.alive, member_loss, torch.zeros_like(member_loss)).sum()
+        # Summed on the device: divergence is checked once per epoch, not with a host sync per step.
+        self.epoch_loss_sum = self.epoch_loss_sum.to(loss.device) + member_loss.detach()
+        alive = self.alive.float()
+        self.log("train/loss", (member_loss.detach() * alive).sum() / alive.sum(), on_step=False, on_epoch=True)
+        correct = logits.detach().argmax(2) == y
+        step = TrainStep(idx, logits.detach(), y, losses.detach(), correct)
+        for score in self.scores:
+            score.on_step(step)
+        accuracy = correct.float().mean(1)
+        self.log("train/acc", (accuracy * alive).sum() / alive.sum(), on_step=False, on_epoch=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if self.trainer.world_size > 1:  # DDP: every rank must stop the same members
+            torch.distributed.all_reduce(self.epoch_loss_sum)
+        finite = torch.isfinite(self.epoch_loss_sum)
+        newly_dead = self.alive & ~finite
+        if newly_dead.any():
+            log.error("members %s: training loss became %s in epoch %d; they stop and write no record",
+                      newly_dead.nonzero().flatten().tolist(), self.epoch_loss_sum[newly_dead].tolist(),
+                      self.current_epoch)
+            self.alive &= finite
+        if not self.alive.any():
+            raise TrainingError(f"training loss became {self.epoch_loss_sum.tolist()} in epoch "
+                                f"{self.current_epoch}; lower optim.lr or check the data")
+        self.epoch_loss_sum = torch.zeros_like(self.epoch_loss_sum)
+        if self.current_epoch + 1 in self.record_epochs:
+            was_training = self.training
+            for split, correct in self.epoch_correct.items():
+                evaluation = self.evaluate(split, self.eval_batch_size)
+                correct.append(evaluation.pred == getattr(self, f"y_{split}").cpu().numpy())
+            self.train(was_training)
+
+    def on_fit_start(self) -> None:
+        for score in self.scores:
+            score.start(self.members.pack, self.n_train, self.device)
+
+    def on_train_end(self) -> None:
+        if self.trainer.world_size > 1:  # DDP: each rank accumulated over its share of every batch
+            for score in self.scores:
+                score.synchronize(torch.distributed.all_reduce)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = instantiate(self.optim_cfg)(self.parameters())
+        total = int(self.trainer.estimated_stepping_batches)
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs))
+        factor = instantiate(self.schedule_cfg)(total_steps=total, steps_per_epoch=steps_per_epoch)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    @torch.inference_mode()
+    def evaluate(self, split: str, batch_size: int) -> Evaluation:
+        """Every member's prediction, probability, loss and margin of the split's labels; no augmentation."""
+        self.eval()
+        x, labels = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        parts: list[tuple[torch.Tensor, ...]] = []
+        for start in range(0, len(labels), batch_size):
+            xb = self.prepare(x[start:start + batch_size])
+            if xb.ndim == 4:
+                xb = xb.contiguous(memory_format=self.memory_format)
+            logits = self.members(xb, shared_input=True).float()
+            yb = labels[start:start + batch_size].expand(self.members.pack, -1)[..., None]
+            prob = torch.softmax(logits, dim=2)
+            loss = -torch.log_softmax(logits, dim=2).gather(2, yb)[..., 0]
+            margin = logits.gather(2, yb)[..., 0] - logits.scatter(2, yb, -torch.inf).amax(2)
+            parts.append(tuple(t.cpu() for t in (prob.argmax(2), prob.gather(2, yb)[..., 0], loss, margin)))
+        return Evaluation(*(torch.cat(column, 1).numpy() for column in zip(*parts, strict=True)))
+
+    def member_outputs(self, k: int, train: Evaluation, test: Evaluation) -> MemberOutputs:
+        """Member k's final predictions (from `evaluate`), its record scores and its per-epoch correctness."""
+        epochs = {split: np.stack([correct[k] for correct in rows]) if rows else None
+                  for split, rows in self.epoch_correct.items()}
+        return MemberOutputs(
+            train_pred=train.pred[k], train_prob=train.prob[k], test_pred=test.pred[k], test_prob=test.prob[k],
+            proxies={score.name: score.finish(k, train) for score in self.scores},
+            epoch_list=np.asarray(self.record_epochs, dtype=np.int64),
+            epoch_train_correct=epochs["train"], epoch_test_correct=epochs["test"])

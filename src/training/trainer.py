@@ -1,0 +1,90 @@
+"""The Trainer of a job: Lightning's Trainer from the `trainer` config, the logger from the `logger` config's
+`_target_`, the cluster environment, and the DDP checks."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from src.errors import ConfigError
+
+# Notices that do not apply here, once per job in thousands of jobs: we train from in-memory tensors
+# without workers on purpose, log per epoch only, and keep run.log beside metrics.csv in the seed dir.
+for noisy_logger in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
+    logging.getLogger(noisy_logger).setLevel(logging.WARNING)
+for notice in ("does not have many workers", "smaller than the logging interval",
+               "exists and is not empty", "isinstance.treespec, LeafSpec"):
+    warnings.filterwarnings("ignore", message=f".*{notice}.*")
+
+
+def job_logger(cfg: DictConfig, job_dir: Path, pack: int) -> Any:
+    """The `logger` config's `_target_` (src/tracking/loggers.py) called for this job's directory."""
+    from src.tracking.loggers import JobInfo
+
+    info = JobInfo(experiment=str(cfg.name), job=job_dir.name, tags=run_tags(cfg, pack),
+                   config=OmegaConf.to_container(cfg, resolve=True))
+    return instantiate(cfg.logger)(save_dir=job_dir, job=info)
+
+
+def run_tags(cfg: DictConfig, pack: int) -> list[str]:
+    return [f"dataset={cfg.dataset.name}", f"model={cfg.model.name}", f"ratio={cfg.subset.ratio}",
+            f"pack={pack}", f"estimator={cfg.estimator.name}"]
+
+
+def make_trainer(cfg: DictConfig, seed_dir: Path, logger: Any) -> pl.Trainer:
+    """Lightning's Trainer; its progress bar follows `progress` (auto: a single run on a terminal)."""
+    from src.tracking.progress import in_multirun, progress_enabled
+
+    trainer_kwargs = {**OmegaConf.to_container(cfg.trainer, resolve=True),
+                      "enable_progress_bar": progress_enabled(cfg.progress, sys.stdout, in_multirun())}
+    # EpochPlan gives each DDP rank its share of every batch, so Lightning must not wrap it in a sampler.
+    return pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(seed_dir), plugins=cluster_plugins(),
+                      use_distributed_sampler=False)
+
+
+def cluster_plugins() -> list[Any]:
+    """Under SLURM, the launcher (submitit) requeues preempted and timed-out jobs; Lightning's own SLURM
+    auto-requeue (an hpc checkpoint and `scontrol requeue` on its signal) is turned off so that only one
+    of them requeues, and a requeued job starts its seeds afresh (docs/CLUSTER.md)."""
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+
+def train_module(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.LightningDataModule,
+                 directory: Path, pack: int) -> None:
+    """Trainer.fit with the job's logger in `directory`; the job's wandb run (if any) is finished whatever
+    happens, so that a job has at most one."""
+    from src.tracking.loggers import finish_logger
+
+    logger = job_logger(cfg, directory, pack)
+    try:
+        trainer = make_trainer(cfg, directory, logger)
+        check_ddp(trainer, pack)
+        trainer.fit(module, datamodule=datamodule)
+    finally:
+        finish_logger(logger)
+
+
+def check_ddp(trainer: pl.Trainer, pack: int) -> None:
+    """DDP (world size > 1) trains one model whose ranks were started outside Lightning (torchrun, SLURM tasks):
+    ranks that Lightning starts itself would re-run the whole command line (a sweep) or, when spawned, hand
+    back only the weights, without the per-example counts the record needs."""
+    if trainer.world_size == 1:
+        return
+    if pack > 1:
+        raise ConfigError(f"this job packs {pack} models but trains on {trainer.world_size} devices (DDP); "
+                          "packing and DDP do not combine: add pack=1")
+    from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+    if isinstance(trainer.strategy.launcher, _MultiProcessingLauncher) or \
+            not trainer.strategy.cluster_environment.creates_processes_externally:
+        raise ConfigError(f"{type(trainer.strategy).__name__} would start the DDP ranks itself here; start "
+                          "them with torchrun --nproc_per_node=N -m src.run ... or as SLURM tasks, with strategy=ddp")

@@ -1,0 +1,1 @@
+"""Helpers with no knowledge of the pipeline: statistics, tables, plots, command-line plumbing."""

@@ -1,0 +1,63 @@
+"""CSV and plain-text tables: the one formatting of numbers in every CSV the project writes."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _format_column(values: np.ndarray) -> list[str]:
+    """Floats with 6 significant digits and NaN as an empty field; booleans as 0/1; strings RFC-4180 quoted."""
+    if values.dtype.kind == "f":
+        return ["" if v != v else f"{v:.6g}" for v in values.tolist()]
+    if values.dtype.kind == "b":
+        values = values.astype(np.int64)
+    if values.dtype.kind == "U":
+        return [f'"{v.replace(chr(34), 2 * chr(34))}"' if any(c in v for c in ',"\r\n') else v
+                for v in values.tolist()]
+    return [str(v) for v in values.tolist()]
+
+
+def csv_text(columns: Mapping[str, np.ndarray]) -> str:
+    """A CSV of equal-length columns (name -> array)."""
+    formatted = [_format_column(np.asarray(values)) for values in columns.values()]
+    lines = [",".join(columns), *(",".join(row) for row in zip(*formatted, strict=True))]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(value: Any, exact: bool) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value) if exact else f"{value:.6g}"
+    return str(value)
+
+
+def csv_rows(header: Sequence[str], rows: Iterable[Sequence[Any]], exact: bool = False) -> str:
+    """A CSV of rows; None is an empty field; floats with 6 significant digits, or with `exact` as repr
+    (read back, they give the same float)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([_cell(value, exact) for value in row] for row in rows)
+    return buffer.getvalue()
+
+
+def text_table(header: Sequence[str], body: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
+    """Left-aligned columns as lines of text."""
+    widths = [max(len(line[k]) for line in [header, *body]) for k in range(len(header))]
+    return [indent + "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+            for line in [header, *body]]
+
+
+def fmt(value: Any, spec: str = ".4f") -> str:
+    """A number for a message: None (or NaN) as n/a, ints as they are, floats by `spec`."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "n/a"
+    if isinstance(value, (bool, str)):
+        return str(value)
+    return str(value) if isinstance(value, (int, np.integer)) else format(float(value), spec)
