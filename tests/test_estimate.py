@@ -17,7 +17,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-import src.data.images
+import src.estimate
 import src.estimators.subsample.cache as subsample_cache
 import src.estimators.subsample.load as subsample_load
 import src.estimators.subsample.scan as subsample_scan
@@ -507,12 +507,12 @@ def test_cli_end_to_end(sweep_dir: Path) -> None:
 def test_cli_gallery_and_dense_cap(sweep_dir: Path, monkeypatch: pytest.MonkeyPatch,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     class GreyImages:
-        problem = None
+        problem = dataset = None
 
         def get(self, split: str, indices: np.ndarray) -> np.ndarray:
             return np.full((len(indices), 1, 8, 8), 0.5)
 
-    monkeypatch.setattr(src.data.images, "sweep_images", lambda sweep_dir, summary: GreyImages())
+    monkeypatch.setattr(src.estimate, "sweep_images", lambda sweep_dir, summary: GreyImages())
     out = sweep_dir / "estimates"
     assert main([str(sweep_dir), "--gallery", "12"]) == 0
     assert matplotlib.image.imread(out / "gallery.png").shape[:2] == gallery_size(12)

@@ -12,7 +12,7 @@ import src.training.job
 from src.config.paths import seed_record_path
 from src.contracts.records import read_record
 from src.errors import ConfigError, TrainingError
-from src.sweep.plan import resolve_pack
+from src.sweep.plan import PACKABLE_TIMM_NAMES, resolve_pack
 from src.training.job import run_job
 
 # A few steps on small subsets of the 8×8 digits (10% subsets: 144 examples, 3 steps an epoch).
@@ -29,6 +29,11 @@ SEEDS = [3, 4, 5]
 
 def weights(path) -> dict[str, torch.Tensor]:
     return torch.load(path.parent / "model.pt", weights_only=True)
+
+
+def test_the_whitelist_is_what_the_equivalence_test_runs(compose_cfg: Callable[..., DictConfig]) -> None:
+    tested = {str(compose_cfg(*overrides).model.timm_name) for overrides in FAMILIES.values()}
+    assert tested == set(PACKABLE_TIMM_NAMES)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -4,9 +4,9 @@
 member k starts exactly where seed k trained alone starts). The forward maps (P, B, ...) inputs to
 (P, B, classes) logits, by one of three mechanisms:
 - P = 1: the plain module (no vmap), so unpacked training costs what it did before;
-- the MLP of src/models/zoo.py at P > 1: weights stacked as (P, in, out), one `baddbmm` per layer. Measured on
-  2 cores (fz_mnist, P=16): 2.5x faster per step than `vmap` over `functional_call`, whose batched
-  linear runs at ~100-135 GFLOP/s against ~250 for baddbmm (docs/PERFORMANCE.md);
+- the MLP of src/models/zoo.py at P > 1: weights stacked as (P, in, out), one `baddbmm` per layer, because
+  batched linear layers under `vmap` over `functional_call` run well below baddbmm's GEMM rate
+  (benchmarks/train_throughput.py; the figures are in docs/PERFORMANCE.md);
 - any other packable model at P > 1: `torch.func.functional_call` under `vmap` over the stacked
   parameters and buffers; BatchNorm running statistics are stacked buffers updated in place per member.
 tests/test_packing.py checks each mechanism against single runs.

@@ -73,10 +73,13 @@ def dry_run_report(args: list[str]) -> list[tuple[str, str]]:
                           "other keys, or dry-run each value separately")
     cfg, sweep = plan.cfg, sweep_dir(plan.cfg)
     estimator = get_estimator(str(cfg.estimator.name))
-    if estimator.trains != "subsets":
-        raise ConfigError(f"--dry-run plans subset-training sweeps; estimator={estimator.name} trains its own "
-                          "run: launch it without --dry-run")
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    experiment = (f"{cfg.name} {config_hash(cfg, dataset.fingerprint)}: {dataset.name}, {cfg.model.name}, "
+                  f"ratio {cfg.subset.ratio}, {len(dataset.y_train)} train x {len(dataset.y_test)} test")
+    if estimator.trains != "subsets":
+        return [("dry run", "nothing launched, nothing written"), ("sweep", str(sweep)),
+                ("experiment", f"{experiment}; estimator {estimator.name}"),
+                ("jobs", f"{len(plan.pending)} run(s), one per seed ({plan.why})")]
     pending = set(plan.pending)
     done_paths = [seed_record_path(cfg, seed) for seed in plan.seeds if seed not in pending]
     wall_times = [float(read_meta(path)["wall_time_s"]) for path in done_paths]
@@ -94,8 +97,7 @@ def dry_run_report(args: list[str]) -> list[tuple[str, str]]:
     return [
         ("dry run", "nothing launched, nothing written"),
         ("sweep", f"{sweep}" + ("" if Path(sweep).exists() else " (not created yet)")),
-        ("experiment", f"{cfg.name} {config_hash(cfg, dataset.fingerprint)}: {dataset.name}, {cfg.model.name}, "
-                       f"ratio {cfg.subset.ratio}, {len(dataset.y_train)} train x {len(dataset.y_test)} test"),
+        ("experiment", experiment),
         ("seeds", f"{len(plan.seeds)} requested: {len(done_paths)} done, {missing} to train"),
         ("jobs", f"{plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})"),
         ("storage", f"{storage}; {_size(per_record * missing)} for the {missing} missing"),

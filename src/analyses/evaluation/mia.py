@@ -20,8 +20,8 @@ PROB_CLIP = 1e-6
 # better than per-example ones.
 PER_EXAMPLE_MIN_SHADOW = 64
 # Per-example phi variances are floored: an example whose probability is clipped in every shadow run has
-# variance 0 (a degenerate Gaussian). 0.01 is 1/240 of the pooled in-variance measured on fz_mnist (2.43 in,
-# 3.64 out, 56 shadow runs), so it only touches such examples.
+# variance 0 (a degenerate Gaussian). The floor is far below the pooled variances of real sweeps
+# (docs/EXPERIMENTS.md, membership inference), so it only touches such examples.
 PHI_VARIANCE_FLOOR = 0.01
 FPR_TARGETS = (0.01, 0.001)
 # TPR at FPR a is reported when a x non-members >= 5: with fewer, it rests on a handful of points.

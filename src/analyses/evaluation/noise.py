@@ -17,8 +17,8 @@ from src.util.stats import auroc, finite_or_none
 from src.util.tables import csv_rows
 
 # Scores for which a LOW value flags an example (slow learning, small margin, low in-subset accuracy); the
-# noise AUROC negates them. Measured on fz_mnist with 10% flipped labels (20 epochs): raw AUROC of
-# proxy_learn_speed 0.003 and proxy_margin 0.097, i.e. 0.997 and 0.903 oriented.
+# noise AUROC negates them (their raw AUROCs on a sweep with flipped labels are far below 1/2:
+# docs/EXPERIMENTS.md).
 LOW_SCORE_FLAGS = frozenset({"proxy_learn_speed", "proxy_margin", "acc_in", "acc_out"})
 SWEEP_SOURCE = "sweep"
 

@@ -96,8 +96,7 @@ class _InfluenceBlocks:
         """S/n_in - (Tsum - S)/n_out with the float32 operations of mean_difference (the same bits), NaN rows
         where a side has no run; and, in the same pass, the pair candidates and the entries above the top-k
         floors. The pass goes a few rows at a time, so that each chunk is still in cache for the next operation
-        (3.0 against 5.4 ns per entry for whole-block passes at n_test = 10,000; the two comparisons and their
-        flatnonzero were separate passes over the block before)."""
+        (faster than whole-block passes: benchmarks/aggregate.py, docs/PERFORMANCE.md)."""
         b, n_test = s_in.shape
         infl = np.empty_like(s_in)
         rows = max(1, INFLUENCE_CHUNK_ENTRIES // n_test)

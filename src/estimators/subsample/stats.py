@@ -38,8 +38,8 @@ CACHE_VERSION = 2
 SOFT_GRID = 2.0**30
 # The proxies' sums are order-independent the same way. Learn speed lies in [0, 1]: SOFT_GRID. Loss and margin
 # are clipped to +-PROXY_CLIP and put on a grid of 2^-20 (9.5e-7), so every partial sum over up to 2^21 runs is
-# a multiple of 2^-20 below 2^33, exact in a float64. The largest |loss| or |margin| in the 32 records of
-# mem_epochs_mnist (MNIST-5k MLP, 10 epochs, 10% flipped labels) was 35.4, far below the clip.
+# a multiple of 2^-20 below 2^33, exact in a float64. Real losses and margins stay orders of magnitude below the
+# clip (docs/PERFORMANCE.md, aggregator section).
 PROXY_CLIP = 2.0**12
 PROXY_GRID = {"learn_speed": SOFT_GRID, "loss": 2.0**20, "margin": 2.0**20}
 DEFAULT_PROXY_GRID = 2.0**20  # a record score without its own entry: clipped and on the loss grid

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-# A dense top-k block (no floors yet) starts with its first 64 k rows: with one column-wise partition of the
-# whole first block, the top-k merge took 0.52 s against 0.20 s for the product at 200 x 20,000 x 1,000
-# (benchmarks/aggregate.py; docs/PERFORMANCE.md, aggregator section).
+# A dense top-k block (no floors yet) starts with its first 64 k rows: one column-wise partition of the whole
+# first block cost more than the block's matrix product (benchmarks/aggregate.py; docs/PERFORMANCE.md,
+# aggregator section).
 TOPK_PREFIX_ROWS_PER_K = 64
 
 
