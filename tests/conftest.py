@@ -28,6 +28,17 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
+# Root reads and writes files whatever their modes (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH): a process started with
+# this prefix has neither, so permission cases behave for root (CI runs as root) as for any other user.
+DROP_DAC = "-dac_override,-dac_read_search"
+
+
+def unprivileged() -> list[str]:
+    """Command prefix for permission cases: empty for an ordinary user, setpriv without the DAC capabilities for
+    root (util-linux's setpriv is part of every Debian machine)."""
+    return [] if os.geteuid() != 0 else ["setpriv", "--bounding-set", DROP_DAC, "--inh-caps", DROP_DAC]
+
+
 def cli_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true", **extra}
 

@@ -4,6 +4,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from src.config.checks import config_hash as experiment_hash
@@ -12,13 +13,28 @@ from src.config.paths import seed_record_path
 from src.errors import ConfigError
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
-GROUPS = ["dataset", "model", "optim", "trainer", "logger", "experiment"]
+# Every config group of conf/ (a folder holding options), found on disk so that a new group is tested too.
+GROUPS = sorted(str(path.parent.relative_to(CONF)) for path in CONF.rglob("*.yaml") if path.parent != CONF)
+GROUPS = sorted(set(GROUPS))
 
 
-@pytest.mark.parametrize(("group", "option"), [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))])
+def test_the_groups_are_found() -> None:
+    assert {"dataset", "model", "optim", "schedule", "trainer", "logger", "subset", "estimator", "experiment",
+            "hydra/launcher", "paths"} <= set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, p.stem) for g in GROUPS for p in sorted((CONF / g).glob("*.yaml"))
+                                               if g != "hydra"])
 def test_every_option_composes(compose_cfg: Callable[..., DictConfig], group: str, option: str) -> None:
     cfg = compose_cfg(f"{group}={option}", tiny=False)
-    assert cfg[group] if group != "experiment" else cfg.name == option
+    if group == "experiment":
+        assert cfg.name == option
+    elif group == "hydra/launcher":
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            launcher = compose("config", overrides=[f"{group}={option}"], return_hydra_config=True).hydra.launcher
+        assert launcher._target_.startswith("hydra_plugins.")
+    elif group != "subset":
+        assert cfg[group.split("/")[0]]
     validate_config(cfg)
 
 

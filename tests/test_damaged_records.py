@@ -40,6 +40,7 @@ from src.contracts.records import (
 from src.data.subsets import subset_mask
 from src.errors import RecordError
 from src.estimators.subsample.load import load_sweep
+from tests.conftest import unprivileged
 from tests.test_estimate import make_meta
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -305,7 +306,7 @@ def build_variants() -> list[Variant]:
 
     # Unreadable: a directory where the record should be; no read permission.
     b.add("unreadable", "a directory named record.npz", lambda seed: b"", form="dir")
-    if not READS_ANY_MODE:  # root reads a file whatever its mode (test_unreadable_record_is_reported says so)
+    if not READS_ANY_MODE:  # root reads whatever the mode in-process: test_unreadable_record_is_reported drops that
         b.add("unreadable", "chmod 000", record_bytes, mode=0)
     return b.variants
 
@@ -449,21 +450,33 @@ def test_cli_skips_damaged_records_and_matches_good_ones(mixed: MixedSweep, tmp_
     assert tree(mixed.sweep) == before
 
 
-@pytest.mark.skipif(READS_ANY_MODE, reason="running as root, which reads a file whatever its mode: the chmod 000 "
-                                           "variant (here and in the mixed sweep) needs another user")
+UNREADABLE_CHECK = """
+import json, sys
+from src.contracts.records import RecordError, read_record
+from src.estimators.subsample.load import load_sweep
+try:
+    read_record(sys.argv[2])
+    raised = None
+except RecordError as err:
+    raised = err.path
+stats, problems = load_sweep(sys.argv[1])
+print(json.dumps({"raised": raised, "seeds": stats.seeds, "problems": [problem.file for problem in problems]}))
+"""
+
+
 def test_unreadable_record_is_reported(tmp_path: Path) -> None:
+    """Run without root's way around file modes (conftest.unprivileged), so that chmod 000 means unreadable."""
     for seed in range(3):
         write_record(record_path(tmp_path, seed), make_record(seed))
     locked = write_record(record_path(tmp_path, FIRST_DAMAGED_SEED), make_record(FIRST_DAMAGED_SEED))
     locked.chmod(0)
     try:
-        with pytest.raises(RecordError) as info:
-            read_record(locked)
-        assert info.value.path == str(locked)
-        stats, problems = load_sweep(tmp_path)
-        assert stats.seeds == [0, 1, 2] and [problem.file for problem in problems] == [str(locked)]
+        result = subprocess.run([*unprivileged(), PYTHON, "-c", UNREADABLE_CHECK, str(tmp_path), str(locked)],
+                                cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     finally:
         locked.chmod(0o644)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"raised": str(locked), "seeds": [0, 1, 2], "problems": [str(locked)]}
 
 
 # ------------------------------------------------------------------- crafted fields that escape (bugs)

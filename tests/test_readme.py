@@ -23,6 +23,7 @@ FENCE = re.compile(r"^```(\w+)\n(.*?)^```", re.M | re.S)
 # What a command needs that a CPU test machine does not have: it goes through --help (python -m src.<x>) instead.
 ABSENT = re.compile(r"trainer=gpu|dataset=cifar|dataset=imagenet|hydra/launcher=slurm")
 TINY_FZ = ["dataset=digits", "trainer.max_epochs=1", "logger=none"]
+ENV = {**cli_env(), "PYTHONPATH": str(ROOT)}
 
 
 def blocks(language: str) -> list[str]:
@@ -73,8 +74,8 @@ def test_the_readme_shows_commands() -> None:
 
 def test_every_python_block_runs(workspace: Path) -> None:
     for block in blocks("python"):
-        result = subprocess.run([sys.executable, "-c", block], cwd=workspace, env={**cli_env(), "PYTHONPATH": str(ROOT)},
-                                capture_output=True, text=True, timeout=300)
+        result = subprocess.run([sys.executable, "-c", block], cwd=workspace, env=ENV, capture_output=True,
+                                text=True, timeout=300)
         assert result.returncode == 0, f"{block}\n{result.stderr}"
 
 
@@ -84,6 +85,6 @@ def test_every_shell_command_runs(workspace: Path) -> None:
     fresh.mkdir(exist_ok=True)
     for command in shell_commands():
         argv = plan(command, workspace)
-        result = subprocess.run(argv, cwd=fresh if "--dry-run" in argv else workspace, env={**cli_env(), "PYTHONPATH": str(ROOT)},
+        result = subprocess.run(argv, cwd=fresh if "--dry-run" in argv else workspace, env=ENV,
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, f"{command} (run as {' '.join(argv)}):\n{result.stderr[-2000:]}"

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-import src.estimate as estimate_module
 from src.contracts.records import read_meta, read_record, record_arrays, record_path
 from src.errors import RecordError
 from src.estimate import main
+from src.estimators.subsample.cache import CACHE_NAME
 from src.estimators.subsample.load import load_sweep
 from tests.test_estimate import small_sweep
 
@@ -81,7 +81,7 @@ def test_crafted_npz_runs_code_when_pickle_is_allowed(tmp_path: Path) -> None:
 
 
 def test_crafted_checkpoint_runs_code_when_weights_only_is_off(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     marker = tmp_path / "ran"
     torch.save({"weight": torch.zeros(2), "bias": TouchOnUnpickle(marker)}, tmp_path / "model.pt")
     torch.load(tmp_path / "model.pt", weights_only=False)
@@ -131,8 +131,7 @@ def outputs(sweep_dir: Path, tmp_path: Path) -> Path:
 
 def test_written_outputs_hold_no_objects(outputs: Path) -> None:
     names = ["estimates.npz", "influence.npy"]
-    if getattr(estimate_module, "CACHE_NAME", None):
-        names.append(estimate_module.CACHE_NAME)
+    names.append(CACHE_NAME)
     for name in names:
         if name.endswith(".npz"):
             members = npz_members(outputs / name)
@@ -168,10 +167,7 @@ def test_crafted_influence_npy_rejected(outputs: Path, tmp_path: Path, mmap_mode
 # ------------------------------------------------------------------------------------------ stats cache
 
 def cache_name() -> str:
-    name = getattr(estimate_module, "CACHE_NAME", None)
-    if not name:
-        pytest.skip("src/estimate.py has no stats cache (CACHE_NAME) yet")
-    return name
+    return CACHE_NAME
 
 
 @pytest.mark.parametrize("key", ["cache", "seeds", "packed_masks", "unknown member"])
@@ -204,7 +200,7 @@ def test_crafted_stats_cache_ignored_without_running_code(sweep_dir: Path, outpu
 
 @pytest.mark.parametrize("wrapped", [False, True])
 def test_crafted_checkpoint_rejected_by_weights_only(tmp_path: Path, wrapped: bool) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
     marker = tmp_path / "ran"
     path = tmp_path / "model.pt"
     evil = TouchOnUnpickle(marker)
@@ -215,7 +211,8 @@ def test_crafted_checkpoint_rejected_by_weights_only(tmp_path: Path, wrapped: bo
 
 
 def test_project_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
-    torch = pytest.importorskip("torch")
+    import torch
+
     from src.training.job import save_weights
 
     state = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)).state_dict()

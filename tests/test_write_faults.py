@@ -1,16 +1,13 @@
 """A record write that fails (disk full, no permission) leaves no partial file and says what to do."""
 
-import os
 import resource
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from src.contracts.records import find_records
-from tests.conftest import TINY, cli_env
+from tests.conftest import TINY, cli_env, unprivileged
 
 # Larger than Hydra's log lines, smaller than a digits record (~16 KB): only the record write fails.
 FILE_SIZE_LIMIT = 8 * 1024
@@ -32,13 +29,13 @@ def test_full_disk_leaves_no_partial_record(tmp_path: Path) -> None:
     assert not find_records(out) and not list(out.rglob("*.tmp.*"))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only directories anyway")
 def test_read_only_seed_directory_leaves_no_partial_record(tmp_path: Path) -> None:
     out = tmp_path / "out"
     seed_dir = out / "ro" / "seed=0"
     seed_dir.mkdir(parents=True)
     seed_dir.chmod(0o555)
-    result = subprocess.run([sys.executable, "-m", "src.run", *TINY, f"paths.output_dir={out}", "name=ro", "seed=0"],
+    result = subprocess.run([*unprivileged(), sys.executable, "-m", "src.run", *TINY, f"paths.output_dir={out}",
+                             "name=ro", "seed=0"],
                             cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "fix permissions" in result.stderr
     assert not find_records(out) and not list(out.rglob("*.tmp.*"))

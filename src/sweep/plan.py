@@ -10,6 +10,7 @@ never the only guard. Sweeps over other keys (`model=a,b`) go to Hydra unplanned
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +73,12 @@ def pending_seeds(cfg: DictConfig, seeds: list[int], create_dir: bool = True) ->
         refuse_foreign(path, state, wanted)
         if state.state is State.DONE and path == seed_record_path(cfg, state.meta["seed"]):
             done.add(int(state.meta["seed"]))
-    return [seed for seed in seeds if seed not in done]
+    pending = [seed for seed in seeds if seed not in done]
+    for seed in pending:  # a job writes its log and record into an existing seed directory
+        directory = seed_record_path(cfg, seed).parent
+        if directory.exists() and not os.access(directory, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write to {directory}; fix permissions (or delete it), then relaunch")
+    return pending
 
 
 @dataclass(frozen=True)
