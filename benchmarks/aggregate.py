@@ -1,4 +1,4 @@
-"""Benchmark of the aggregator (src/estimate.py) at CIFAR-100 and ImageNet shapes; prints tables.
+"""Benchmark of the aggregator (src/estimators/subsample/) at CIFAR-100 and ImageNet shapes; prints tables.
 
     .venv/bin/python benchmarks/aggregate.py                # full size: 4,000 runs x 50,000 train x 10,000 test
     .venv/bin/python benchmarks/aggregate.py --runs 100 --n-train 5000 --n-test 1000 \\
@@ -15,7 +15,8 @@ Every phase runs in a fresh Python process, so that its ru_maxrss is its own:
 - estimate: `estimate` on the stats read back from stats.npz, null shuffles off and on, with the time split
   into mask unpacking, the matrix product, the influence arithmetic, pair extraction and the top-k merge;
   tracemalloc peak (numpy allocations) and ru_maxrss.
-- compare (with `--baseline FILE`, another estimate.py, e.g. `git show <rev>:src/estimate.py > before.py`):
+- compare (with `--baseline FILE`, another influence module, e.g.
+  `git show <rev>:src/estimators/subsample/influence.py > before.py`, with its package importable):
   for each of --compare-shapes, in-memory stats, then rounds of bare product / this estimate / the
   baseline's, null shuffles off and on, interleaved so that both see the same load; best of --repeats.
 - imagenet: for each width, a SweepStats built in memory from the same synthetic records (not written to
@@ -49,19 +50,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import src.estimate as estimate_module  # noqa: E402
-from src.estimate import # noqa: E402     CACHE_NAME
-from src.estimators.subsample.cache import read_stats_cache, write_stats_cache
-from src.estimators.subsample.load import load_sweep
-from src.estimators.subsample.memorization import EstimateConfig
-from src.estimators.subsample.stats import SweepStats
+import src.estimators.subsample.influence as estimate_module  # noqa: E402
+import src.estimators.subsample.topk as topk_module  # noqa: E402
 from src.contracts.records import FORMAT_VERSION, Record, find_records, record_path, write_record  # noqa: E402
 from src.data.subsets import subset_mask  # noqa: E402
+from src.estimators.subsample.cache import CACHE_NAME, read_stats_cache, write_stats_cache  # noqa: E402
+from src.estimators.subsample.load import load_sweep  # noqa: E402
+from src.estimators.subsample.memorization import EstimateConfig  # noqa: E402
+from src.estimators.subsample.stats import SweepStats  # noqa: E402
 
 MB = 2**20
 RATIO = 0.7
 P_IN = 0.995  # accuracy on examples in the subset (the paper's models fit their subsets)
-MEMORIZED_FRACTION = 0.36  # CIFAR-100: 18,099 of 50,000 with mem >= 0.25 (REFERENCE.md)
+MEMORIZED_FRACTION = 0.36  # CIFAR-100: 18,099 of 50,000 with mem >= 0.25 (Feldman & Zhang 2020, sec. 3)
 ALWAYS_CORRECT_FRACTION = 0.15
 FLIPPED_FRACTION = 0.01
 PLANTED_PAIRS = 1000
@@ -175,7 +176,7 @@ class PhaseTimer:
     PARTS: ClassVar[dict[str, tuple[str, str]]] = {
         "unpack": ("_InfluenceBlocks", "unpack"), "product": ("_InfluenceBlocks", "product"),
         "influence": ("_InfluenceBlocks", "influence"), "pairs": ("_InfluenceBlocks", "pairs"),
-        "topk": ("_TopK", "merge"),
+        "topk": ("TopK", "merge"),
     }
 
     def __init__(self) -> None:
@@ -185,7 +186,7 @@ class PhaseTimer:
     def installed(self) -> Iterator[PhaseTimer]:
         originals = {}
         for part, (owner, name) in self.PARTS.items():
-            cls = getattr(estimate_module, owner)
+            cls = getattr(estimate_module if owner.startswith("_") else topk_module, owner)
             originals[part] = (cls, name, getattr(cls, name))
             setattr(cls, name, self._timed(part, getattr(cls, name)))
         try:
@@ -410,7 +411,8 @@ def report_cifar(args: argparse.Namespace, write: dict, load: dict, bare: dict, 
 
 
 def report_compare(args: argparse.Namespace, results: list[dict]) -> None:
-    print(f"\n## Before / after: {args.baseline} against src/estimate.py, interleaved, best of {args.repeats}\n")
+    print(f"\n## Before / after: {args.baseline} against src/estimators/subsample/influence.py, interleaved, "
+          f"best of {args.repeats}\n")
     rows = []
     for res in results:
         for perms in (0, NULL_PERMS):
@@ -453,7 +455,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--imagenet-widths", type=int, nargs="*", default=[50_000, 320_000, 1_280_000],
                         help="n_train values of the ImageNet-width table (none: skip it)")
     parser.add_argument("--repeats", type=int, default=1, help="best of this many timings")
-    parser.add_argument("--baseline", type=Path, default=None, help="another estimate.py to compare with")
+    parser.add_argument("--baseline", type=Path, default=None, help="another influence.py to compare with")
     parser.add_argument("--compare-shapes", nargs="*", default=["4000x10000x10000", "200x100000x1000"],
                         help="runs x n_train x n_test of the before/after comparison")
     parser.add_argument("--workdir", type=Path, default=None, help="where the records go (default: a temp dir)")

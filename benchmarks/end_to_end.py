@@ -5,7 +5,7 @@ and at the default pack, and the time from launching a 2,000-seed sweep until it
     .venv/bin/python benchmarks/end_to_end.py --seeds 16 # shorter
 
 Each command runs in a subprocess through a small launcher that runs `src.run` as `python -m src.run`
-does (runpy, same argv) and appends timestamps to a file when src.training's `run_job` starts and ends,
+does (runpy, same argv) and appends timestamps to a file when src.training.job's `run_job` starts and ends,
 Lightning's `on_train_start` / `on_train_end` / first `on_train_batch_start` of a job fire, and
 `SubsetClassifier.evaluate` starts and ends (a few file appends per job; nothing else changes). Times are
 measured from just before the subprocess is started, so they include Python start-up, imports, the
@@ -67,26 +67,43 @@ def stamp(name, func):
     return wrapper
 
 
-def instrument(training):
-    training.run_job = stamp("job", training.run_job)
-    cls = training.SubsetClassifier
+def after(name, func):
+    """func, then a timestamp: the class keeps its own hook (nothing is replaced)."""
+    def wrapper(*args, **kwargs):
+        result = func(*args, **kwargs)
+        emit(name)
+        return result
+    return wrapper
+
+
+def instrument(module):
+    if module.__name__ == "src.training.job":
+        module.run_job = stamp("job", module.run_job)
+        return
+    cls = module.SubsetClassifier
     cls.evaluate = stamp("eval", cls.evaluate)
-    cls.on_train_start = lambda self: emit("train_start")
-    cls.on_train_end = lambda self: emit("train_end")
+    cls.on_train_start = after("train_start", cls.on_train_start)
+    cls.on_train_end = after("train_end", cls.on_train_end)
+    first_batch = cls.on_train_batch_start
 
     def on_train_batch_start(self, batch, batch_idx):
         if batch_idx == 0 and self.current_epoch == 0:
             emit("first_step")
+        return first_batch(self, batch, batch_idx)
     cls.on_train_batch_start = on_train_batch_start
 
 
 class Hook(importlib.abc.MetaPathFinder):
-    """Instruments src.training right after it is imported (inside the first job, as without the hook)."""
+    """Instruments src.training.job and .module right after each is imported (inside the first job, as without
+    the hook)."""
+    pending = {"src.training.job", "src.training.module"}
 
     def find_spec(self, name, path, target=None):
-        if name != "src.training":
+        if name not in self.pending:
             return None
-        sys.meta_path.remove(self)
+        self.pending.discard(name)
+        if not self.pending:
+            sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
         execute = spec.loader.exec_module
 

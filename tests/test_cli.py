@@ -175,3 +175,19 @@ def test_a_misspelt_boolean_never_replaces_finished_records(tmp_path: Path, word
     saved = run_cli(*sweep_args(tmp_path, "seed=2", f"record.save_model={word}"), cwd=tmp_path)
     assert saved.returncode == 2 and not list(tmp_path.rglob("model.pt"))
     assert {path: path.read_bytes() for path in find_records(tmp_path)} == before
+
+
+def test_an_os_error_before_launch_is_one_line(monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    import src.run
+    import src.sweep.plan
+
+    def unreadable(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied", "outputs/x/seed=0")
+
+    monkeypatch.setattr(src.sweep.plan, "plan_sweep", unreadable)
+    monkeypatch.setattr("sys.argv", ["src.run", "-m", "seed=0..1"])
+    with pytest.raises(SystemExit) as exited:
+        src.run.main()
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == "error: [Errno 13] Permission denied: 'outputs/x/seed=0'\n"

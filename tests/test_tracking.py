@@ -31,7 +31,7 @@ from src.errors import MeminfError
 from src.tracking.progress import progress_enabled
 from src.tracking.wandb import TOP_EXAMPLES, has_wandb_credentials, wandb_mode
 from src.training.job import run_job
-from tests.conftest import CONF, ROOT, TINY, cli_env
+from tests.conftest import CONF, ROOT, TINY, cli_env, run_cli
 
 LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
 # The .wandb file is a LevelDB-style log (wandb-core's store): a 7-byte file header ":W&B", magic 0xBEE1,
@@ -311,3 +311,16 @@ def test_progress_bar_on_a_terminal_for_one_run_never_in_a_multirun(tmp_path: Pa
     assert "Epoch 0" not in multi and "it/s" not in multi
     assert "job seeds 1: 1 model(s), mean in-subset acc" in multi
     assert [read_meta(path)["seed"] for path in find_records(tmp_path / "out" / "multi")] == [0, 1]
+
+
+def test_aggregator_bars_follow_progress_both_ways(tmp_path: Path) -> None:
+    """--progress draws the aggregator's bars on stderr even when it is no terminal; --no-progress never."""
+    assert run_cli("src.run", "-m", *TINY, f"paths.output_dir={tmp_path}", "name=bars", "seed=0..2",
+                   cwd=tmp_path).returncode == 0
+    forced = run_cli("src.estimate", str(tmp_path / "bars"), "--progress", "--no-cache", "--gallery", "0",
+                     cwd=tmp_path)
+    silent = run_cli("src.estimate", str(tmp_path / "bars"), "--no-progress", "--no-cache", "--gallery", "0",
+                     cwd=tmp_path)
+    assert forced.returncode == silent.returncode == 0
+    assert "records: 100%" in forced.stderr and "influence: 100%" in forced.stderr
+    assert "records:" not in silent.stderr and "influence:" not in silent.stderr

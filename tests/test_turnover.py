@@ -25,6 +25,7 @@ from src.estimators.turnover.job import (
 )
 from src.estimators.turnover.masks import TRAIN_DOMAIN, half_masks
 from src.estimators.turnover.network import HalfMaskedNetwork, TurnoverClassifier
+from src.estimators.turnover.summary import turnover_summary
 from src.models.build import build_model
 from tests.conftest import CONF, TINY, run_cli
 
@@ -252,3 +253,17 @@ def test_cli_runs_one_turnover_job_per_seed(tmp_path: Path) -> None:
     assert not np.array_equal(*mems)  # another seed: another initialisation, order and masks
     bad = run_cli("src.run", "estimator=turnover", "model=densenet_bc100", cwd=Path(__file__).resolve().parent.parent)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "error: estimator=turnover" in bad.stderr
+
+
+def test_an_underfitting_warning_is_about_this_run(trained: tuple[DictConfig, TurnoverClassifier]) -> None:
+    """The warning names what to change (train longer, lower lr), not another experiment's learning rate."""
+    cfg, _ = trained
+    dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    n, none = len(dataset.y_train), np.zeros(0, dtype=np.int64)
+    arrays = {"mem": np.zeros(n), "train_in_acc": np.array([0.5]), "test_acc": np.array([0.5]),
+              "acc_in": np.full(n, 0.5), "acc_out": np.full(n, 0.5), "pair_train_idx": none, "pair_test_idx": none,
+              "pair_infl": np.zeros(0)}
+    summary = turnover_summary(cfg, dataset, arrays, {"correct_own": np.ones(1), "correct_flip": np.ones(1)}, [1], 0,
+                               {}, Thresholds())
+    warning = summary["train_in_acc_warning"]
+    assert "train longer or lower optim.lr" in warning and "fz_mnist" not in warning and "0.02" not in warning
