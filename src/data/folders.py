@@ -13,14 +13,17 @@ import logging
 import math
 import multiprocessing
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from src.contracts.io import write_atomic
-from src.errors import DataError
+from src.data.raw import RawData, setting
+from src.errors import ConfigError, DataError
 from src.util.cli import first_line
 
 log = logging.getLogger(__name__)
@@ -153,3 +156,24 @@ def _decode_all(files: list[Path], size: int, workers: int) -> np.ndarray:
                 raise DataError(f"cannot read image {files[index]} ({result}); replace or delete the file")
             images[index] = result
     return images
+
+
+def load_folder(cfg: Mapping[str, Any], data_dir: Path) -> RawData:
+    root = Path(setting(cfg, "root")).expanduser()
+    return _load_image_folder(cfg, data_dir, root, f"image folder {root}", "set dataset.root=<dir>")
+
+
+def load_imagenet(cfg: Mapping[str, Any], data_dir: Path) -> RawData:
+    return _load_image_folder(cfg, data_dir, data_dir / "imagenet", "ImageNet",
+                              "sort val/ into class folders like train/ and set paths.data_dir")
+
+
+def _load_image_folder(cfg: Mapping[str, Any], data_dir: Path, root: Path, title: str, fix: str) -> RawData:
+    """Both splits of ``<root>/{train,val}/<class>/<image>``, decoded once to uint8 and cached as .npy."""
+    size, workers = int(setting(cfg, "image_size")), int(setting(cfg, "num_workers"))
+    if size < 1 or workers < 0:
+        raise ConfigError(f"dataset.image_size={size} and dataset.num_workers={workers} must be >= 1 and >= 0")
+    folder = read_image_folder(root, size, workers, data_dir, str(setting(cfg, "source")), title, fix)
+    return RawData(x_train=folder.x["train"], y_train=folder.y["train"], x_test=folder.x["test"],
+                   y_test=folder.y["test"], num_classes=len(folder.classes), class_names=folder.classes,
+                   train_paths=folder.paths["train"], test_paths=folder.paths["test"])

@@ -57,17 +57,16 @@ Sources and the files they read:
 
 from __future__ import annotations
 
+import importlib
 import logging
-import pickle
 import zipfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from src.data.raw import RawData, setting
 from src.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -75,53 +74,17 @@ log = logging.getLogger(__name__)
 DIGITS_PIXEL_MAX = 16  # sklearn's load_digits pixels are integers 0..16
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 CHANNEL_COUNTS = (1, 3)  # sizes an axis must have to be read as the channel axis of npz images
-# What torchvision raises on absent, damaged or malformed files and on failed downloads.
-TORCHVISION_READ_ERRORS = (
-    RuntimeError,
-    OSError,
-    ValueError,
-    LookupError,
-    TypeError,
-    EOFError,
-    AssertionError,
-    pickle.UnpicklingError,
-)
-
-
-@dataclass(frozen=True)
-class RawData:
-    """Train and test arrays of one data set, before label noise and subsetting."""
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int
-    class_names: tuple[str, ...] | None = None
-    train_extras: dict[str, np.ndarray] = field(default_factory=dict)
-    test_extras: dict[str, np.ndarray] = field(default_factory=dict)
-    train_paths: tuple[str, ...] | None = None  # image files, relative to the data set root (image folders)
-    test_paths: tuple[str, ...] | None = None
 
 
 def load_raw(cfg: Mapping[str, Any], data_dir: str | Path) -> RawData:
     """Load the data set described by the ``dataset`` config ``cfg``; raise DataError if it is unusable."""
-    source = _setting(cfg, "source")
-    loader = _LOADERS.get(source)
-    if loader is None:
+    source = setting(cfg, "source")
+    if source not in _LOADERS:
         raise ConfigError(f"unknown dataset.source {source!r}; use one of: {', '.join(_LOADERS)}")
-    raw = loader(cfg, Path(data_dir))
+    raw = _loader(source)(cfg, Path(data_dir))
     origin = f"npz file {cfg.get('path')}" if source == "npz" else f"dataset {source}"
     _validate(raw, origin)
     return raw
-
-
-def _setting(cfg: Mapping[str, Any], key: str) -> Any:
-    """Value of a required config key (``cfg.get`` also gives None for OmegaConf's ``???``)."""
-    value = cfg.get(key)
-    if value is None:
-        raise ConfigError(f"dataset.{key} is not set; add it to the dataset YAML or pass dataset.{key}=...")
-    return value
 
 
 # --------------------------------------------------------------------------------------------- validation
@@ -196,10 +159,10 @@ def _split_by_permutation(
     x: np.ndarray, y: np.ndarray, cfg: Mapping[str, Any], class_names: tuple[str, ...]
 ) -> RawData:
     """Fixed split: ``RandomState(split_seed).permutation(N)``; the first ``n_train`` indices are train."""
-    n_train = int(_setting(cfg, "n_train"))
+    n_train = int(setting(cfg, "n_train"))
     if not 0 < n_train < len(y):
         raise ConfigError(f"dataset.n_train={n_train} must lie in [1, {len(y) - 1}] for {len(y)} examples")
-    order = np.random.RandomState(int(_setting(cfg, "split_seed"))).permutation(len(y))
+    order = np.random.RandomState(int(setting(cfg, "split_seed"))).permutation(len(y))
     train, test = order[:n_train], order[n_train:]
     labels = y.astype(np.int64)
     return RawData(
@@ -243,107 +206,8 @@ def _load_digits(cfg: Mapping[str, Any], data_dir: Path) -> RawData:
     return _split_by_permutation(images, bunch.target, cfg, tuple(str(name) for name in bunch.target_names))
 
 
-# ------------------------------------------------------------------------- torchvision: mnist, cifar10/100
-
-
-def _require_files(title: str, folder: Path, checksums: Mapping[str, str | None]) -> None:
-    """DataError unless every file exists in ``folder`` and, where an md5 is given, matches it."""
-    from torchvision.datasets.utils import check_integrity
-
-    missing = [name for name in checksums if not (folder / name).is_file()]
-    if missing:
-        partly = "" if len(missing) == len(checksums) else f" (missing: {', '.join(missing)})"
-        raise DataError(
-            f"{title} not found: expected {folder}/{{{','.join(checksums)}}}{partly}; "
-            "put the files there or set dataset.download=true"
-        )
-    corrupt = [name for name, md5 in checksums.items() if not check_integrity(folder / name, md5)]
-    if corrupt:
-        raise DataError(
-            f"{title} files fail their md5 check: {', '.join(str(folder / name) for name in corrupt)}; "
-            "replace them with the original files, or set dataset.verify_checksums=false if you re-packed "
-            "them"
-        )
-
-
-def _torchvision_splits(dataset_cls: type, title: str, data_dir: Path, download: bool) -> tuple[Any, Any]:
-    """Construct the train and test split of a torchvision data set, turning its errors into DataError."""
-    try:
-        train = dataset_cls(root=str(data_dir), train=True, download=download)
-        return train, dataset_cls(root=str(data_dir), train=False, download=download)
-    except TORCHVISION_READ_ERRORS as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if download:
-            raise DataError(
-                f"could not download {title} to {data_dir} ({reason}); check the network, or put the files "
-                "there by hand (layout in src/datasets.py) and set dataset.download=false"
-            ) from error
-        raise DataError(
-            f"could not read {title} from {data_dir} ({reason}); the files are damaged or not in the "
-            "expected format: replace them with the original files"
-        ) from error
-
-
-def _load_mnist(cfg: Mapping[str, Any], data_dir: Path) -> RawData:
-    from torchvision.datasets import MNIST
-
-    download = bool(_setting(cfg, "download"))
-    if not download:
-        raw_files = {Path(archive).stem: None for archive, _ in MNIST.resources}  # the .gz names, unpacked
-        _require_files("MNIST", data_dir / MNIST.__name__ / "raw", raw_files)
-    train, test = _torchvision_splits(MNIST, "MNIST", data_dir, download)
-    return RawData(
-        x_train=train.data.numpy()[:, None],
-        y_train=train.targets.numpy(),
-        x_test=test.data.numpy()[:, None],
-        y_test=test.targets.numpy(),
-        num_classes=len(train.classes),
-        class_names=tuple(train.classes),
-    )
-
-
-def _load_cifar(cfg: Mapping[str, Any], data_dir: Path, class_name: str, title: str) -> RawData:
-    import torchvision.datasets
-
-    cifar_cls = getattr(torchvision.datasets, class_name)
-    download = bool(_setting(cfg, "download"))
-    verify = bool(_setting(cfg, "verify_checksums"))
-    if not download:
-        checksums = dict(cifar_cls.train_list + cifar_cls.test_list)
-        checksums[cifar_cls.meta["filename"]] = cifar_cls.meta["md5"]
-        if not verify:
-            checksums = dict.fromkeys(checksums)
-        _require_files(title, data_dir / cifar_cls.base_folder, checksums)
-    dataset_cls = cifar_cls if verify else _without_checksums(cifar_cls)
-    train, test = _torchvision_splits(dataset_cls, title, data_dir, download)
-    return RawData(
-        x_train=np.ascontiguousarray(train.data.transpose(0, 3, 1, 2)),  # torchvision keeps NHWC
-        y_train=np.asarray(train.targets, dtype=np.int64),
-        x_test=np.ascontiguousarray(test.data.transpose(0, 3, 1, 2)),
-        y_test=np.asarray(test.targets, dtype=np.int64),
-        num_classes=len(train.classes),
-        class_names=tuple(train.classes),
-    )
-
-
-def _without_checksums(cifar_cls: type) -> type:
-    """Subclass of a torchvision CIFAR class whose files carry no md5, so only their presence is checked."""
-    return type(
-        cifar_cls.__name__,
-        (cifar_cls,),
-        {
-            "train_list": [[name, None] for name, _ in cifar_cls.train_list],
-            "test_list": [[name, None] for name, _ in cifar_cls.test_list],
-            "meta": {**cifar_cls.meta, "md5": None},
-        },
-    )
-
-
-# ------------------------------------------------------------------------------------------------------ npz
-
-
 def _load_npz(cfg: Mapping[str, Any], data_dir: Path) -> RawData:
-    path = Path(_setting(cfg, "path")).expanduser()
+    path = Path(setting(cfg, "path")).expanduser()
     arrays = _read_npz(path)
     x_train, x_test = (_as_model_input(path, key, arrays[key]) for key in ("x_train", "x_test"))
     y_train, y_test = (_as_labels(path, key, arrays[key]) for key in ("y_train", "y_test"))
@@ -412,16 +276,16 @@ def _as_labels(path: Path, key: str, y: np.ndarray) -> np.ndarray:
 
 def _load_longtail(cfg: Mapping[str, Any], data_dir: Path) -> RawData:
     """Draw, in this order: centres, subpopulation labels, train ids, test ids, train noise, test noise."""
-    n_subpops, dim = int(_setting(cfg, "n_subpops")), int(_setting(cfg, "dim"))
-    num_classes = int(_setting(cfg, "num_classes"))
-    noise_scale = float(_setting(cfg, "noise_scale"))
-    rng = np.random.default_rng(int(_setting(cfg, "generator_seed")))
-    centres = rng.normal(0.0, float(_setting(cfg, "center_scale")), size=(n_subpops, dim))
+    n_subpops, dim = int(setting(cfg, "n_subpops")), int(setting(cfg, "dim"))
+    num_classes = int(setting(cfg, "num_classes"))
+    noise_scale = float(setting(cfg, "noise_scale"))
+    rng = np.random.default_rng(int(setting(cfg, "generator_seed")))
+    centres = rng.normal(0.0, float(setting(cfg, "center_scale")), size=(n_subpops, dim))
     subpop_labels = rng.integers(0, num_classes, size=n_subpops)
-    frequencies = 1.0 / np.arange(1, n_subpops + 1) ** float(_setting(cfg, "zipf_exponent"))
+    frequencies = 1.0 / np.arange(1, n_subpops + 1) ** float(setting(cfg, "zipf_exponent"))
     frequencies /= frequencies.sum()
-    train_ids = rng.choice(n_subpops, size=int(_setting(cfg, "n_train")), p=frequencies)
-    test_ids = rng.choice(n_subpops, size=int(_setting(cfg, "n_test")), p=frequencies)
+    train_ids = rng.choice(n_subpops, size=int(setting(cfg, "n_train")), p=frequencies)
+    test_ids = rng.choice(n_subpops, size=int(setting(cfg, "n_test")), p=frequencies)
     x_train = _draw_around(rng, centres, train_ids, noise_scale)
     x_test = _draw_around(rng, centres, test_ids, noise_scale)
     train_counts = np.bincount(train_ids, minlength=n_subpops)
@@ -443,39 +307,24 @@ def _draw_around(
     return (centres[ids] + rng.normal(0.0, noise_scale, size=(len(ids), centres.shape[1]))).astype(np.float32)
 
 
-# ------------------------------------------------------------------------------- image folders: folder, imagenet
-
-def _load_folder(cfg: Mapping[str, Any], data_dir: Path) -> RawData:
-    root = Path(_setting(cfg, "root")).expanduser()
-    return _load_image_folder(cfg, data_dir, root, f"image folder {root}", "set dataset.root=<dir>")
-
-
-def _load_imagenet(cfg: Mapping[str, Any], data_dir: Path) -> RawData:
-    return _load_image_folder(cfg, data_dir, data_dir / "imagenet", "ImageNet",
-                              "sort val/ into class folders like train/ and set paths.data_dir")
-
-
-def _load_image_folder(cfg: Mapping[str, Any], data_dir: Path, root: Path, title: str, fix: str) -> RawData:
-    """Both splits of ``<root>/{train,val}/<class>/<image>``, decoded once to uint8 and cached as .npy."""
-    from src.data.folders import read_image_folder
-
-    size, workers = int(_setting(cfg, "image_size")), int(_setting(cfg, "num_workers"))
-    if size < 1 or workers < 0:
-        raise ConfigError(f"dataset.image_size={size} and dataset.num_workers={workers} must be >= 1 and >= 0")
-    folder = read_image_folder(root, size, workers, data_dir, str(_setting(cfg, "source")), title, fix)
-    return RawData(x_train=folder.x["train"], y_train=folder.y["train"], x_test=folder.x["test"],
-                   y_test=folder.y["test"], num_classes=len(folder.classes), class_names=folder.classes,
-                   train_paths=folder.paths["train"], test_paths=folder.paths["test"])
-
-
-_LOADERS: dict[str, Callable[[Mapping[str, Any], Path], RawData]] = {
+# Every source: a loader of this module, or "module:function" of one imported when asked for (torchvision's
+# loaders and the image folders), so that importing the data layer imports no torchvision.
+_LOADERS: dict[str, Callable[[Mapping[str, Any], Path], RawData] | str] = {
     "mnist5k": _load_mnist5k,
     "digits": _load_digits,
-    "mnist": _load_mnist,
-    "cifar10": partial(_load_cifar, class_name="CIFAR10", title="CIFAR-10"),
-    "cifar100": partial(_load_cifar, class_name="CIFAR100", title="CIFAR-100"),
     "npz": _load_npz,
     "longtail": _load_longtail,
-    "folder": _load_folder,
-    "imagenet": _load_imagenet,
+    "mnist": "src.data.torchvision_sources:load_mnist",
+    "cifar10": "src.data.torchvision_sources:load_cifar10",
+    "cifar100": "src.data.torchvision_sources:load_cifar100",
+    "folder": "src.data.folders:load_folder",
+    "imagenet": "src.data.folders:load_imagenet",
 }
+
+
+def _loader(source: str) -> Callable[[Mapping[str, Any], Path], RawData]:
+    loader = _LOADERS[source]
+    if isinstance(loader, str):
+        module, _, name = loader.partition(":")
+        return getattr(importlib.import_module(module), name)
+    return loader
