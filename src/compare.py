@@ -15,7 +15,7 @@ from pathlib import Path
 from src.analyses.compare import compare_inputs, format_report, load_inputs, write_compare
 from src.contracts.estimates import Thresholds
 from src.tracking.wandb import add_wandb_arguments, log_compare
-from src.util.cli import cli_exit_code
+from src.util.cli import cli_main
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -42,8 +42,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    return cli_exit_code(lambda: run(args))
+    return cli_main(_parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from src.analyses.cscore import cscore_outputs
 from src.contracts.io import write_files
 from src.estimators.subsample.load import load_sweep
-from src.util.cli import cli_exit_code
+from src.util.cli import cli_main
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,8 +44,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    return cli_exit_code(lambda: run(args))
+    return cli_main(_parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 from src.analyses.dynamics import DEFAULT_HARD_FRACTION, NEEDS, dynamics, format_report, render_png
 from src.contracts.estimates import read_estimates
 from src.contracts.io import write_files
-from src.util.cli import cli_exit_code
+from src.util.cli import cli_main
 from src.util.tables import csv_text
 
 
@@ -40,8 +40,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    return cli_exit_code(lambda: run(args))
+    return cli_main(_parse_args, run, argv)
 
 
 if __name__ == "__main__":

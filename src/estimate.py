@@ -30,7 +30,7 @@ from src.estimators.subsample.cache import CACHE_NAME
 from src.estimators.subsample.memorization import EstimateConfig
 from src.tracking.progress import ProgressBar
 from src.tracking.wandb import add_wandb_arguments, log_estimates
-from src.util.cli import cli_exit_code
+from src.util.cli import cli_main
 
 DEFAULT_GALLERY = 64
 
@@ -112,8 +112,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    return cli_exit_code(lambda: run(args))
+    return cli_main(_parse_args, run, argv)
 
 
 if __name__ == "__main__":

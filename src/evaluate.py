@@ -63,7 +63,7 @@ from pathlib import Path
 
 from src.analyses.evaluation.evaluate import PARTS, evaluate, one_line, write_evaluation
 from src.estimators.subsample.memorization import EstimateConfig
-from src.util.cli import cli_exit_code
+from src.util.cli import cli_main
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,8 +94,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    return cli_exit_code(lambda: run(args))
+    return cli_main(_parse_args, run, argv)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ from pathlib import Path
 from src.contracts.estimates import read_estimates
 from src.data.images import sweep_images
 from src.reporting.page import check_replaceable, write_report
-from src.reporting.sections import ESTIMATE_ARRAYS, build_page
-from src.util.cli import cli_exit_code
+from src.reporting.sections import build_page
+from src.util.cli import cli_main
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,8 +51,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> None:
-    est = read_estimates(args.estimates if args.estimates is not None else args.sweep_dir, ESTIMATE_ARRAYS,
-                         "the report")
+    est = read_estimates(args.estimates if args.estimates is not None else args.sweep_dir)
     out = args.out if args.out is not None else args.sweep_dir / "report"
     check_replaceable(out)
     images = sweep_images(args.sweep_dir, est.summary)
@@ -64,8 +63,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    return cli_exit_code(lambda: run(args))
+    return cli_main(_parse_args, run, argv)
 
 
 if __name__ == "__main__":

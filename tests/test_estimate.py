@@ -21,7 +21,15 @@ import src.estimate
 import src.estimators.subsample.cache as subsample_cache
 import src.estimators.subsample.load as subsample_load
 import src.estimators.subsample.scan as subsample_scan
-from src.contracts.records import FORMAT_VERSION, REQUIRED_META, Record, find_records, record_path, write_record
+from src.contracts.records import (
+    FORMAT_VERSION,
+    PROXIES,
+    REQUIRED_META,
+    Record,
+    find_records,
+    record_path,
+    write_record,
+)
 from src.data.subsets import subset_mask
 from src.errors import MeminfError, RecordError
 from src.estimate import main
@@ -79,7 +87,7 @@ class Sweep:
             epoch_train_correct=None if self.epoch_correct is None else self.epoch_correct[:, k],
             epoch_test_correct=None if self.epoch_correct is None else np.tile(self.test_correct[k],
                                                                                 (len(self.epoch_list), 1)),
-            proxies={name: np.where(self.masks[k], values[k], np.nan).astype(np.float32) if name == "learn_speed"
+            proxies={name: np.where(self.masks[k], values[k], np.nan).astype(np.float32) if PROXIES[name][0]
                      else values[k] for name, values in self.proxies.items()},
         )
 

@@ -8,11 +8,20 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
 
 from src.contracts.estimates import read_estimates
+from src.contracts.records import read_record
+from src.estimators.base import ReduceOptions
 from src.estimators.registry import ESTIMATORS, get_estimator
+from src.training.job import run_job
+from src.training.module import SubsetClassifier
 from tests.conftest import TINY, run_cli
+from tests.test_estimate import small_sweep
 
 COMMON = [*TINY, "trainer.max_epochs=2", "dataset.label_noise=0.1", "name=sweep"]
 
@@ -31,7 +40,15 @@ def turnover(root: Path) -> Path:
     return root / "sweep" / "turnover" / "seed=0"
 
 
-PRODUCE: dict[str, Callable[[Path], Path]] = {"subsample": subsample, "turnover": turnover}
+def scored(root: Path) -> Path:
+    """A subset sweep whose records hold every record score."""
+    scores = "record.scores=[learn_speed,loss,margin,cumulative_loss]"
+    assert run_cli("src.run", "-m", *COMMON, scores, f"paths.output_dir={root}", "seed=0..15", cwd=root).returncode == 0
+    return root / "sweep"
+
+
+PRODUCE: dict[str, Callable[[Path], Path]] = {"subsample": subsample, "turnover": turnover, "learn_speed": scored,
+                                              "loss": scored, "margin": scored, "cumulative_loss": scored}
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +78,7 @@ def test_estimator_through_every_reader(name: str, reference: Path, tmp_path: Pa
     assert compared.returncode == 0, compared.stderr[-2000:]
     [row] = json.loads((tmp_path / "compare" / "compare.json").read_text())["pairs"]
     assert (row["relation"] == "same experiment (noise floor)") == (name == "subsample")
+    assert (row["jaccard_pairs"] is None) == (name not in ("subsample", "turnover"))
 
     reported = run_cli("src.report", str(reference), "--estimates", str(out), "--out", str(tmp_path / "report"),
                        cwd=tmp_path)
@@ -72,3 +90,47 @@ def test_estimator_through_every_reader(name: str, reference: Path, tmp_path: Pa
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     scores = json.loads((tmp_path / "evaluation" / "evaluation.json").read_text())["noise"]["scores"]
     assert {row["source"] for row in scores} == {"sweep", str(out)}
+
+
+def test_cumulative_loss_is_the_hand_computed_sum(compose_cfg: Callable[..., DictConfig]) -> None:
+    """On a toy sweep, the record's cumulative loss equals the per-step losses summed by hand (each example's
+    loss in every step that held it, train mode, before the update)."""
+    cfg = compose_cfg("subset.ratio=0.1", "trainer.max_epochs=2", "seeds=[3,4]", "name=csl",
+                      "record.scores=[learn_speed,cumulative_loss]")
+    by_hand: dict[int, np.ndarray] = {}
+    original = SubsetClassifier.training_step
+
+    def spy(self: SubsetClassifier, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        idx, shifts, flips = batch
+        with torch.no_grad():  # the losses this step trains on, recomputed before the update
+            logits = self.members(self.normalize_batch(self.x_train[idx], shifts, flips))
+            losses = F.cross_entropy(logits.flatten(0, 1), self.y_train[idx].flatten(), reduction="none")
+        for k, (rows, values) in enumerate(zip(idx, losses.view(idx.shape), strict=True)):
+            total = by_hand.setdefault(k, np.zeros(self.n_train))
+            np.add.at(total, rows.numpy(), values.double().numpy())
+        return original(self, batch, batch_idx)
+
+    SubsetClassifier.training_step = spy
+    try:
+        written = run_job(cfg)
+    finally:
+        SubsetClassifier.training_step = original
+    for k, path in enumerate(written):
+        record = read_record(path)
+        csl = record.proxies["cumulative_loss"]
+        assert np.array_equal(np.isnan(csl), ~record.subset_mask)
+        np.testing.assert_allclose(csl[record.subset_mask], by_hand[k][record.subset_mask], rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["learn_speed", "loss", "margin", "cumulative_loss"])
+def test_a_record_score_estimator_is_the_in_subset_mean(tmp_path: Path, name: str) -> None:
+    sweep = small_sweep(n_runs=6)
+    sweep.proxies["cumulative_loss"] = sweep.proxies["loss"] * 7  # a planted score, >= 0
+    sweep.write(tmp_path)
+    est = get_estimator(name).reduce(tmp_path, ReduceOptions())
+    records = [sweep.record(k) for k in sweep.seeds]
+    raw = np.array([np.where(r.subset_mask, r.proxies[name], np.nan) for r in records], dtype=np.float64)
+    expected = np.nanmean(raw, axis=0)
+    sign = {"learn_speed": (1.0, -1.0), "margin": (0.0, -1.0)}.get(name, (0.0, 1.0))
+    np.testing.assert_allclose(est.mem, sign[0] + sign[1] * expected, atol=1e-6)
+    assert est.estimator == name and est.summary["score"]["record_score"] == name

@@ -80,7 +80,7 @@ class Input:
     path: Path  # the estimates directory
     summary: dict[str, Any]
     mem: np.ndarray  # float (n_train,), NaN without an estimate
-    pair_keys: np.ndarray  # int64, sorted: train_idx * n_test + test_idx of each high-influence pair
+    pair_keys: np.ndarray | None  # int64, sorted: train_idx * n_test + test_idx of each pair; None: no pairs
     seeds: np.ndarray
     train_label: np.ndarray  # the trained labels
 
@@ -96,15 +96,17 @@ class Input:
 
 def input_of(est: Estimates, label: str) -> Input:
     n_test = est.n_test
-    train_idx, test_idx = est.arrays["pair_train_idx"], est.arrays["pair_test_idx"]
-    return Input(label, est.path or Path("."), est.summary, est.mem.astype(np.float64),
-                 np.unique(train_idx.astype(np.int64) * n_test + test_idx), est.arrays["seeds"].astype(np.int64),
-                 est.arrays["train_label"])
+    pair_keys = None
+    if est.has("pair_train_idx", "pair_test_idx"):
+        train_idx, test_idx = est.arrays["pair_train_idx"], est.arrays["pair_test_idx"]
+        pair_keys = np.unique(train_idx.astype(np.int64) * n_test + test_idx)
+    return Input(label, est.path or Path("."), est.summary, est.mem.astype(np.float64), pair_keys,
+                 est.arrays["seeds"].astype(np.int64), est.arrays["train_label"])
 
 
 def load_input(path: Path, label: str) -> Input:
     """Read and check one estimates directory (or a sweep directory holding estimates/)."""
-    return input_of(read_estimates(path, ("pair_train_idx", "pair_test_idx"), "src.compare"), label)
+    return input_of(read_estimates(path), label)
 
 
 def default_labels(paths: Sequence[Path]) -> list[str]:
@@ -119,7 +121,7 @@ def load_inputs(paths: Sequence[Path], labels: Sequence[str] | None = None) -> l
     """Read every input and check that they are comparable."""
     if len(paths) < 2:
         raise ConfigError("give at least two estimates directories to compare")
-    estimates = [read_estimates(path, ("pair_train_idx", "pair_test_idx"), "src.compare") for path in paths]
+    estimates = [read_estimates(path) for path in paths]
     directories = [est.path for est in estimates]
     labels = list(labels) if labels is not None else default_labels(directories)
     if len(labels) != len(paths) or len(set(labels)) != len(labels) or not all(labels):
@@ -157,6 +159,13 @@ def _common_pairs(item: Input, common: np.ndarray) -> np.ndarray:
     return item.pair_keys[common[item.pair_keys // int(item.summary["n_test"])]]
 
 
+def pair_jaccard(a: Input, b: Input, common: np.ndarray) -> tuple[int | None, int | None, int | None, float | None]:
+    """jaccard of the pairs of common train examples; undefined when either estimator gives no pairs."""
+    if a.pair_keys is None or b.pair_keys is None:
+        return None, None, None, None
+    return jaccard(_common_pairs(a, common), _common_pairs(b, common))
+
+
 def shared_subsets(a: Input, b: Input) -> int:
     same_draw = all(a.summary[key] == b.summary[key] for key in ("ratio", "salt"))
     return int(np.intersect1d(a.seeds, b.seeds).size) if same_draw else 0
@@ -189,7 +198,7 @@ def compare_pair(a: Input, b: Input, theta_mem: float) -> dict[str, Any]:
     common = ~np.isnan(a.mem) & ~np.isnan(b.mem)
     x, y = a.mem[common], b.mem[common]
     mem_sets = jaccard(_memorized(a, common, theta_mem), _memorized(b, common, theta_mem))
-    pair_sets = jaccard(_common_pairs(a, common), _common_pairs(b, common))
+    pair_sets = pair_jaccard(a, b, common)
     return {
         "a": a.label, "b": b.label, "relation": relation(a, b),
         "common": int(common.sum()), "pearson": pearson(x, y),
@@ -287,7 +296,8 @@ def _input_json(item: Input, theta_mem: float) -> dict[str, Any]:
             "mean_train_in_acc": summary["mean_train_in_acc"],
             "examples_with_estimate": int(np.sum(~np.isnan(item.mem))),
             "memorized": int(np.sum(np.nan_to_num(item.mem, nan=-np.inf) >= theta_mem)),
-            "pairs": int(item.pair_keys.size), "aggregator_thresholds": summary["thresholds"]}
+            "pairs": None if item.pair_keys is None else int(item.pair_keys.size),
+            "aggregator_thresholds": summary["thresholds"]}
 
 
 def json_text(inputs: Sequence[Input], rows: Sequence[dict[str, Any]], theta_mem: float) -> str:

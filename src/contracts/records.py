@@ -23,6 +23,11 @@ optional arrays marked v2):
 | `proxy_train_loss` | float32, (n_train,) | v2, optional: final cross-entropy of the trained label (>= 0) |
 | `proxy_train_margin` | float32, (n_train,) | v2, optional: final logit of the trained label minus the |
 | | | largest other logit (finite) |
+| `proxy_train_cumulative_loss` | float32, (n_train,) | v2, optional (`record.scores`): the example's training loss |
+| | | summed over its training steps (src/estimators/csl.py); NaN exactly outside the subset |
+
+The `proxy_train_*` arrays are the record scores of src/estimators/base.py: PROXIES below holds each one's
+validation rule; a new record score adds its row there (and its accumulator in its estimator's module).
 
 Records are written atomically (src/contracts/io.py): a temp file named `record.npz.tmp.<host>.<pid>` in the
 same directory, fsync, then `os.replace`. Readers only ever look at `record.npz`, so a killed writer leaves at
@@ -54,6 +59,7 @@ PROXIES: dict[str, tuple[bool, float, float]] = {
     "learn_speed": (True, 0.0, 1.0),
     "loss": (False, 0.0, np.inf),
     "margin": (False, -np.inf, np.inf),
+    "cumulative_loss": (True, 0.0, np.inf),
 }
 REQUIRED_META = (
     "format_version", "dataset", "n_train", "n_test", "num_classes", "data_fingerprint", "model",

@@ -12,11 +12,16 @@ from src.estimators.base import Estimator, RecordScore
 ESTIMATORS = {
     "subsample": "src.estimators.subsample.estimator:SubsampleEstimator",
     "turnover": "src.estimators.turnover.estimator:TurnoverEstimator",
+    "learn_speed": "src.estimators.record_scores:LearnSpeedEstimator",
+    "loss": "src.estimators.record_scores:FinalLossEstimator",
+    "margin": "src.estimators.record_scores:MarginEstimator",
+    "cumulative_loss": "src.estimators.csl:CumulativeLossEstimator",
 }
 RECORD_SCORES = {
     "learn_speed": "src.estimators.proxies:LearnSpeed",
     "loss": "src.estimators.proxies:FinalLoss",
     "margin": "src.estimators.proxies:FinalMargin",
+    "cumulative_loss": "src.estimators.csl:CumulativeLoss",
 }
 
 

@@ -16,8 +16,7 @@ from src.reporting.page import Page, chart_png, esc
 from src.util.tables import fmt
 
 HIST_BINS = np.linspace(-1, 1, 41)  # mem lies in [-1, 1]; bins 0.05 wide
-ESTIMATE_ARRAYS = ("mem", "mem_se", "mem_soft", "train_label", "orig_label", "flipped", "test_label",
-                   "pair_train_idx", "pair_test_idx", "pair_infl", "pair_infl_se", "test_acc")
+PAIR_ARRAYS = ("pair_train_idx", "pair_test_idx", "pair_infl", "pair_infl_se")
 PER_EPOCH_KEY = "mem_epoch"  # optional (epochs, n_train): mem from the predictions after each recorded epoch
 EPOCH_LIST_KEY = "epoch_list"  # optional (epochs,): which epochs those are (default 1, 2, ...)
 COMPARE_METRICS = ("pearson", "spearman", "jaccard_mem", "jaccard_pairs")
@@ -54,11 +53,13 @@ def read_compare(directory: Path) -> dict[str, Any]:
 def summary_section(page: Page, est: Estimates) -> None:
     summary = est.summary
     page.heading("summary", "Summary")
-    page.table(["", "value"], [[label, fmt(summary[key])] for key, label in SUMMARY_ROWS],
+    page.table(["", "value"], [[label, fmt(summary.get(key))] for key, label in SUMMARY_ROWS],
                row_keys=[key for key, _ in SUMMARY_ROWS], table_id="summary-table")
     thresholds = summary.get("thresholds", {})
-    pairs, expected = summary["pairs"], summary["expected_false_pairs"]
-    if expected is None:
+    pairs, expected = summary.get("pairs"), summary.get("expected_false_pairs")
+    if pairs is None:
+        page.add(f'<p id="pairs-vs-chance">Estimator {esc(est.estimator)} gives no influence pairs.</p>')
+    elif expected is None:
         chance = "no chance estimate (the aggregator ran no shuffles)"
     else:
         share = f"{expected / pairs:.0%}" if pairs else "n/a"
@@ -66,9 +67,10 @@ def summary_section(page: Page, est: Estimates) -> None:
                   f"{', '.join(str(count) for count in summary.get('null_pair_counts', []))}), "
                   f"so about {fmt(pairs - expected, '.1f')} beyond chance: {share} of the pairs below could be "
                   "chance alone")
-    page.add(f'<p id="pairs-vs-chance">{pairs} high-influence pairs (infl ≥ {esc(thresholds.get("theta_infl"))}, '
-             f'mem ≥ {esc(thresholds.get("theta_mem"))}, same class); {esc(chance)}.</p>')
-    accuracies = est.arrays["test_acc"]
+    if pairs is not None:
+        page.add(f'<p id="pairs-vs-chance">{pairs} high-influence pairs (infl ≥ {esc(thresholds.get("theta_infl"))},'
+                 f' mem ≥ {esc(thresholds.get("theta_mem"))}, same class); {esc(chance)}.</p>')
+    accuracies = est.arrays.get("test_acc", np.zeros(0))
     if accuracies.size:
         page.add(f"<p>Test accuracy over the {accuracies.size} runs: {fmt(accuracies.min())} to "
                  f"{fmt(accuracies.max())}.</p>")
@@ -144,8 +146,9 @@ def path_line(images: Images, split: str, index: int) -> str:
 def train_caption(est: Estimates, images: Images, index: int) -> str:
     label, orig = int(est.arrays["train_label"][index]), int(est.arrays["orig_label"][index])
     was = f" (was {esc(images.label(orig))})" if orig != label else ""
+    se = f" ± {fmt(est.arrays['mem_se'][index], '.2f')}" if est.has("mem_se") else ""
     return (f"#{index} label {esc(images.label(label))}{was}{path_line(images, 'train', index)}<br>"
-            f"mem {fmt(est.arrays['mem'][index], '.2f')} ± {fmt(est.arrays['mem_se'][index], '.2f')}")
+            f"mem {fmt(est.arrays['mem'][index], '.2f')}{se}")
 
 
 def gallery_section(page: Page, est: Estimates, count: int, least: bool) -> None:
@@ -158,6 +161,10 @@ def gallery_section(page: Page, est: Estimates, count: int, least: bool) -> None
 
 def pairs_section(page: Page, est: Estimates, tests_shown: int, influencers_shown: int) -> None:
     arrays = est.arrays
+    if not est.has(*PAIR_ARRAYS):
+        page.heading("pairs", "High-influence pairs")
+        page.add(f"<p>Estimator {esc(est.estimator)} gives no influence pairs.</p>")
+        return
     infl, test_idx, train_idx = arrays["pair_infl"], arrays["pair_test_idx"], arrays["pair_train_idx"]
     order = np.lexsort((train_idx, test_idx, -infl))  # strongest pair first
     tests = list(dict.fromkeys(test_idx[order].tolist()))[:tests_shown]

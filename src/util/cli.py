@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from src.errors import ConfigError, MeminfError
 
@@ -30,6 +31,12 @@ def cli_exit_code(run: Callable[[], None]) -> int:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return USER_ERROR
     return 0
+
+
+def cli_main(parse: Callable[[list[str] | None], Any], run: Callable[[Any], None], argv: list[str] | None) -> int:
+    """A command's main: parse the arguments (argparse exits 2 itself on bad options), run, exit code."""
+    args = parse(argv)
+    return cli_exit_code(lambda: run(args))
 
 
 def parse_seeds(spec: str, option: str = "seeds") -> list[int]:

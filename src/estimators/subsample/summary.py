@@ -44,10 +44,12 @@ def _count(value: float) -> int | None:
     return int(np.ceil(round(value, 6))) if np.isfinite(value) else None
 
 
-def summarize(stats: SweepStats, est: SubsampleEstimates, problems: list[Problem]) -> dict[str, Any]:
-    meta, config = stats.meta, est.config
-    has_estimate = ~np.isnan(est.mem)
-    influencers = est.pairs.influencers_per_test(stats.n_test)
+def sweep_summary(stats: SweepStats, problems: list[Problem], estimator: str, mem: np.ndarray,
+                  theta_mem: float) -> dict[str, Any]:
+    """The summary keys of any estimate made from a sweep's records: the sweep, its runs and accuracies, and
+    how many examples `mem` estimates and calls memorized."""
+    meta = stats.meta
+    has_estimate = ~np.isnan(mem)
     train_in_acc = float(np.mean(stats.train_in_acc))
     warning = None
     if train_in_acc < TRAIN_IN_ACC_WARNING:
@@ -55,19 +57,26 @@ def summarize(stats: SweepStats, est: SubsampleEstimates, problems: list[Problem
                    "do not fit their subsets, so memorization is underestimated; train longer")
     return {
         "runs_used": stats.n_runs, "problems_excluded": len(problems),
-        "identical_duplicates_skipped": len(stats.identical_duplicates),
-        "estimator": ESTIMATOR,
+        "identical_duplicates_skipped": len(stats.identical_duplicates), "estimator": estimator,
         **{key: meta.get(key) for key in ("dataset", "model", "experiment_name", "data_fingerprint", "num_classes",
                                           "ratio", "salt")},
         "experiment_hash": record_experiment_hash(meta), "experiment": experiment_of(meta),
         "n_train": stats.n_train, "n_test": stats.n_test, "n_flipped": int(stats.flipped_idx.size),
         "mean_test_acc": finite_or_none(np.mean(stats.test_acc)), "mean_train_in_acc": finite_or_none(train_in_acc),
         "train_in_acc_warning": warning,
-        "examples_with_estimate": int(has_estimate.sum()),
-        "examples_without_estimate": int((~has_estimate).sum()),
-        **{f"frac_mem_ge_{theta}": finite_or_none(np.mean(est.mem[has_estimate] >= theta)) if has_estimate.any()
+        "examples_with_estimate": int(has_estimate.sum()), "examples_without_estimate": int((~has_estimate).sum()),
+        **{f"frac_mem_ge_{theta}": finite_or_none(np.mean(mem[has_estimate] >= theta)) if has_estimate.any()
            else None for theta in MEM_FRACTION_THRESHOLDS},
-        "memorized": int(np.sum(est.mem >= config.theta_mem)),
+        "memorized": int(np.sum(mem >= theta_mem)),
+    }
+
+
+def summarize(stats: SweepStats, est: SubsampleEstimates, problems: list[Problem]) -> dict[str, Any]:
+    meta, config = stats.meta, est.config
+    has_estimate = ~np.isnan(est.mem)
+    influencers = est.pairs.influencers_per_test(stats.n_test)
+    return {
+        **sweep_summary(stats, problems, ESTIMATOR, est.mem, config.theta_mem),
         "pairs": int(est.pairs.infl.size),
         "pair_train_examples": int(np.unique(est.pairs.train_idx).size),
         "pair_test_examples": int(np.sum(influencers > 0)),
