@@ -237,7 +237,11 @@ def test_damaged_estimates_give_one_line(four: dict[str, Path], tmp_path: Path,
     damaged = tmp_path / "damaged" / "estimates"
     damaged.mkdir(parents=True)
     with np.load(four["wide"] / "estimates.npz", allow_pickle=False) as archive:
-        arrays = {key: archive[key] for key in archive.files if key != "pair_test_idx"}
+        arrays = {key: archive[key] for key in archive.files if key != "seeds"}
     np.savez(damaged / "estimates.npz", **arrays)
     assert main([str(four["wide"]), str(damaged), "--out", str(tmp_path / "out")]) == 2
-    assert "hold no pair_test_idx" in capsys.readouterr().err
+    assert "missing arrays seeds" in capsys.readouterr().err
+    arrays["seeds"], arrays["pair_train_idx"] = arrays["pair_train_idx"], arrays["pair_train_idx"][:-1]
+    np.savez(damaged / "estimates.npz", **arrays)
+    assert main([str(four["wide"]), str(damaged), "--out", str(tmp_path / "out")]) == 2
+    assert "pair_train_idx and pair_test_idx differ in length" in capsys.readouterr().err
