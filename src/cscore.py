@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from src.analyses.cscore import cscore_outputs
+from src.analyses.cscore import OUTPUT_FILES, cscore_outputs
 from src.contracts.io import write_files
 from src.estimators.subsample.load import load_sweep
 from src.util.cli import cli_main
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> None:
         sweeps.append((directory, stats))
     payloads, summary = cscore_outputs(sweeps, args.mem)
     out = args.out if args.out is not None else args.sweep_dirs[0] / "cscore"
-    write_files(out, payloads)
+    write_files(out, payloads, OUTPUT_FILES)
     ratios = ", ".join(f"{ratio:g}" for ratio in summary["ratios"])
     rho = summary.get("spearman_cscore_mem")
     print(f"C-scores of {summary['examples_with_cscore']}/{summary['n_train']} examples over ratios {ratios}"

@@ -23,11 +23,15 @@ when complete; an existing --out is replaced only when it is a report this comma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
-from src.contracts.estimates import read_estimates
+from src.contracts.estimates import Estimates, read_estimates
+from src.contracts.identity import record_experiment_hash
+from src.contracts.records import RecordError, find_records, read_meta
 from src.data.images import sweep_images
+from src.errors import MeminfError
 from src.reporting.page import check_replaceable, write_report
 from src.reporting.sections import build_page
 from src.util.cli import cli_main
@@ -50,8 +54,24 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_same_sweep(sweep_dir: Path, est: Estimates) -> None:
+    """The page is titled and illustrated from the sweep: its estimates must lie under the sweep directory or be
+    of an experiment whose records the sweep holds."""
+    if est.path is not None and est.path.resolve().is_relative_to(sweep_dir.resolve()):
+        return
+    wanted = est.summary.get("experiment_hash")
+    for path in find_records(sweep_dir):
+        with contextlib.suppress(RecordError):
+            if record_experiment_hash(read_meta(path)) == wanted:
+                return
+    raise MeminfError(f"the estimates in {est.path} are of experiment {est.summary.get('experiment_name')} "
+                      f"({wanted}), of which {sweep_dir} holds no record; pass this sweep's estimates (--estimates) "
+                      "or the sweep they come from")
+
+
 def run(args: argparse.Namespace) -> None:
     est = read_estimates(args.estimates if args.estimates is not None else args.sweep_dir)
+    check_same_sweep(args.sweep_dir, est)
     out = args.out if args.out is not None else args.sweep_dir / "report"
     check_replaceable(out)
     images = sweep_images(args.sweep_dir, est.summary)

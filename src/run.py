@@ -15,19 +15,26 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import src.config.compose  # noqa: F401  (registers the resolvers of conf/ before Hydra composes)
-from src.errors import MeminfError
-from src.sweep.seeds import expand_seed_ranges, packed_override, seed_override
-from src.util.cli import USER_ERROR, cli_exit_code, one_line
+from src.contracts.records import RECORD_NAME, find_records
+from src.errors import ConfigError, MeminfError
+from src.sweep.seeds import MULTIRUN_FLAGS, expand_seed_ranges, packed_override, seed_override
+from src.util.cli import USER_ERROR, cli_exit_code, one_line, os_error_line
 
 DRY_RUN_FLAG = "--dry-run"
 log = logging.getLogger("src.run")
+
+
+# The sweep directory of the command being launched, for the line a Ctrl-C prints.
+LAUNCHED: dict[str, Path] = {}
 
 
 def plan_command_line(args: list[str]) -> list[str] | None:
@@ -37,6 +44,10 @@ def plan_command_line(args: list[str]) -> list[str] | None:
 
     args = expand_seed_ranges(args)
     plan = plan_sweep(args)
+    if plan is not None:
+        LAUNCHED["sweep"] = sweep_dir(plan.cfg)
+    for note in () if plan is None else plan.notes:
+        print(note, file=sys.stderr)
     if plan is None or not plan.sweep:
         return args
     print(f"sweep {sweep_dir(plan.cfg)}: {len(plan.seeds)} seeds, {len(plan.seeds) - len(plan.pending)} done, "
@@ -75,12 +86,38 @@ def hydra_entry(cfg: DictConfig) -> None:
 
             run_job(cfg)
     except (MeminfError, OSError) as err:
+        remove_failed_job_dir(Path(HydraConfig.get().runtime.output_dir))
         log.error("seed=%s: %s", cfg.get("seed"), err)
-        print(f"error: {one_line(str(err))}", file=sys.stderr)
+        print(f"error: {one_line(str(err)) if isinstance(err, MeminfError) else os_error_line(err)}",
+              file=sys.stderr)
         sys.exit(USER_ERROR)
+    except KeyboardInterrupt:
+        remove_failed_job_dir(Path(HydraConfig.get().runtime.output_dir))
+        raise
+
+
+def remove_failed_job_dir(job_dir: Path) -> None:
+    """A failed job leaves no directory that holds no record (its log goes with it: the error was printed), and
+    a sweep directory left holding only Hydra's multirun.yaml goes too."""
+    if job_dir.is_dir() and not any(job_dir.rglob(RECORD_NAME)):
+        shutil.rmtree(job_dir, ignore_errors=True)
+    sweep = job_dir.parent
+    if sweep.is_dir() and {path.name for path in sweep.iterdir()} <= {MULTIRUN_FILE}:
+        shutil.rmtree(sweep, ignore_errors=True)
+
+
+MULTIRUN_FILE = "multirun.yaml"  # what Hydra writes into a sweep directory at launch
+
+
+# Hydra's flags that print instead of run: one at a time, and never with -m.
+PRINT_FLAGS = ("--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc")
 
 
 def _plan_and_launch() -> None:
+    flags = [arg for arg in sys.argv[1:] if arg in PRINT_FLAGS]
+    if flags and any(arg in MULTIRUN_FLAGS for arg in sys.argv[1:]):
+        raise ConfigError(f"{flags[0]} prints for one job and does not combine with -m: drop -m "
+                          f"(python -m src.run {flags[0]} ... shows one job's config)")
     if DRY_RUN_FLAG in sys.argv[1:]:
         from src.sweep.dryrun import print_dry_run
 
@@ -93,9 +130,17 @@ def _plan_and_launch() -> None:
     hydra_entry()
 
 
+def interrupted() -> str:
+    sweep = LAUNCHED.get("sweep")
+    if sweep is None:
+        return "nothing was launched"
+    done = len(find_records(sweep)) if sweep.is_dir() else 0
+    return f"{done} record(s) in {sweep}; relaunch the same command to train the rest"
+
+
 def main() -> None:
     """Plan the command line and hand it to Hydra; with --dry-run, print the plan and launch nothing."""
-    code = cli_exit_code(_plan_and_launch)
+    code = cli_exit_code(_plan_and_launch, interrupted)
     if code:
         sys.exit(code)
 

@@ -80,7 +80,8 @@ def test_estimator_through_every_reader(name: str, reference: Path, tmp_path: Pa
     assert (row["relation"] == "same experiment (noise floor)") == (name == "subsample")
     assert (row["jaccard_pairs"] is None) == (name not in ("subsample", "turnover"))
 
-    reported = run_cli("src.report", str(reference), "--estimates", str(out), "--out", str(tmp_path / "report"),
+    sweep = made.parent.parent if name == "turnover" else made  # the run's estimates lie under its sweep
+    reported = run_cli("src.report", str(sweep), "--estimates", str(out), "--out", str(tmp_path / "report"),
                        cwd=tmp_path)
     assert reported.returncode == 0, reported.stderr[-2000:]
     assert (tmp_path / "report" / "index.html").is_file()

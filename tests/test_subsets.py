@@ -52,9 +52,13 @@ def test_seed_range_expansion() -> None:
                                                                             "seed=range(5,6)"]
     assert expand_seed_ranges(["-m", "seed=range(0,3)"]) == ["-m", "seed=range(0,3)"]
     assert expand_seed_ranges(["seed=3"]) == ["seed=3"]
+    assert expand_seed_ranges(["-m", "seed=0..3,10..13"]) == ["-m", "seed=0,1,2,3,10,11,12,13"]
+    assert expand_seed_ranges(["-m", "seed=0..3,4"]) == ["-m", "seed=range(0,5)"]
+    assert expand_seed_ranges(["-m", "seed=7,2"]) == ["-m", "seed=7,2"]
 
 
-@pytest.mark.parametrize("args", [["-m", "seed=5..2"], ["seed=0..9"]])
+@pytest.mark.parametrize("args", [["-m", "seed=5..2"], ["seed=0..9"], ["-m", "seed=0,0,1"], ["-m", "seed=0..3,2"],
+                                  ["seed=1,2"]])
 def test_bad_seed_ranges(args: list[str]) -> None:
     with pytest.raises(ConfigError):
         expand_seed_ranges(args)

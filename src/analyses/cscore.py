@@ -31,6 +31,8 @@ from src.util.plotting import new_figure, png_bytes
 from src.util.stats import spearman
 from src.util.tables import csv_text
 
+OUTPUT_FILES = ("cscore.csv", "cscore_summary.json", "cscore.png")
+
 
 def held_out_accuracy(stats: SweepStats) -> tuple[np.ndarray, np.ndarray]:
     """(acc_out (n,), n_out (n,)): mean train correctness over the runs that left each example out."""

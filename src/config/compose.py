@@ -15,6 +15,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
+import src.config.schema  # noqa: F401  (registers the structured configs of conf/)
 from src.config.paths import job_subdir
 from src.contracts.identity import LEGACY_OPTIMIZERS
 from src.errors import ConfigError
@@ -29,18 +30,51 @@ def compose_config(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return compose("config", overrides=overrides)
     except HydraException as err:
-        raise ConfigError(hydra_message(str(err))) from err
+        raise ConfigError(hydra_message(err, overrides)) from err
 
 
-def hydra_message(text: str) -> str:
-    """One line of a Hydra composition error: an unknown option names the group's options; the config search
+CONVERSION = re.compile(r"Value '(?P<value>.*)' of type '\w+' could not be converted to (?P<type>\w+)")
+NOT_IN_STRUCT = re.compile(r"Could not override '(?P<key>[^']+)'")
+
+
+def hydra_message(err: Exception, overrides: list[str]) -> str:
+    """One line of a Hydra composition error, saying what to do: a value of the wrong type names the type; a key
+    that does not exist names the closest one; an unknown option lists the group's options. The config search
     path Hydra appends is left out."""
+    text, cause = str(err), err.__cause__
+    converted = CONVERSION.search(str(cause)) if cause is not None else None
+    if converted:
+        key = getattr(cause, "full_key", None) or "the value"
+        kind = {"Float": "a number", "Integer": "an integer", "Boolean": "true or false"}.get(converted["type"],
+                                                                                            converted["type"])
+        return f"{key}={converted['value']} must be {kind}"
+    unknown = NOT_IN_STRUCT.search(text)
+    if unknown:
+        return unknown_key_message(unknown["key"], [o for o in overrides if not o.lstrip("+~").startswith(
+            f"{unknown['key']}=")])
     lines = [line.strip() for line in text.split("Config search path")[0].splitlines() if line.strip()]
     missing = re.search(r"Could not find '([^']+)/([^']+)'", lines[0]) if lines else None
     if missing and len(lines) > 1 and lines[1].startswith("Available options"):
         group, option = missing.groups()
-        return f"{group}={option} is unknown; choose one of {', '.join(lines[2:])} (conf/{group}/)"
+        options = [name for name in lines[2:] if not name.startswith(SCHEMA_PREFIX)]
+        return f"{group}={option} is unknown; choose one of {', '.join(options)} (conf/{group}/)"
     return "; ".join(lines)
+
+
+SCHEMA_PREFIX = "base_"  # the ConfigStore names of the schemas (src/config/schema.py), not options to choose
+
+
+def unknown_key_message(key: str, other_overrides: list[str]) -> str:
+    """`trainer.max_epoch is not a setting; did you mean trainer.max_epochs?`, from the keys the config has there."""
+    from src.config.checks import closest_key, valid_keys
+
+    parent, _, name = key.rpartition(".")
+    try:
+        cfg = compose_config(other_overrides)
+    except ConfigError:
+        return f"{key} is not a setting of conf/; check its spelling"
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return closest_key(key, name, valid_keys(parent, node))
 
 
 def plain(cfg: DictConfig) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,6 @@ def job_subdir(seed: int, seeds: Any = None) -> str:
 
 def seed_record_path(cfg: Any, seed: int | None = None) -> Path:
     return record_path(sweep_dir(cfg), cfg.seed if seed is None else seed)
-
-
-def check_writable(directory: Path) -> None:
-    """Create the directory and a probe file in it, or say which directory cannot be written."""
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-probe-"):
-            pass
-    except OSError as err:
-        raise ConfigError(f"cannot write to {directory} ({err.strerror or err}); "
-                          "set paths.output_dir to a writable directory") from err
 
 
 def check_creatable(directory: Path) -> None:

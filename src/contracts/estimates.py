@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from src.contracts.io import write_files
+from src.contracts.io import load_error, write_files
 from src.errors import ConfigError, MeminfError
 from src.util.tables import csv_text
 
@@ -49,6 +49,8 @@ ESTIMATES_FILE = "estimates.npz"
 SUMMARY_FILE = "summary.json"
 DENSE_FILE = "influence.npy"
 DEFAULT_DIR = "estimates"
+# Every file write_estimates may write (besides the dense matrix): a rerun removes those it does not write again.
+OUTPUT_FILES = (ESTIMATES_FILE, "memorization.csv", "pairs.csv", SUMMARY_FILE, "gallery.png")
 REQUIRED_ARRAYS = ("summary", "mem", "train_label", "orig_label", "flipped", "test_label", "seeds")
 SUMMARY_KEYS = ("estimator", "dataset", "model", "experiment_name", "experiment_hash", "data_fingerprint",
                 "n_train", "n_test", "num_classes", "ratio", "salt", "runs_used", "mean_test_acc",
@@ -179,7 +181,7 @@ def write_estimates(out_dir: str | Path, est: Estimates, extra_files: Mapping[st
         payloads["pairs.csv"] = csv_text(pairs_columns(est)).encode()
     payloads[SUMMARY_FILE] = (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode()
     payloads.update(extra_files or {})
-    written = write_files(out_dir, payloads)
+    written = write_files(out_dir, payloads, OUTPUT_FILES)
     dense_path = out_dir / DENSE_FILE
     if est.dense is not None:
         est.dense.commit(dense_path)
@@ -214,7 +216,7 @@ def read_estimates(path: str | Path, need: Iterable[str] = (), why: str = "this 
         with np.load(npz, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, TypeError, zipfile.BadZipFile) as err:
-        raise MeminfError(f"{npz}: unreadable ({' '.join(str(err).split())}); rerun python -m src.estimate") from err
+        raise MeminfError(f"{npz}: unreadable ({load_error(err)}); rerun python -m src.estimate") from err
     missing = [key for key in REQUIRED_ARRAYS if key not in arrays]
     if missing:
         raise MeminfError(f"{npz}: missing arrays {', '.join(missing)}; rerun python -m src.estimate")

@@ -76,10 +76,15 @@ def write_atomic(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     return path
 
 
-def write_files(out_dir: str | Path, payloads: Mapping[str, bytes]) -> list[Path]:
-    """Write every (name -> bytes) payload atomically into `out_dir`; returns the written paths."""
-    return [write_atomic(Path(out_dir) / name, lambda handle, data=data: handle.write(data))
-            for name, data in payloads.items()]
+def write_files(out_dir: str | Path, payloads: Mapping[str, bytes], owned: Iterable[str] = ()) -> list[Path]:
+    """Write every (name -> bytes) payload atomically into `out_dir`; returns the written paths. The files named
+    in `owned` (what the command may write) but not written this time are removed, so that a rerun replaces its
+    outputs as a whole (no stale gallery.png beside new estimates); other files are left alone."""
+    written = [write_atomic(Path(out_dir) / name, lambda handle, data=data: handle.write(data))
+               for name, data in payloads.items()]
+    for name in set(owned) - set(payloads):
+        (Path(out_dir) / name).unlink(missing_ok=True)
+    return written
 
 
 def remove_stale_temps(path: str | Path) -> list[Path]:
@@ -90,3 +95,12 @@ def remove_stale_temps(path: str | Path) -> list[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
     return stale
+
+
+def load_error(err: BaseException) -> str:
+    """Why np.load(allow_pickle=False) refused a file, in words: numpy reads a file that is no .npz/.npy (text,
+    a pickle) as pickled data and names its allow_pickle escape hatch, which is never the fix here."""
+    text = " ".join(str(err).split())
+    if "pickle" in text:
+        return "it is no numpy archive of plain arrays (a text file, a pickle, or damaged)"
+    return text or type(err).__name__

@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from src.contracts.io import write_atomic
+from src.contracts.io import load_error, write_atomic
 from src.errors import RecordError
 
 FORMAT_VERSION = 2
@@ -166,7 +166,8 @@ def _open_archive(path: Path) -> np.lib.npyio.NpzFile:
     try:
         archive = np.load(path, allow_pickle=False)
     except ARCHIVE_ERRORS as err:
-        raise RecordError(path, f"not a readable .npz archive ({err}); delete it and rerun that seed") from err
+        raise RecordError(path, f"not a readable .npz archive ({load_error(err)}); delete it and rerun that "
+                                "seed") from err
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise RecordError(path, "a single .npy array, not an .npz record; delete it and rerun that seed")
     return archive

@@ -66,6 +66,7 @@ from typing import Any
 
 import numpy as np
 
+from src.contracts.io import load_error
 from src.data.raw import RawData, setting
 from src.errors import ConfigError, DataError
 
@@ -232,7 +233,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
             present = list(loaded.files)
             arrays = {key: loaded[key] for key in NPZ_KEYS if key in present}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise DataError(f"{path}: not a readable .npz archive of plain arrays ({error})") from error
+        raise DataError(f"{path}: not a readable .npz archive of plain arrays ({load_error(error)}); write it with "
+                        "np.savez") from error
     missing = [key for key in NPZ_KEYS if key not in arrays]
     if missing:
         raise DataError(

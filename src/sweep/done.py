@@ -16,7 +16,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from src.contracts.identity import record_experiment_hash
+from omegaconf import OmegaConf
+
+from src.contracts.identity import experiment_identity, identity_differences, identity_hash, record_experiment_hash
 from src.contracts.records import RecordError, read_header
 from src.errors import ConfigError
 
@@ -37,14 +39,16 @@ class Wanted:
     """What a config asks of every record of its sweep."""
 
     experiment_hash: str
+    identity: dict[str, Any]  # the canonical identity behind the hash, to say what differs
     epochs: frozenset[int]
     scores: frozenset[str]
     model_file: bool
     overwrite: bool
 
     @classmethod
-    def of(cls, cfg: Any, experiment_hash: str) -> Wanted:
-        return cls(experiment_hash, frozenset(int(e) for e in cfg.record.epochs),
+    def of(cls, cfg: Any, data_fingerprint: str) -> Wanted:
+        identity = experiment_identity(OmegaConf.to_container(cfg, resolve=True), data_fingerprint)
+        return cls(identity_hash(identity), identity, frozenset(int(e) for e in cfg.record.epochs),
                    frozenset(str(name) for name in cfg.record.get("scores") or ()), bool(cfg.record.save_model),
                    bool(cfg.overwrite))
 
@@ -70,8 +74,9 @@ def record_state(path: Path, wanted: Wanted) -> RecordState:
     except RecordError as err:
         return RecordState(State.UNREADABLE, err.reason)
     if record_experiment_hash(meta) != wanted.experiment_hash:
-        return RecordState(State.FOREIGN, f"holds experiment {meta.get('experiment_hash')} "
-                                          f"({meta.get('experiment_name')}), not {wanted.experiment_hash}", meta)
+        return RecordState(State.FOREIGN, f"holds experiment {record_experiment_hash(meta)} "
+                                          f"({meta.get('experiment_name')}), not {wanted.experiment_hash}"
+                                          f"{what_differs(meta, wanted)}", meta)
     missing = sorted(wanted.epochs - set(meta.get("record_epochs") or []))
     if missing:
         return RecordState(State.INCOMPLETE, f"records no epochs {missing}", meta)
@@ -83,6 +88,17 @@ def record_state(path: Path, wanted: Wanted) -> RecordState:
     if wanted.overwrite:
         return RecordState(State.INCOMPLETE, "overwrite=true", meta)
     return RecordState(State.DONE, meta=meta)
+
+
+def what_differs(meta: dict[str, Any], wanted: Wanted) -> str:
+    """`: batch_size: 128 → 64, ...` (the record's value, then the config's), or nothing when the record stores
+    no config."""
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        return ""
+    differences = identity_differences(wanted.identity,
+                                       experiment_identity(config, str(meta.get("data_fingerprint"))))
+    return f": {', '.join(differences)}" if differences else ""
 
 
 def refuse_foreign(path: Path, state: RecordState, wanted: Wanted) -> None:

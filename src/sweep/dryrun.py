@@ -67,7 +67,7 @@ def _duration(seconds: float) -> str:
 
 def dry_run_report(args: list[str]) -> list[tuple[str, str]]:
     """The rows of the dry-run table for this command line (as `python -m src.run` gets it)."""
-    plan = plan_sweep(expand_seed_ranges(args), create_dir=False)
+    plan = plan_sweep(expand_seed_ranges(args))
     if plan is None:
         raise ConfigError("--dry-run plans a sweep over seeds (or one run); drop --cfg/--help and sweeps over "
                           "other keys, or dry-run each value separately")

@@ -17,15 +17,15 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from src.config.checks import config_hash, validate_config
+from src.config.checks import validate_config
 from src.config.compose import compose_config
-from src.config.paths import check_creatable, check_writable, seed_record_path, sweep_dir
+from src.config.paths import check_creatable, seed_record_path, sweep_dir
 from src.contracts.records import find_records
 from src.data.subsets import check_seed
 from src.errors import ConfigError
 from src.estimators.registry import get_estimator
 from src.sweep.done import State, Wanted, record_state, refuse_foreign
-from src.sweep.seeds import MULTIRUN_FLAGS
+from src.sweep.seeds import MULTIRUN_FLAGS, SEED_ARG, seeds_of
 
 # Families whose packed members equal single runs: exactly the timm names tests/test_packing.py checks.
 PACKABLE_TIMM_NAMES = ("meminf_mlp", "meminf_cnn_small", "resnet18")
@@ -35,8 +35,10 @@ def packable(timm_name: str) -> bool:
     return timm_name in PACKABLE_TIMM_NAMES
 
 
-def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int) -> tuple[int, str]:
-    """The pack size for `n_seeds` seeds and why: `auto` takes the model's measured default."""
+def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int, ddp: bool = False) -> tuple[int, str]:
+    """The pack size for `n_seeds` seeds and why: `auto` takes the model's measured default (1 under DDP)."""
+    if requested in (None, "auto") and ddp:
+        return 1, "DDP trains one model per job"
     if requested in (None, "auto"):
         pack, why = int(model_cfg.get("pack_default", 1)), f"model {model_cfg.name} default"
     elif isinstance(requested, int) and not isinstance(requested, bool):
@@ -52,27 +54,35 @@ def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int) -> t
     return pack, why
 
 
-def pending_seeds(cfg: DictConfig, seeds: list[int], create_dir: bool = True) -> list[int]:
+def pending_seeds(cfg: DictConfig, seeds: list[int], notes: list[str] | None = None) -> list[int]:
     """Validate config, output directory and data once; then the seeds that still need a record.
 
     Every record already in the sweep directory must be of this experiment (else the sweep would mix two
-    experiments): one of another is an error unless overwrite=true. Without `create_dir` (a dry run) the
-    sweep directory is not created: its nearest existing ancestor must be writable.
+    experiments): one of another is an error unless overwrite=true, and with overwrite=true the records of
+    another experiment that this launch does not replace get a line in `notes`. Nothing is created: the sweep
+    directory, or its nearest existing ancestor, must be writable.
     """
     from src.data.dataset import load_dataset
 
     for seed in seeds:
         check_seed(seed)
     validate_config(cfg)
-    (check_writable if create_dir else check_creatable)(sweep_dir(cfg))
+    check_creatable(sweep_dir(cfg))  # nothing is created before the checks pass: Hydra makes it at launch
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
-    wanted = Wanted.of(cfg, config_hash(cfg, dataset.fingerprint))
-    done = set()
+    wanted = Wanted.of(cfg, dataset.fingerprint)
+    done, kept_foreign, asked = set(), [], set(seeds)
     for path in find_records(sweep_dir(cfg)):
         state = record_state(path, wanted)
         refuse_foreign(path, state, wanted)
         if state.state is State.DONE and path == seed_record_path(cfg, state.meta["seed"]):
             done.add(int(state.meta["seed"]))
+        if state.state is State.FOREIGN and int(state.meta.get("seed", -1)) not in asked:
+            kept_foreign.append((int(state.meta["seed"]), state.reason))
+    if kept_foreign and notes is not None:
+        shown = ", ".join(str(seed) for seed, _ in sorted(kept_foreign)[:MAX_LISTED])
+        notes.append(f"warning: {len(kept_foreign)} record(s) in {sweep_dir(cfg)} stay of another experiment (seeds "
+                     f"{shown}{', ...' if len(kept_foreign) > MAX_LISTED else ''}; each {kept_foreign[0][1]}); "
+                     "src.estimate keeps the larger group: delete them, retrain them too, or use another name=")
     pending = [seed for seed in seeds if seed not in done]
     for seed in pending:  # a job writes its log and record into an existing seed directory
         directory = seed_record_path(cfg, seed).parent
@@ -91,6 +101,7 @@ class SweepPlan:
     pending: list[int]
     pack: int
     why: str
+    notes: tuple[str, ...] = ()  # warnings for the user, printed before launching
 
     @property
     def jobs(self) -> int:
@@ -101,28 +112,70 @@ def _is_hydra_override(arg: str) -> bool:
     return arg.lstrip("+~").startswith(("hydra.", "hydra/"))
 
 
-def plan_sweep(args: list[str], create_dir: bool = True) -> SweepPlan | None:
+MAX_LISTED = 8  # seeds named in a message
+
+# Launchers whose jobs run on other machines: the pre-flight cannot know their devices.
+REMOTE_LAUNCHERS = ("slurm", "submitit_slurm")
+
+
+def launcher_name(args: list[str]) -> str:
+    return next((arg.split("=", 1)[1] for arg in args if arg.lstrip("+~").startswith("hydra/launcher=")), "basic")
+
+
+def check_launch(cfg: DictConfig, pack: int, local: bool) -> None:
+    """What a job would refuse and a config check cannot see: devices (for jobs on this machine), DDP with packing,
+    a model that cannot take the data (built once on the CPU)."""
+    from src.data.dataset import load_dataset
+    from src.models.build import build_model
+
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    if local and accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(f"trainer.accelerator={accelerator} needs a GPU and this machine has none; use "
+                              "trainer=cpu, or launch on GPU nodes (hydra/launcher=slurm)")
+    if pack > 1 and str(cfg.trainer.get("strategy", "auto")).startswith("ddp"):
+        raise ConfigError(f"pack={pack} with trainer.strategy={cfg.trainer.strategy}: packing and DDP do not combine; "
+                          "add pack=1")
+    dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+
+
+def plan_sweep(args: list[str]) -> SweepPlan | None:
     """The pre-flight of a command line with expanded seed ranges; None when it is Hydra's business alone
     (--cfg, --help, sweeps over other keys)."""
     if any(arg.startswith("-") and arg not in MULTIRUN_FLAGS for arg in args):
         return None
-    overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS and not _is_hydra_override(arg)]
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    seed_parsed = [o for o in parsed if o.key_or_group == "seed"]
     multirun = any(arg in MULTIRUN_FLAGS for arg in args)
-    other_sweeps = any(o.is_sweep_override() for o in parsed if o.key_or_group != "seed")
-    seeds = [int(s) for s in seed_parsed[0].sweep_iterator()] if seed_parsed and \
-        seed_parsed[0].is_sweep_override() else []
-    fixed = [arg for arg, o in zip(overrides, parsed, strict=True) if o.key_or_group != "seed"]
-    if other_sweeps or (multirun and not seeds):
+    overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS]
+    seed_args = [arg for arg in overrides if SEED_ARG.match(arg)]
+    seeds = seeds_of(SEED_ARG.match(seed_args[-1])["value"]) if seed_args else None
+    fixed = [arg for arg in overrides if arg not in seed_args]
+    if seed_args and any(arg.lstrip("+~").startswith("seeds=") for arg in fixed):
+        raise ConfigError("seed=... and seeds=[...] both given: seeds= is the launcher's own (the seeds of a packed "
+                          "job); give the sweep's seeds with seed= only")
+    parsed = OverridesParser.create().parse_overrides([arg for arg in fixed if not _is_hydra_override(arg)])
+    if (seed_args and seeds is None) or any(o.is_sweep_override() for o in parsed) or (multirun and not seeds):
         return None
-    cfg = compose_config(fixed + ([f"seed={seeds[0]}"] if seeds else [o.input_line for o in seed_parsed]))
+    cfg = compose_config([*fixed, f"seed={seeds[0]}"] if seeds else fixed)
     estimator = get_estimator(str(cfg.estimator.name))
+    local = launcher_name(fixed) not in REMOTE_LAUNCHERS
     if estimator.trains != "subsets":  # its own job per seed, never packed; no records to look up
         estimator.check_config(cfg)
+        check_launch(cfg, 1, local)
         runs = seeds or [cfg.seed]
-        return SweepPlan(cfg, bool(seeds), runs, runs, 1, f"estimator={estimator.name}: one run per seed")
-    if not seeds:
-        return SweepPlan(cfg, False, [cfg.seed], pending_seeds(cfg, [cfg.seed], create_dir), 1, "one run")
-    pending = pending_seeds(cfg, seeds, create_dir)
-    return SweepPlan(cfg, True, seeds, pending, *resolve_pack(cfg.pack, cfg.model, len(pending)))
+        return SweepPlan(cfg, multirun, runs, runs, 1, f"estimator={estimator.name}: one run per seed")
+    notes: list[str] = []
+    if float(cfg.subset.ratio) == 1.0:
+        notes.append("warning: subset.ratio=1.0 trains every model on every example, so no example is ever left out "
+                     "and src.estimate finds no memorization; it is for removal experiments (src.removal)")
+    if not multirun:
+        pending = pending_seeds(cfg, [cfg.seed], notes)
+        check_launch(cfg, 1, local)
+        return SweepPlan(cfg, False, [cfg.seed], pending, 1, "one run", tuple(notes))
+    pending = pending_seeds(cfg, seeds, notes)
+    pack, why = resolve_pack(cfg.pack, cfg.model, len(pending), ddp=str(cfg.trainer.get("strategy", "")).startswith(
+        "ddp"))
+    check_launch(cfg, pack, local)
+    return SweepPlan(cfg, True, seeds, pending, pack, why, tuple(notes))

@@ -38,9 +38,10 @@ def wandb_logger(save_dir: Path, job: JobInfo, project: str, entity: str | None,
     """The job's one run (named after its directory), saved under it."""
     from pytorch_lightning.loggers import WandbLogger
 
-    from src.tracking.wandb import wandb_mode
+    from src.tracking.wandb import keep_wandb_files_in, wandb_mode
 
     save_dir.mkdir(parents=True, exist_ok=True)
+    keep_wandb_files_in(save_dir.parent)  # the sweep directory: one set of wandb folders for all its jobs
     return WandbLogger(project=project, entity=entity, group=job.experiment, job_type="train",
                        name=f"{job.experiment}/{job.job}", tags=[*job.tags, *map(str, tags)], mode=wandb_mode(mode),
                        save_dir=str(save_dir), config=job.config)

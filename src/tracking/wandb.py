@@ -72,10 +72,26 @@ def add_wandb_arguments(parser: argparse.ArgumentParser) -> None:
                         help="auto: WANDB_MODE if set, online with credentials, offline without")
 
 
+# wandb's own folders besides a run's directory (artifact staging, cache, settings): by default under ~/.cache,
+# ~/.local/share and ~/.config; meminf keeps them in <folder>/wandb/ beside the runs unless WANDB_* says otherwise.
+WANDB_FOLDERS = {"WANDB_CACHE_DIR": "cache", "WANDB_DATA_DIR": "data", "WANDB_ARTIFACT_DIR": "artifacts",
+                 "WANDB_CONFIG_DIR": "config"}
+
+
+def keep_wandb_files_in(directory: Path) -> None:
+    """Point wandb's cache, data, artifact and config folders into `directory`/wandb (where not set already)."""
+    for variable, name in WANDB_FOLDERS.items():
+        if variable not in os.environ:
+            folder = directory / "wandb" / name
+            folder.mkdir(parents=True, exist_ok=True)
+            os.environ[variable] = str(folder)
+
+
 def _start_run(args: argparse.Namespace, out_dir: Path, job_type: str, group: str, name: str,
                tags: list[str], config: dict[str, Any]) -> Any:
     import wandb
 
+    keep_wandb_files_in(out_dir)
     return wandb.init(project=args.wandb_project, mode=wandb_mode(args.wandb_mode), dir=str(out_dir),
                       job_type=job_type, group=group, name=name, tags=tags, config=config)
 

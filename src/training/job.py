@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.config.checks import config_hash, validate_config
+from src.config.checks import validate_config
 from src.config.paths import job_subdir, seed_record_path, sweep_dir
 from src.contracts.io import remove_stale_temps, write_atomic
 from src.contracts.records import Record, write_record
@@ -52,8 +52,8 @@ def run_job(cfg: DictConfig) -> list[Path]:
     started = time.perf_counter()
     validate_config(cfg)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
-    exp_hash = config_hash(cfg, dataset.fingerprint)
-    wanted = Wanted.of(cfg, exp_hash)
+    wanted = Wanted.of(cfg, dataset.fingerprint)
+    exp_hash = wanted.experiment_hash
     requested = job_seeds(cfg)
     seeds = [seed for seed in requested if _trains(seed_record_path(cfg, seed), wanted)]
     if len(seeds) < len(requested):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import re
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -23,13 +25,38 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def cli_exit_code(run: Callable[[], None]) -> int:
-    """Run a command: 0, or 2 after one `error:` line for bad input or a file that cannot be read/written."""
+def os_error_line(err: OSError) -> str:
+    """An OSError as what could not be done and what to do: the file named without a writer's temp suffix."""
+    path = TEMP_SUFFIX.sub("", str(err.filename)) if err.filename else None
+    if path is None:
+        return one_line(str(err))
+    if err.errno in (errno.EEXIST, errno.ENOTDIR):
+        return f"{path} is a file where a folder is needed; choose another --out (or paths.output_dir)"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write {path} ({err.strerror}); make its folder writable or choose another --out"
+    if err.errno == errno.ENOSPC:
+        return f"cannot write {path}: no space left on the device; free disk space and rerun"
+    return f"{path}: {err.strerror or one_line(str(err))}"
+
+
+TEMP_SUFFIX = re.compile(r"\.tmp\.[^/]*$")  # src/contracts/io.py names a temp file <name>.tmp.<host>.<pid>
+
+
+def cli_exit_code(run: Callable[[], None], interrupted: Callable[[], str] | None = None) -> int:
+    """Run a command: 0; or 2 after one `error:` line for bad input or a file that cannot be read or written; or
+    130 after one line on Ctrl-C (`interrupted` says what finished and how to resume)."""
     try:
         run()
-    except (MeminfError, OSError) as err:
+    except MeminfError as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return USER_ERROR
+    except OSError as err:
+        print(f"error: {os_error_line(err)}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        message = interrupted() if interrupted is not None else "nothing was written (outputs are written last)"
+        print(f"interrupted: {message}", file=sys.stderr)
+        return INTERRUPTED
     return 0
 
 
@@ -41,18 +68,20 @@ def cli_main(parse: Callable[[list[str] | None], Any], run: Callable[[Any], None
 
 def parse_seeds(spec: str, option: str = "seeds") -> list[int]:
     """`a..b` (inclusive), single seeds, comma-separated: '0..3,7' -> [0, 1, 2, 3, 7], in the order given;
-    a seed named twice or a reversed range is an error."""
+    a seed named twice or a reversed range is an error. `option` names the setting in messages (`seed=`,
+    `--holdout-seeds`)."""
+    shown = f"{option}{spec}" if option.endswith("=") else f"{option} {spec}"
     seeds: list[int] = []
     for item in spec.split(","):
         first, dots, last = item.strip().partition("..")
         try:
             low, high = int(first), int(last if dots else first)
         except ValueError as err:
-            raise ConfigError(f"{option} {spec!r} is not a seed list; use e.g. 0..63 or 1,5,9..12") from err
+            raise ConfigError(f"{shown} is not a seed list; use e.g. 0..63 or 1,5,9..12") from err
         if high < low:
-            raise ConfigError(f"{option} {spec!r}: the range {item.strip()} is empty; ranges are inclusive and go "
-                              f"up, e.g. {high}..{low}")
+            raise ConfigError(f"{shown}: the range {item.strip()} is empty; ranges are inclusive and go up, "
+                              f"e.g. {high}..{low}")
         seeds += range(low, high + 1)
     if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"{option} {spec!r} names a seed twice; give each seed once")
+        raise ConfigError(f"{shown} names a seed twice; give each seed once")
     return seeds

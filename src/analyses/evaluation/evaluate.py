@@ -41,6 +41,8 @@ from src.util.tables import csv_text, fmt
 
 PARTS = ("noise", "lds", "mia")
 FIT_ESTIMATES_DIR = "estimates_without_holdout"
+OUTPUT_FILES = ("evaluation.json", "noise_auroc.csv", "lds.csv", "lds.png", "mia_roc.csv", "mia_roc.png",
+                "mia_examples.csv")
 
 
 @dataclass
@@ -125,7 +127,7 @@ def write_evaluation(out_dir: Path, evaluation: Evaluation) -> list[Path]:
             written += write_outputs(out_dir / FIT_ESTIMATES_DIR, stats, est, summarize(stats, est, []))
         finally:
             est.discard_dense()
-    return written + write_files(out_dir, payloads)
+    return written + write_files(out_dir, payloads, OUTPUT_FILES)
 
 
 def one_line(summary: Mapping[str, Any]) -> str:
@@ -135,8 +137,9 @@ def one_line(summary: Mapping[str, Any]) -> str:
         parts[0] += f" ({summary['fit_runs']} fit, {len(summary['held_out_seeds'])} held out)"
     noise = summary.get("noise", {})
     for row in noise.get("scores", []):
-        if row["source"] == SWEEP_SOURCE and row["score"] == "mem":
-            parts.append(f"noise AUROC(mem) {show(row['auroc'])}")
+        if row["score"] == "mem":
+            source = "" if row["source"] == SWEEP_SOURCE else f" of {row['source']}"
+            parts.append(f"noise AUROC(mem{source}) {show(row['auroc'])}")
     for name, lds in summary.get("lds", {}).get("matrices", {}).items():
         ci = lds["ci95"] or [None, None]
         parts.append(f"LDS[{name}] {show(lds['mean'])} [{show(ci[0])}, {show(ci[1])}]")

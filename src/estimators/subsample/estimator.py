@@ -10,12 +10,14 @@ chosen (train, test) pairs with their standard errors.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from src.contracts.estimates import Estimates, write_estimates
+from src.errors import MeminfError
 from src.estimators.base import Estimator, ReduceOptions
 from src.estimators.subsample.cache import CACHE_NAME
 from src.estimators.subsample.influence import estimate
@@ -57,6 +59,27 @@ def write_outputs(out_dir: str | Path, stats: SweepStats, est: SubsampleEstimate
     return write_estimates(out_dir, estimates, {} if gallery_png is None else {"gallery.png": gallery_png})
 
 
+# Examples that must be both in and out of some subset before a sweep is worth estimating.
+COVERAGE_TARGET = 0.99
+
+
+def check_estimable(stats: SweepStats) -> None:
+    """mem needs, for an example, runs with it in the subset and runs without it: refuse a sweep where no example
+    has both, saying how many runs would do."""
+    if np.any((stats.n_in > 0) & (stats.n_in < stats.n_runs)):
+        return
+    ratio = float(stats.meta["ratio"])
+    if ratio >= 1:
+        raise MeminfError(f"the {stats.n_runs} run(s) trained at subset.ratio={ratio:g}, on every example: none was "
+                          "ever left out, so no example has a memorization estimate. mem needs runs with each "
+                          "example in its subset and runs without it: sweep at a ratio below 1 (the paper's: 0.7)")
+    needed = math.ceil(math.log(1 - COVERAGE_TARGET) / math.log(max(ratio, 1 - ratio)))
+    raise MeminfError(f"{stats.n_runs} run(s): no example was both in and out of a subset, so none has a "
+                      f"memorization estimate. Every example needs runs with it in its subset and runs without it: "
+                      f"train at least {needed} seeds at subset.ratio={ratio:g} (then {COVERAGE_TARGET:.0%} of the "
+                      "examples have both)")
+
+
 class SubsampleEstimator(Estimator):
     name = ESTIMATOR
     description = "Feldman & Zhang's subsampled estimator: K subset models, mem and infl from in/out differences"
@@ -68,7 +91,8 @@ class SubsampleEstimator(Estimator):
         notify = options.notify or print
         out_dir = options.out_dir if options.out_dir is not None else self.out_dir(sweep_dir)
         stats, problems = load_sweep(sweep_dir, strict=options.strict, progress=options.load_progress,
-                                     cache_path=out_dir / CACHE_NAME, use_cache=options.use_cache, notify=notify)
+                                     cache_path=out_dir / CACHE_NAME, use_cache=options.use_cache, notify=notify,
+                                     check=check_estimable)
         for problem in problems:
             notify(f"skipped {problem.file}: {problem.reason}")
         est = estimate(stats, config, dense_dir=out_dir, progress=options.reduce_progress)

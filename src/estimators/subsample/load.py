@@ -94,13 +94,14 @@ def _record_files(sweep_dir: Path, stats: SweepStats, scan: _Scan, file_stats: M
 
 def load_sweep(sweep_dir: str | Path, strict: bool = False,
                progress: Callable[[int, int], None] | None = None, cache_path: str | Path | None = None,
-               use_cache: bool = True,
-               notify: Callable[[str], None] | None = None) -> tuple[SweepStats, list[Problem]]:
+               use_cache: bool = True, notify: Callable[[str], None] | None = None,
+               check: Callable[[SweepStats], None] | None = None) -> tuple[SweepStats, list[Problem]]:
     """Read the records under `sweep_dir` into `SweepStats`, runs sorted by seed; problems are (file,
     reason), one per excluded file. Records belong together when `SweepIdentity` agrees; the largest group
     is the sweep. With `cache_path`, the stats cached there are reused when all their record files are
     unchanged (only new files are read), and rewritten when the files changed; `use_cache=False` reads
-    everything but still writes the cache; `notify` gets one line saying how the cache was used."""
+    everything but still writes the cache; `notify` gets one line saying how the cache was used; `check` may
+    refuse the statistics (a MeminfError) before anything is written."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         state = "is not a directory" if sweep_dir.exists() else "does not exist"
@@ -130,6 +131,8 @@ def load_sweep(sweep_dir: str | Path, strict: bool = False,
     stats.identical_duplicates = [str(info.path) for info in scan.identical]
     stats.sort_by_seed()
     stats.files = _record_files(sweep_dir, stats, scan, file_stats, digests)
+    if check is not None:
+        check(stats)
     if cache_path is not None and (cached is None or set(stats.files) != set(cached.files)):
         write_stats_cache(cache_path, stats)
     return stats, scan.log.sorted()
