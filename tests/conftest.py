@@ -28,6 +28,20 @@ def compose_cfg(tmp_path: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
+# Group options that bring in the settings the default composition lacks (a torchvision data set's switches,
+# the GPU and DDP trainers' flags).
+OPTIONS_WITH_MORE_KEYS = ([], ["dataset=cifar10"], ["trainer=gpu"], ["trainer=ddp"])
+
+
+def options_having(key: str) -> list[str]:
+    """Overrides of TINY under which the composed config has `key` ([] if none does: a Trainer flag no config
+    file sets, added with `+key=...`)."""
+    from omegaconf import OmegaConf
+
+    return next((extra for extra in OPTIONS_WITH_MORE_KEYS
+                 if OmegaConf.select(compose_config([*TINY, *extra]), key, default=None) is not None), [])
+
+
 # Root reads and writes files whatever their modes (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH): a process started with
 # this prefix has neither, so permission cases behave for root (CI runs as root) as for any other user.
 DROP_DAC = "-dac_override,-dac_read_search"

@@ -190,4 +190,5 @@ def test_an_os_error_before_launch_is_one_line(monkeypatch: pytest.MonkeyPatch,
     with pytest.raises(SystemExit) as exited:
         src.run.main()
     assert exited.value.code == 2
-    assert capsys.readouterr().err == "error: [Errno 13] Permission denied: 'outputs/x/seed=0'\n"
+    assert capsys.readouterr().err == ("error: cannot access outputs/x/seed=0 (Permission denied); fix its permissions "
+                                       "or write elsewhere (--out, or paths.output_dir for src.run)\n")

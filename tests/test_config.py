@@ -1,5 +1,6 @@
 """The real conf/ composes for every option, and the experiment hash sees exactly what changes a model."""
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from src.config.checks import config_hash as experiment_hash
 from src.config.checks import validate_config
 from src.config.paths import seed_record_path
 from src.errors import ConfigError
+from tests.conftest import options_having
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # Every config group of conf/ (a folder holding options), found on disk so that a new group is tested too.
@@ -111,8 +113,8 @@ def test_every_boolean_setting_refuses_a_word(compose_cfg: Callable[..., DictCon
     from src.config.checks import BOOLEAN_KEYS, BOOLEAN_OR_AUTO_KEYS
 
     for key in (*BOOLEAN_KEYS, *BOOLEAN_OR_AUTO_KEYS):
-        cfg = compose_cfg(f"++{key}={word}")
-        with pytest.raises(ConfigError, match="is not a boolean"):
+        cfg = compose_cfg(*options_having(key), f"++{key}={word}")
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}=\S+ is not a boolean"):
             validate_config(cfg)
     for key in BOOLEAN_OR_AUTO_KEYS:
-        validate_config(compose_cfg(f"++{key}=auto"))
+        validate_config(compose_cfg(*options_having(key), f"++{key}=auto"))

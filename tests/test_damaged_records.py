@@ -535,7 +535,8 @@ def with_arrays(edit: Callable[[Arrays], None]) -> Callable[[bytes], bytes]:
 
 
 # Crafted zip and metadata fields found by flipping every bit of a record; each used to escape as an
-# exception other than RecordError (fixed by src/records.py ARCHIVE_ERRORS and src/estimate.py read_file_info).
+# exception other than RecordError
+# (fixed by src/contracts/records.py ARCHIVE_ERRORS and src/estimators/subsample/scan.py read_file_info).
 CRAFTED: dict[str, Callable[[bytes], bytes]] = {
     "zip: unsupported compression method (1 bit)": central_directory_flip(10, 0x01),
     "zip: needs zip version 17.3 (1 bit)": central_directory_flip(6, 0x80),

@@ -1,4 +1,5 @@
-"""Tests of src/datasets.py: every loader on real (tiny) files in the formats torchvision and numpy read."""
+"""Tests of the data sources (src/data/: sources, raw, torchvision_sources, folders): every loader on real
+(tiny) files in the formats torchvision and numpy read."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
+from src.config.compose import compose_config
 from src.data.sources import RawData, load_raw
 from src.errors import ConfigError, DataError
 
@@ -64,7 +66,8 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
 
 @pytest.mark.parametrize("name", SOURCES)
 def test_yaml_has_common_keys_and_names_its_loader(name: str) -> None:
-    cfg = OmegaConf.load(CONF_DIR / f"{name}.yaml")
+    assert OmegaConf.load(CONF_DIR / f"{name}.yaml").defaults[0].startswith("base_dataset")  # shared keys, types
+    cfg = compose_config([f"dataset={name}"]).dataset
     assert cfg.source == name
     assert cfg.name == name
     for key in ("label_noise", "noise_seed", "normalize", "augment", "eval_batch_size"):

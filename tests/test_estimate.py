@@ -276,7 +276,8 @@ def test_never_left_out_has_no_estimate() -> None:
     sweep = small_sweep(seed=4)
     never_out = sweep.masks.all(axis=0)
     assert never_out.any()
-    est = estimate(sweep.stats(), EstimateConfig(theta_mem=-1, theta_infl=-1))
+    tiny = 1e-12  # the smallest thresholds: every example and pair with a positive estimate qualifies
+    est = estimate(sweep.stats(), EstimateConfig(theta_mem=tiny, theta_infl=tiny))
     for values in (est.mem, est.mem_se, est.mem_soft, est.mem_soft_se, est.acc_out):
         assert np.all(np.isnan(values[never_out]))
     assert not np.isnan(est.mem[~never_out]).any()

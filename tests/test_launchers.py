@@ -149,7 +149,7 @@ JOBS_IN_ONE_PROCESS = """
 import json, sys
 import numpy as np, torch
 from hydra import compose, initialize_config_dir
-from src import training
+from src.training import job, trainer as training
 from src.contracts.records import read_record
 
 out, first_job_too = sys.argv[1], sys.argv[2] == "yes"
@@ -168,10 +168,10 @@ with initialize_config_dir(config_dir=%(conf)r, version_base="1.3"):
     second = compose("config", overrides=base + ["seed=3"])
 if first_job_too:
     torch.manual_seed(123); np.random.seed(123)  # as a job that drew random numbers would leave them
-    training.run_job(first)
+    job.run_job(first)
     import wandb
     seen["wandb_run_after_first"] = wandb.run is not None
-record = read_record(training.run_job(second)[0])
+record = read_record(job.run_job(second)[0])
 np.savez(f"{out}/second.npz", train_prob=record.train_prob, test_prob=record.test_prob,
          learn_speed=record.proxies["learn_speed"])
 print(json.dumps(seen))

@@ -1,4 +1,4 @@
-"""Turn-over dropout (src/turnover.py): masks from the index alone, separated halves, estimates against
+"""Turn-over dropout (src/estimators/turnover/): masks from the index alone, separated halves, estimates against
 naive loops, refusal of other models, estimates readable by src.compare, the CLI dispatch."""
 
 from __future__ import annotations

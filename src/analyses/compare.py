@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from src.contracts.estimates import Estimates, Thresholds, read_estimates
+from src.contracts.estimates import Estimates, Thresholds, check_threshold, read_estimates
 from src.contracts.identity import identity_differences
 from src.contracts.io import write_files
 from src.errors import ConfigError, MeminfError
@@ -245,8 +245,7 @@ def add_floors(rows: Sequence[dict[str, Any]]) -> None:
 
 
 def compare_inputs(inputs: Sequence[Input], theta_mem: float) -> list[dict[str, Any]]:
-    if not math.isfinite(theta_mem):
-        raise ConfigError(f"--theta-mem {theta_mem} must be a finite number")
+    check_threshold("--theta-mem", theta_mem)
     rows = [compare_pair(a, b, theta_mem) for a, b in combinations(inputs, 2)]
     add_floors(rows)
     return rows

@@ -42,7 +42,7 @@ from src.analyses.removal import sweep_config
 from src.config.checks import validate_config
 from src.config.compose import compose_config
 from src.config.paths import sweep_dir
-from src.contracts.estimates import Thresholds
+from src.contracts.estimates import Thresholds, check_threshold
 from src.contracts.io import write_atomic
 from src.errors import ConfigError, DataError, ModelError, TrainingError
 
@@ -181,6 +181,8 @@ def check_source(full: Any, last: Any, source: dict[str, Any]) -> None:
 
 
 def compare_lastlayer(full_dir: Path, last_dir: Path, thetas: Sequence[float]) -> dict[str, Any]:
+    for theta in thetas:
+        check_threshold("--theta", theta)
     full = load_input(full_dir, "full")
     last = load_input(last_dir, "lastlayer")
     features = features_path_of(last.path, last.summary)

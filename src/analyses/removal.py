@@ -55,11 +55,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from src.analyses.removal_table import RemovalRow
 from src.config.checks import TRAINING_GROUPS
-from src.config.compose import compose_config, upgrade_config
-from src.contracts.estimates import Estimates, most_memorized
+from src.config.compose import compose_config, plain, upgrade_config
+from src.contracts.estimates import Estimates, check_threshold, most_memorized
 from src.contracts.identity import record_experiment_hash
 from src.contracts.records import RecordError, find_records, read_meta
 from src.errors import ConfigError, MeminfError
+from src.util.cli import one_line
 
 RANDOM_STREAM, CLASS_MATCHED_STREAM = 0, 1  # second entropy word of a draw's SeedSequence
 RETRAIN_NAME = "retrain"  # Lightning's root directory under --out (nothing is written there with logger=none)
@@ -88,16 +89,21 @@ def retrain_config(config: dict[str, Any], overrides: Sequence[str], out_dir: Pa
     The record's groups that define the trained model (TRAINING_GROUPS) replace today's; its other settings are
     merged into today's composed defaults, so keys added since the sweep keep their defaults.
     """
-    cfg = compose_config(["logger=none"])
+    # Plain containers: the record's groups may be of another schema than today's defaults (a digits dataset
+    # replacing the mnist one); struct mode then refuses overrides of keys the recipe does not have.
+    cfg = plain(compose_config(["logger=none"]))
     for key, value in config.items():
         if key in TRAINING_GROUPS or not isinstance(value, dict):
             cfg[key] = value
         elif key in cfg and key != "logger":
-            cfg[key] = OmegaConf.merge(cfg[key], value)
+            cfg[key] = OmegaConf.to_container(OmegaConf.merge(cfg[key], value))
+    cfg = OmegaConf.create(cfg)
+    OmegaConf.set_struct(cfg, True)
     try:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except (OmegaConfBaseException, ValueError) as err:
-        raise ConfigError(f"cannot apply overrides {list(overrides)}: {err}; write them as key=value") from err
+        raise ConfigError(f"cannot apply overrides {list(overrides)}: {one_line(str(err))}; write them as key=value "
+                          "with keys of the sweep's config") from err
     cfg.subset.ratio = 1.0
     cfg.paths.output_dir = str(out_dir)
     cfg.name = RETRAIN_NAME
@@ -237,6 +243,8 @@ def retrain(cfg: DictConfig, dataset: Any, jobs: Sequence[Sequence[tuple[Conditi
 def selections(est: Estimates, thetas: Sequence[float], top_qs: Sequence[float], pairs: bool) -> list[Selection]:
     if not (thetas or top_qs or pairs):
         raise ConfigError("choose what to remove: --theta 0.25, --top-q 0.05 and/or --pairs")
+    for theta in thetas:
+        check_threshold("--theta", theta)
     if any(not 0 < q <= 1 for q in top_qs):
         raise ConfigError(f"--top-q {list(top_qs)}: each fraction must lie in (0, 1]")
     chosen = [theta_selection(est.mem, theta) for theta in thetas]

@@ -16,6 +16,7 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
 import src.config.schema  # noqa: F401  (registers the structured configs of conf/)
+from src.config.keys import closest_key, valid_keys
 from src.config.paths import job_subdir
 from src.contracts.identity import LEGACY_OPTIMIZERS
 from src.errors import ConfigError
@@ -66,7 +67,6 @@ SCHEMA_PREFIX = "base_"  # the ConfigStore names of the schemas (src/config/sche
 
 def unknown_key_message(key: str, other_overrides: list[str]) -> str:
     """`trainer.max_epoch is not a setting; did you mean trainer.max_epochs?`, from the keys the config has there."""
-    from src.config.checks import closest_key, valid_keys
 
     parent, _, name = key.rpartition(".")
     try:

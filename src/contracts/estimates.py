@@ -72,10 +72,20 @@ class Thresholds:
     top_k: int = 5
 
     def validate(self) -> None:
-        if not (np.isfinite(self.theta_mem) and np.isfinite(self.theta_infl)):
-            raise ConfigError("--theta-mem and --theta-infl must be finite numbers")
+        check_threshold("--theta-mem", self.theta_mem)
+        check_threshold("--theta-infl", self.theta_infl)
         if self.top_k < 1:
             raise ConfigError(f"--top-k {self.top_k} must be >= 1")
+
+
+def check_threshold(option: str, value: float) -> None:
+    """A threshold of mem or infl, which are differences of probabilities in [-1, 1]: it must lie in (0, 1]
+    (a larger one selects nothing, a non-positive one everything that is not below chance)."""
+    paper = "the paper's are 0.25 (mem) and 0.15 (infl)"
+    if not np.isfinite(value):
+        raise ConfigError(f"{option} {value:g} is not a finite number; give one in (0, 1] ({paper})")
+    if not 0 < value <= 1:
+        raise ConfigError(f"{option} {value:g} must lie in (0, 1]; {paper}")
 
 
 class PendingFile(Protocol):

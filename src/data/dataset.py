@@ -1,6 +1,6 @@
 """Data sets as the pipeline sees them: raw arrays + label noise + a content fingerprint.
 
-`load_dataset(dataset_cfg, data_dir)` reads a source through `src.datasets.load_raw`, flips
+`load_dataset(dataset_cfg, data_dir)` reads a source through `src.data.sources.load_raw`, flips
 `label_noise` of the training labels (chosen by `noise_seed`, once for the whole sweep, never by the
 run seed) and fingerprints the result. A process keeps the last data sets it loaded, so a multirun in
 one process (Hydra's basic launcher) reads the data once. numpy only: no torch import here.

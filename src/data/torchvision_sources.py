@@ -57,7 +57,7 @@ def _torchvision_splits(dataset_cls: type, title: str, data_dir: Path, download:
         if download:
             raise DataError(
                 f"could not download {title} to {data_dir} ({reason}); check the network, or put the files "
-                "there by hand (layout in src/datasets.py) and set dataset.download=false"
+                "there by hand (layout in src/data/torchvision_sources.py) and set dataset.download=false"
             ) from error
         raise DataError(
             f"could not read {title} from {data_dir} ({reason}); the files are damaged or not in the "

@@ -19,8 +19,8 @@ import numpy as np
 from omegaconf import DictConfig
 
 from src.config.checks import config_hash
-from src.config.paths import seed_record_path, sweep_dir
-from src.contracts.records import read_meta, record_arrays
+from src.config.paths import sweep_dir
+from src.contracts.records import read_meta, record_arrays, record_path
 from src.data.dataset import Dataset, load_dataset
 from src.errors import ConfigError
 from src.estimators.registry import get_estimator
@@ -81,7 +81,7 @@ def dry_run_report(args: list[str]) -> list[tuple[str, str]]:
                 ("experiment", f"{experiment}; estimator {estimator.name}"),
                 ("jobs", f"{len(plan.pending)} run(s), one per seed ({plan.why})")]
     pending = set(plan.pending)
-    done_paths = [seed_record_path(cfg, seed) for seed in plan.seeds if seed not in pending]
+    done_paths = [record_path(sweep, seed) for seed in plan.seeds if seed not in pending]
     wall_times = [float(read_meta(path)["wall_time_s"]) for path in done_paths]
     per_record = record_bytes(cfg, dataset, plan.seeds[0])
     storage = f"{_size(per_record)} per record (the record writer on a zero-filled record)"

@@ -19,11 +19,11 @@ from omegaconf import DictConfig
 
 from src.config.checks import validate_config
 from src.config.compose import compose_config
-from src.config.paths import check_creatable, seed_record_path, sweep_dir
-from src.contracts.records import find_records
+from src.config.paths import check_creatable, sweep_dir
+from src.contracts.records import find_records, record_path
 from src.data.subsets import check_seed
 from src.errors import ConfigError
-from src.estimators.registry import get_estimator
+from src.estimators.registry import get_estimator, record_scores
 from src.sweep.done import State, Wanted, record_state, refuse_foreign
 from src.sweep.seeds import MULTIRUN_FLAGS, SEED_ARG, seeds_of
 
@@ -67,26 +67,28 @@ def pending_seeds(cfg: DictConfig, seeds: list[int], notes: list[str] | None = N
     for seed in seeds:
         check_seed(seed)
     validate_config(cfg)
-    check_creatable(sweep_dir(cfg))  # nothing is created before the checks pass: Hydra makes it at launch
+    sweep = sweep_dir(cfg)  # once: each lookup resolves the config's interpolations (docs/PERFORMANCE.md)
+    check_creatable(sweep)  # nothing is created before the checks pass: Hydra makes it at launch
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     wanted = Wanted.of(cfg, dataset.fingerprint)
     done, kept_foreign, asked = set(), [], set(seeds)
-    for path in find_records(sweep_dir(cfg)):
+    for path in find_records(sweep):
         state = record_state(path, wanted)
         refuse_foreign(path, state, wanted)
-        if state.state is State.DONE and path == seed_record_path(cfg, state.meta["seed"]):
+        if state.state is State.DONE and path == record_path(sweep, state.meta["seed"]):
             done.add(int(state.meta["seed"]))
         if state.state is State.FOREIGN and int(state.meta.get("seed", -1)) not in asked:
             kept_foreign.append((int(state.meta["seed"]), state.reason))
     if kept_foreign and notes is not None:
         shown = ", ".join(str(seed) for seed, _ in sorted(kept_foreign)[:MAX_LISTED])
-        notes.append(f"warning: {len(kept_foreign)} record(s) in {sweep_dir(cfg)} stay of another experiment (seeds "
+        notes.append(f"warning: {len(kept_foreign)} record(s) in {sweep} stay of another experiment (seeds "
                      f"{shown}{', ...' if len(kept_foreign) > MAX_LISTED else ''}; each {kept_foreign[0][1]}); "
                      "src.estimate keeps the larger group: delete them, retrain them too, or use another name=")
     pending = [seed for seed in seeds if seed not in done]
+    existing = {path.name for path in sweep.iterdir()} if sweep.is_dir() else set()
     for seed in pending:  # a job writes its log and record into an existing seed directory
-        directory = seed_record_path(cfg, seed).parent
-        if directory.exists() and not os.access(directory, os.W_OK | os.X_OK):
+        directory = record_path(sweep, seed).parent
+        if directory.name in existing and not os.access(directory, os.W_OK | os.X_OK):
             raise ConfigError(f"cannot write to {directory}; fix permissions (or delete it), then relaunch")
     return pending
 
@@ -166,6 +168,7 @@ def plan_sweep(args: list[str]) -> SweepPlan | None:
         check_launch(cfg, 1, local)
         runs = seeds or [cfg.seed]
         return SweepPlan(cfg, multirun, runs, runs, 1, f"estimator={estimator.name}: one run per seed")
+    record_scores(cfg.record.scores)  # the job builds them at its end; a bad name is known now
     notes: list[str] = []
     if float(cfg.subset.ratio) == 1.0:
         notes.append("warning: subset.ratio=1.0 trains every model on every example, so no example is ever left out "

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -68,9 +69,22 @@ def train_module(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.Lig
     try:
         trainer = make_trainer(cfg, directory, logger)
         check_ddp(trainer, pack)
-        trainer.fit(module, datamodule=datamodule)
+        fit_interruptibly(trainer, module, datamodule)
     finally:
         finish_logger(logger)
+
+
+def fit_interruptibly(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:
+    """Trainer.fit, with Ctrl-C still a KeyboardInterrupt: Lightning answers one by ignoring SIGINT and calling
+    sys.exit(1) (pytorch_lightning/trainer/call.py), which would end a sweep with no word and exit code 1; the
+    entry point (src/run.py) instead removes the unfinished job's directory, says what finished and exits 130."""
+    try:
+        trainer.fit(module, datamodule=datamodule)
+    except SystemExit as exited:
+        if not trainer.interrupted:
+            raise
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt from exited
 
 
 def check_ddp(trainer: pl.Trainer, pack: int) -> None:

@@ -31,9 +31,10 @@ def os_error_line(err: OSError) -> str:
     if path is None:
         return one_line(str(err))
     if err.errno in (errno.EEXIST, errno.ENOTDIR):
-        return f"{path} is a file where a folder is needed; choose another --out (or paths.output_dir)"
+        return f"{path} is a file where a folder is needed; write elsewhere (--out, or paths.output_dir for src.run)"
     if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"cannot write {path} ({err.strerror}); make its folder writable or choose another --out"
+        return (f"cannot access {path} ({err.strerror}); fix its permissions or write elsewhere (--out, or "
+                "paths.output_dir for src.run)")
     if err.errno == errno.ENOSPC:
         return f"cannot write {path}: no space left on the device; free disk space and rerun"
     return f"{path}: {err.strerror or one_line(str(err))}"

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from src.contracts.identity import record_experiment_hash
+from src.contracts.identity import experiment_identity, record_experiment_hash
 from src.contracts.io import content_hash
 from src.contracts.records import Record, RecordError, record_arrays
 from src.data.subsets import subset_mask
@@ -57,22 +57,40 @@ class SweepIdentity:
 
     fields: tuple[tuple[str, str], ...]
     digests: tuple[tuple[str, str], ...]
+    # The canonical experiment behind experiment_hash (None when the records store no config): only to say what
+    # differs, never compared.
+    experiment: Mapping[str, Any] | None = field(default=None, compare=False, hash=False)
 
     @classmethod
     def of(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> SweepIdentity:
+        config = meta.get("config")
+        experiment = experiment_identity(config, str(meta.get("data_fingerprint"))) \
+            if isinstance(config, Mapping) else None
         return cls(
             fields=(*((key, json.dumps(meta.get(key), sort_keys=True)) for key in IDENTITY_FIELDS),
                     ("experiment_hash", json.dumps(record_experiment_hash(meta)))),
             digests=tuple((key, content_hash([np.asarray(arrays[key], dtype=np.int64)]))
                           for key in IDENTITY_ARRAYS),
+            experiment=experiment,
         )
 
     def differences(self, reference: SweepIdentity) -> list[str]:
-        """Human-readable differences from the reference, e.g. `ratio 0.5 (sweep: 0.7)`."""
+        """Human-readable differences from the reference, e.g. `ratio 0.5 (sweep: 0.7)`; another experiment
+        names the settings that differ (`experiment_hash ... : batch_size 32 (sweep: 64)`)."""
         fields = zip(self.fields, reference.fields, strict=True)
         digests = zip(self.digests, reference.digests, strict=True)
-        return ([f"{key} {mine} (sweep: {theirs})" for (key, mine), (_, theirs) in fields if mine != theirs]
-                + [f"{key} differs" for (key, mine), (_, theirs) in digests if mine != theirs])
+        found = [f"{key} {mine} (sweep: {theirs})" for (key, mine), (_, theirs) in fields if mine != theirs]
+        if any(line.startswith("experiment_hash") for line in found) and self.experiment and reference.experiment:
+            found += [f"{key} {_shown(self.experiment.get(key))} (sweep: {_shown(reference.experiment.get(key))})"
+                      for key in sorted(set(self.experiment) | set(reference.experiment))
+                      if self.experiment.get(key) != reference.experiment.get(key)]
+        return found + [f"{key} differs" for (key, mine), (_, theirs) in digests if mine != theirs]
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else json.dumps(value)
 
 
 def record_identity(record: Record) -> SweepIdentity:

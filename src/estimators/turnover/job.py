@@ -35,7 +35,7 @@ PROGRESS_STEPS = 10  # influence progress lines per run
 
 def thresholds(est: DictConfig) -> Thresholds:
     """The paper's thresholds, or `estimator.theta_mem`, `.theta_infl`, `.top_k` where given."""
-    return Thresholds(**{key: est[key] for key in ("theta_mem", "theta_infl", "top_k") if key in est})
+    return Thresholds(**{key: est[key] for key in ("theta_mem", "theta_infl", "top_k") if est.get(key) is not None})
 
 
 def check_turnover_config(cfg: DictConfig) -> None:

@@ -64,7 +64,7 @@ def turnover_summary(cfg: DictConfig, dataset: Dataset, arrays: dict[str, np.nda
             "nan": "SEs are NaN: one run has no replicate; run a second seed for a noise floor"},
         "turnover": {
             "masks": "splitmix64 of (seed, domain, index, mask point, unit); exactly width // 2 units per half "
-                     "(src/turnover.py)", "scale": 1 / KEEP, "mask_widths": widths,
+                     "(src/estimators/turnover/network.py)", "scale": 1 / KEEP, "mask_widths": widths,
             "influence": str(est.influence), "influence_train_examples": n_influence,
             "test_acc_half": float(test["correct_own"].mean()),
             "test_acc_complement": float(test["correct_flip"].mean()),
@@ -74,5 +74,6 @@ def turnover_summary(cfg: DictConfig, dataset: Dataset, arrays: dict[str, np.nda
             "train_acc_complement_flipped": _fraction(arrays["acc_out"][dataset.flipped_idx]),
             "masked_forward_rows": forward_rows, "time_s": times,
             "leaks": "indirect (other examples' halves overlap both), classifier bias, BatchNorm batch and "
-                     "running statistics, weight decay acts on all weights (src/turnover.py docstring)"},
+                     "running statistics, weight decay acts on all weights "
+                     "(src/estimators/turnover/__init__.py docstring)"},
     }
