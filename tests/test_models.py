@@ -19,7 +19,7 @@ from src.models.build import build_model
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_CONF_DIR = REPO_ROOT / "conf" / "model"
-CONFIG_KEYS = {"name", "timm_name", "small_input_stem", "small_input_max_px", "kwargs", "pack_default"}
+CONFIG_KEYS = {"name", "timm_name", "small_input_stem", "small_input_max_px", "kwargs", "pack_default", "init"}
 
 CIFAR = (3, 32, 32)
 # (config name, input shape, classes): each model at the sizes it is meant for.

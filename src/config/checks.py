@@ -88,7 +88,7 @@ def validate_config(cfg: DictConfig) -> None:
     check_keys(cfg)
     check_booleans(cfg)
     check_seed(cfg.seed)
-    subset_size(1, float(cfg.subset.ratio))
+    subset_size(1, float(cfg.subset.ratio), str(cfg.subset.size_rule))
     if not isinstance(cfg.batch_size, int) or isinstance(cfg.batch_size, bool) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size!r} must be a positive integer")
     if not isinstance(cfg.subset.salt, int) or cfg.subset.salt < 0:

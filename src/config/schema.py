@@ -105,6 +105,7 @@ class ModelSchema:
     small_input_max_px: int = 64
     kwargs: dict[str, Any] = field(default_factory=dict)
     pack_default: int = 1  # models per job at pack=auto (docs/PERFORMANCE.md)
+    init: str = "default"  # weight initialisation by name (src/models/init.py)
 
 
 @dataclass
@@ -138,6 +139,7 @@ class WandbLogger(LoggerBase):
 class Subset:
     ratio: float = 0.7
     salt: int = 0
+    size_rule: str = "round_half_up"  # src/data/subsets.py SIZE_RULES
 
 
 @dataclass

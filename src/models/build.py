@@ -32,6 +32,7 @@ from torch import nn
 
 import src.models.zoo  # noqa: F401  (registers the meminf_* models with timm)
 from src.errors import ModelError
+from src.models.init import apply_init
 from src.util.cli import first_line
 
 __all__ = ["build_model"]
@@ -72,7 +73,8 @@ class ModelConfig:
     small_input_stem: bool | Literal["auto"] = "auto"
     small_input_max_px: int = 64
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-    pack_default: int = 1  # models per job with pack=auto (src/packing.py; measured in docs/PERFORMANCE.md)
+    pack_default: int = 1  # models per job with pack=auto (src/models/packing.py; docs/PERFORMANCE.md)
+    init: str = "default"  # a name in src/models/init.py INITS: the model's own, or `stax` (the MNIST demo's)
 
     @classmethod
     def parse(cls, cfg: DictConfig | Mapping) -> ModelConfig:
@@ -112,6 +114,7 @@ def build_model(cfg: DictConfig | Mapping, input_shape: tuple[int, ...], num_cla
     use_small_stem = _use_small_stem(config, stem, input_shape)
     if use_small_stem:
         _apply_small_stem(model, stem)
+    apply_init(model, config.init, config.name)
     _check_forward(model, config, input_shape, stem_unused=stem is not None and not use_small_stem)
     return model
 

@@ -62,7 +62,8 @@ def run_job(cfg: DictConfig) -> list[Path]:
         return []
     for seed in seeds:
         remove_stale_temps(seed_record_path(cfg, seed))
-    masks = np.stack([subset_mask(seed, len(dataset.y_train), cfg.subset.ratio, cfg.subset.salt) for seed in seeds])
+    masks = np.stack([subset_mask(seed, len(dataset.y_train), cfg.subset.ratio, cfg.subset.salt, cfg.subset.size_rule)
+                      for seed in seeds])
     module = fit(cfg, dataset, seeds, masks)
     if module.global_rank != 0:  # DDP: the ranks hold the same weights; rank 0 evaluates and writes
         return []
