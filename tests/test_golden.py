@@ -27,8 +27,8 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Metadata that may differ between two runs of one experiment: where, when and by which process and commit.
 RUN_META = {"git", "created_utc", "wall_time_s", "host", "pid", "sweep_dir", "experiment_hash",
             "experiment_identity_version", "config"}
-# Summary keys that identity 2 and the estimates contract added or recompute.
-NEW_SUMMARY = {"experiment_hash", "experiment", "estimator", "estimates_format"}
+# Summary keys that identity 2, the estimates contract and the split-half reliability added or recompute.
+NEW_SUMMARY = {"experiment_hash", "experiment", "estimator", "estimates_format", "reliability"}
 
 
 def arrays_of(path: Path) -> dict[str, np.ndarray]:

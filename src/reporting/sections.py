@@ -12,6 +12,7 @@ import numpy as np
 from src.contracts.estimates import MEM_FRACTION_THRESHOLDS, Estimates
 from src.data.images import Images
 from src.errors import MeminfError
+from src.estimators.subsample.reliability import format_reliability
 from src.reporting.page import Page, chart_png, esc
 from src.util.tables import fmt
 
@@ -70,6 +71,9 @@ def summary_section(page: Page, est: Estimates) -> None:
     if pairs is not None:
         page.add(f'<p id="pairs-vs-chance">{pairs} high-influence pairs (infl ≥ {esc(thresholds.get("theta_infl"))},'
                  f' mem ≥ {esc(thresholds.get("theta_mem"))}, same class); {esc(chance)}.</p>')
+    reliability = format_reliability(summary["reliability"]) if summary.get("reliability") else None
+    if reliability:
+        page.add(f'<p id="reliability">{esc(reliability)}.</p>')
     accuracies = est.arrays.get("test_acc", np.zeros(0))
     if accuracies.size:
         page.add(f"<p>Test accuracy over the {accuracies.size} runs: {fmt(accuracies.min())} to "

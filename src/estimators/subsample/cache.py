@@ -22,11 +22,11 @@ import numpy as np
 from src.contracts.io import write_atomic
 from src.contracts.records import RecordError
 from src.estimators.subsample.scan import FileInfo, read_file_info
-from src.estimators.subsample.stats import RecordFile, SweepIdentity, SweepStats, _RowBuffer
+from src.estimators.subsample.stats import RELIABILITY_GROUPS, RecordFile, SweepIdentity, SweepStats, _RowBuffer
 from src.util.cli import one_line
 
 CACHE_NAME = "stats.npz"
-CACHE_VERSION = 3  # 3: identity 2 (the experiment of old records recomputed from their config)
+CACHE_VERSION = 4  # 3: identity 2 (the experiment of old records recomputed from their config); 4: group_sums
 
 
 class CacheUnusable(Exception):
@@ -63,6 +63,7 @@ def stats_cache_arrays(stats: SweepStats) -> dict[str, np.ndarray]:
     | `extra_<name>` | numeric | the per-example columns of the lowest seed's record |
     | `epoch_hard_in`, `epoch_hard_all` | float64 (E, n) | per-epoch sums |
     | `proxy_sums_<name>` | float64 (2, n) | a proxy's sums over runs with the example in (row 0), all (row 1) |
+    | `group_sums` | uint32 (RELIABILITY_GROUPS, 3, n) | n_in, hard_in, hard_all of the runs of each seed group |
     """
     files = stats.files
     header = {"cache_version": CACHE_VERSION, "meta": stats.meta, "extras": sorted(stats.extras),
@@ -74,6 +75,7 @@ def stats_cache_arrays(stats: SweepStats) -> dict[str, np.ndarray]:
         **{name: getattr(stats, name) for name in SUM_FIELDS},
         "epoch_hard_in": stats.epoch_hard_in, "epoch_hard_all": stats.epoch_hard_all,
         **{f"proxy_sums_{name}": sums for name, sums in stats.proxy_sums.items()},
+        "group_sums": stats.group_sums,
         "packed_masks": stats.packed_masks.array,
         "test_correct_bits": np.packbits(stats.test_correct.array.astype(bool), axis=1),
         "seeds": np.asarray(stats.seeds, dtype=np.int64),
@@ -154,6 +156,7 @@ def _stats_from_cache(arrays: Mapping[str, np.ndarray], sweep_dir: Path,
            for name in ("epoch_hard_in", "epoch_hard_all")},
         proxy_sums={name: _cached_array(arrays, f"proxy_sums_{name}", "float64", (2, n))
                     for name in sorted(str(name) for name in header["proxies"])},
+        group_sums=_cached_array(arrays, "group_sums", "uint32", (RELIABILITY_GROUPS, 3, n)),
         seeds=seeds.tolist(), test_acc=_cached_array(arrays, "test_acc", "float64", (k,)).tolist(),
         train_in_acc=_cached_array(arrays, "train_in_acc", "float64", (k,)).tolist(),
         paths=[str(sweep_dir / file.rel_path) for file in used],

@@ -44,6 +44,12 @@ PROXY_CLIP = 2.0**12
 PROXY_GRID = {"learn_speed": SOFT_GRID, "loss": 2.0**20, "margin": 2.0**20}
 DEFAULT_PROXY_GRID = 2.0**20  # a record score without its own entry: clipped and on the loss grid
 IN, ALL = 0, 1  # rows of a record score's sums: over runs with the example in the subset, over all runs
+# Split-half reliability (reliability.py) needs the counts of parts of the sweep: the runs fall into
+# RELIABILITY_GROUPS groups by seed mod RELIABILITY_GROUPS, and each group keeps its own counts (rows GROUP_N_IN,
+# GROUP_HARD_IN, GROUP_HARD_ALL: as n_in, hard_in, hard_all), so adding runs stays incremental. Eight groups give
+# the interleaved halves (even against odd seeds), quarters and eighths.
+RELIABILITY_GROUPS = 8
+GROUP_N_IN, GROUP_HARD_IN, GROUP_HARD_ALL = 0, 1, 2
 
 
 class Problem(NamedTuple):
@@ -199,6 +205,7 @@ class SweepStats:
     epoch_hard_in: np.ndarray  # float64 (E, n): sums of the epoch's C over runs with i in; epoch_hard_all: all runs
     epoch_hard_all: np.ndarray
     proxy_sums: dict[str, np.ndarray]  # record score every run has -> float64 (2, n): rows IN and ALL, on PROXY_GRID
+    group_sums: np.ndarray  # uint32 (RELIABILITY_GROUPS, 3, n): the counts of each seed group (module constants)
     seeds: list[int] = field(default_factory=list)
     test_acc: list[float] = field(default_factory=list)
     train_in_acc: list[float] = field(default_factory=list)
@@ -220,6 +227,7 @@ class SweepStats:
             epoch_list=record.epoch_list.copy(), epoch_hard_in=np.zeros((record.epoch_list.size, n)),
             epoch_hard_all=np.zeros((record.epoch_list.size, n)),
             proxy_sums={name: np.zeros((2, n)) for name in record.proxies},
+            group_sums=np.zeros((RELIABILITY_GROUPS, 3, n), dtype=np.uint32),
         )
         stats.add_record(record, path)
         return stats
@@ -252,6 +260,10 @@ class SweepStats:
             on_grid = _proxy_on_grid(name, record.proxies[name])
             self.proxy_sums[name][IN] += np.where(mask, on_grid, 0.0)
             self.proxy_sums[name][ALL] += on_grid
+        group = self.group_sums[record.seed % RELIABILITY_GROUPS]
+        group[GROUP_N_IN] += mask
+        group[GROUP_HARD_IN] += correct & mask
+        group[GROUP_HARD_ALL] += correct
         if self.seeds and record.seed < int(self.meta["seed"]):
             self.meta = dict(record.meta)
             self.extras = {key: np.asarray(values).copy() for key, values in record.extras.items()}

@@ -1,5 +1,6 @@
 """The subsampled estimator's summary (summary.json, the printed lines): counts, accuracies, the runs needed
-for a target SE, pairs against chance, the record scores' Spearman with mem."""
+for a target SE, pairs against chance, the split-half reliability (reliability.py), the record scores'
+Spearman with mem."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 from src.contracts.estimates import MEM_FRACTION_THRESHOLDS, TRAIN_IN_ACC_WARNING
 from src.contracts.identity import experiment_identity, record_experiment_hash
 from src.estimators.subsample.memorization import SubsampleEstimates
+from src.estimators.subsample.reliability import format_reliability, split_half
 from src.estimators.subsample.stats import Problem, SweepStats
 from src.util.stats import finite_or_none, spearman
 
@@ -84,6 +86,7 @@ def summarize(stats: SweepStats, est: SubsampleEstimates, problems: list[Problem
         "null_pair_counts": est.null_pair_counts,
         "expected_false_pairs": finite_or_none(np.mean(est.null_pair_counts)) if est.null_pair_counts else None,
         "runs_needed": runs_needed(float(meta["ratio"]), stats.n_runs),
+        "reliability": split_half(stats, config),
         "epoch_list": stats.epoch_list.tolist(),
         "mean_mem_by_epoch": [finite_or_none(np.mean(row[has_estimate])) if has_estimate.any() else None
                               for row in est.mem_epoch],
@@ -119,6 +122,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"({summary['test_with_one_influencer']} with one influencer); expected by chance "
         f"{_fmt(summary['expected_false_pairs'], '.1f')} ({thresholds['null_perms']} shuffles)",
     ]
+    reliability = format_reliability(summary["reliability"]) if summary.get("reliability") else None
+    if reliability:
+        lines.append(reliability)
     if summary["epoch_list"]:
         by_epoch = ", ".join(f"{epoch}: {_fmt(mem)}" for epoch, mem in zip(summary["epoch_list"],
                                                                            summary["mean_mem_by_epoch"], strict=True))

@@ -1,0 +1,194 @@
+"""Split-half reliability of a subsample estimate: would the answers a user reads be the same from other runs?
+
+The runs fall into seed groups (stats.py: seed mod RELIABILITY_GROUPS), and each group keeps its own counts, so
+nothing here reads a record again and adding runs stays incremental. A halving is a set of groups (half A)
+against the others (half B). HALVINGS: the interleaved halving (even against odd seeds) and the halvings by
+the second and the third bit of the seed, so that any two of them cut each other's halves into equal parts.
+Each half gets its own estimate, by the same rules as the full one (memorization.py, influence.py): mem and its
+Agresti-Caffo SE, and the high-influence pairs. Their agreement, per halving and averaged in the summary:
+
+- spearman_non_trivial: Spearman of mem_A and mem_B on the examples either half calls non-trivial
+  (mem >= NON_TRIVIAL);
+- jaccard_memorized: Jaccard of the memorized sets (mem >= theta_mem);
+- jaccard_pairs: Jaccard of the high-influence pair sets;
+- pearson: Pearson of mem over every example both halves estimate;
+- se_calibration: the share of those examples with |mem_A - mem_B| <= Z_95 sqrt(se_A^2 + se_B^2): about 0.95 when
+  the standard errors are honest; se_calibration_non_trivial the same on the non-trivial examples. Agresti-Caffo's
+  pseudo-counts make the SE conservative for examples every run gets right (their halves agree exactly while
+  the SE stays above zero), so the first share sits near 1 on data sets that are mostly easy.
+
+Projection to other K (Spearman-Brown): two disjoint estimates of K/2 runs each that correlate at r (over all
+examples) become, with c times the runs each, rho(c) = c r / (1 + (c - 1) r); an estimate of c K/2 runs agrees with
+the K -> infinity answer at sqrt(rho(c)). The summary gives, from the mean r of the halvings: the Pearson expected
+between this sweep and an independent sweep of the same K, this sweep's agreement with the K -> infinity answer,
+and the runs per sweep at which two independent sweeps agree at Pearson PROJECTION_TARGET.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.stats import norm
+
+from src.estimators.subsample.influence import BLOCK_BYTES_PER_TEST, MASK_BYTES_PER_RUN, MB
+from src.estimators.subsample.memorization import EstimateConfig, agresti_caffo_se, mean_difference
+from src.estimators.subsample.stats import (
+    GROUP_HARD_ALL,
+    GROUP_HARD_IN,
+    GROUP_N_IN,
+    RELIABILITY_GROUPS,
+    SweepStats,
+)
+from src.util.stats import CONFIDENCE, finite_or_none, pearson, spearman
+
+NON_TRIVIAL = 0.05  # mem at or above which an example counts as non-trivially memorized (issue 12)
+Z_95 = float(norm.ppf(0.5 + CONFIDENCE / 2))  # the two-sided 95% normal quantile
+PROJECTION_TARGET = 0.9  # the Pearson between two independent sweeps the "runs for" figure aims at
+HALVINGS = (  # groups of half A (seed mod RELIABILITY_GROUPS); half B is the rest
+    frozenset(g for g in range(RELIABILITY_GROUPS) if g % 2 == 0),
+    frozenset(g for g in range(RELIABILITY_GROUPS) if g // 2 % 2 == 0),
+    frozenset(g for g in range(RELIABILITY_GROUPS) if g // 4 % 2 == 0),
+)
+METRICS = ("spearman_non_trivial", "jaccard_memorized", "jaccard_pairs", "pearson", "se_calibration",
+           "se_calibration_non_trivial")
+MIN_HALF_RUNS = 2  # a half with fewer runs has no estimate worth comparing
+
+
+@dataclass(frozen=True)
+class HalfEstimate:
+    """One half of the runs: its run count, mem and SE, and its high-influence pairs as train * n_test + test."""
+
+    runs: int
+    mem: np.ndarray
+    mem_se: np.ndarray
+    pair_keys: np.ndarray
+
+
+def half_estimates(stats: SweepStats, config: EstimateConfig,
+                   groups: frozenset[int]) -> tuple[HalfEstimate, HalfEstimate]:
+    """The estimates of the runs in `groups` and of the other runs."""
+    in_half = np.isin(np.asarray(stats.seeds, dtype=np.int64) % RELIABILITY_GROUPS, sorted(groups))
+    chosen = np.isin(np.arange(RELIABILITY_GROUPS), sorted(groups))
+    return (_half(stats, config, in_half, stats.group_sums[chosen].sum(axis=0, dtype=np.float64)),
+            _half(stats, config, ~in_half, stats.group_sums[~chosen].sum(axis=0, dtype=np.float64)))
+
+
+def _half(stats: SweepStats, config: EstimateConfig, rows: np.ndarray, sums: np.ndarray) -> HalfEstimate:
+    runs = int(rows.sum())
+    n_in, hard_in = sums[GROUP_N_IN], sums[GROUP_HARD_IN]
+    n_out, hard_out = runs - n_in, sums[GROUP_HARD_ALL] - hard_in
+    mem = mean_difference(hard_in, n_in, hard_out, n_out)
+    return HalfEstimate(runs, mem, agresti_caffo_se(hard_in, n_in, hard_out, n_out),
+                        _pair_keys(stats, config, rows, mem, n_in))
+
+
+def _pair_keys(stats: SweepStats, config: EstimateConfig, rows: np.ndarray, mem: np.ndarray,
+               n_in: np.ndarray) -> np.ndarray:
+    """The half's high-influence pairs. Only memorized training examples can pair, so only their columns are
+    multiplied; the float32 operations are influence.py's, so a half's pairs are those of a sweep of its runs."""
+    memorized = np.flatnonzero(np.nan_to_num(mem, nan=-np.inf) >= config.theta_mem)
+    packed = stats.packed_masks.array[rows]
+    test_correct = stats.test_correct.array[rows].astype(np.float32)
+    test_sum = test_correct.sum(axis=0)
+    n_in32 = n_in.astype(np.float32)
+    n_out32 = np.float32(len(packed)) - n_in32
+    row_bytes = MASK_BYTES_PER_RUN * len(packed) + BLOCK_BYTES_PER_TEST * stats.n_test
+    block = max(1, int(config.block_mb * MB // row_bytes))
+    keys = []
+    for start in range(0, len(memorized), block):
+        cols = memorized[start:start + block]
+        bits = (packed[:, cols >> 3] >> (7 - (cols & 7)).astype(np.uint8)) & 1
+        s_in = bits.astype(np.float32).T @ test_correct
+        with np.errstate(divide="ignore", invalid="ignore"):
+            infl = s_in / n_in32[cols, None]
+            infl -= (test_sum - s_in) / n_out32[cols, None]
+        hits = (infl >= config.theta_infl) & (stats.train_label[cols, None] == stats.test_label[None, :])
+        train_idx, test_idx = np.nonzero(hits)
+        keys.append(cols[train_idx].astype(np.int64) * stats.n_test + test_idx)
+    return np.concatenate([np.zeros(0, dtype=np.int64), *keys])
+
+
+def agreement(a: HalfEstimate, b: HalfEstimate, theta_mem: float) -> dict[str, float | None]:
+    """The METRICS of two estimates of the same examples."""
+    both = ~np.isnan(a.mem) & ~np.isnan(b.mem)
+    non_trivial = both & ((a.mem >= NON_TRIVIAL) | (b.mem >= NON_TRIVIAL))
+    within = np.abs(a.mem - b.mem) <= Z_95 * np.sqrt(a.mem_se**2 + b.mem_se**2)
+    return {
+        "spearman_non_trivial": spearman(a.mem[non_trivial], b.mem[non_trivial]),
+        "jaccard_memorized": _jaccard(np.flatnonzero(both & (a.mem >= theta_mem)),
+                                      np.flatnonzero(both & (b.mem >= theta_mem))),
+        "jaccard_pairs": _jaccard(a.pair_keys, b.pair_keys),
+        "pearson": pearson(a.mem[both], b.mem[both]),
+        "se_calibration": _share(within, both),
+        "se_calibration_non_trivial": _share(within, non_trivial),
+    }
+
+
+def _share(hits: np.ndarray, where: np.ndarray) -> float | None:
+    return float(np.mean(hits[where])) if where.any() else None
+
+
+def _jaccard(a: np.ndarray, b: np.ndarray) -> float | None:
+    union = np.union1d(a, b).size
+    return np.intersect1d(a, b).size / union if union else None
+
+
+def spearman_brown(r: float, c: float) -> float:
+    """The correlation of two estimates of c times the runs of two estimates that correlate at r."""
+    return c * r / (1 + (c - 1) * r)
+
+
+def runs_for(r: float, half_runs: float, target: float) -> float | None:
+    """Runs per sweep at which two independent sweeps correlate at `target`, from two halves of `half_runs`
+    runs that correlate at r (Spearman-Brown solved for c); None where r <= 0."""
+    if r <= 0:
+        return None
+    return target * (1 - r) / (r * (1 - target)) * half_runs
+
+
+def split_half(stats: SweepStats, config: EstimateConfig) -> dict[str, Any]:
+    """The summary's `reliability`: each halving's agreement, their means, and the projection."""
+    halvings = []
+    for groups in HALVINGS:
+        a, b = half_estimates(stats, config, groups)
+        if min(a.runs, b.runs) >= MIN_HALF_RUNS:
+            halvings.append({"groups_a": sorted(groups), "runs": [a.runs, b.runs],
+                             **agreement(a, b, config.theta_mem)})
+    means = {metric: _mean([h[metric] for h in halvings]) for metric in METRICS}
+    r, half_runs = means["pearson"], _mean([sum(h["runs"]) / 2 for h in halvings])
+    projection = None
+    if r is not None and half_runs is not None:
+        c = stats.n_runs / half_runs
+        rho = spearman_brown(r, c) if r > 0 else None
+        needed = runs_for(r, half_runs, PROJECTION_TARGET)
+        projection = {"pearson_with_independent_sweep": finite_or_none(rho) if rho is not None else None,
+                      "agreement_with_infinite_k": finite_or_none(np.sqrt(rho)) if rho is not None else None,
+                      "target_pearson": PROJECTION_TARGET,
+                      "runs_for_target": int(np.ceil(needed)) if needed is not None else None}
+    return {"halvings": halvings, **means, "projection": projection, "non_trivial": NON_TRIVIAL,
+            "method": "halves by seed mod 8 (even/odd seeds and two more); Spearman-Brown on the Pearson"}
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [v for v in values if v is not None]
+    return float(np.mean(finite)) if finite else None
+
+
+def format_reliability(reliability: dict[str, Any]) -> str | None:
+    """The printed summary's line; None when no halving had two usable halves."""
+    if not reliability["halvings"]:
+        return None
+    shown = {metric: "-" if reliability[metric] is None else f"{reliability[metric]:.3f}" for metric in METRICS}
+    line = (f"split-half reliability ({len(reliability['halvings'])} halvings): Spearman (mem >= "
+            f"{reliability['non_trivial']}) {shown['spearman_non_trivial']}, Jaccard memorized "
+            f"{shown['jaccard_memorized']}, Jaccard pairs {shown['jaccard_pairs']}, Pearson {shown['pearson']}; "
+            f"SE calibration {shown['se_calibration']}, {shown['se_calibration_non_trivial']} on those examples "
+            "(0.95 if honest)")
+    projection = reliability["projection"]
+    if projection and projection["pearson_with_independent_sweep"] is not None:
+        line += (f"; projected Pearson with an independent sweep of this size "
+                 f"{projection['pearson_with_independent_sweep']:.3f}, about {projection['runs_for_target']} runs "
+                 f"for {projection['target_pearson']}")
+    return line

@@ -1,0 +1,136 @@
+"""Split-half reliability (src/estimators/subsample/reliability.py): each half is the estimate of a sweep of its
+runs, the counts behind it survive the stats cache, and the projection and the SE calibration hold on planted
+truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from src.contracts.records import record_path, write_record
+from src.estimators.subsample.influence import estimate
+from src.estimators.subsample.load import load_sweep
+from src.estimators.subsample.memorization import EstimateConfig, memorization
+from src.estimators.subsample.reliability import (
+    HALVINGS,
+    half_estimates,
+    runs_for,
+    spearman_brown,
+    split_half,
+)
+from src.estimators.subsample.stats import RELIABILITY_GROUPS, SweepStats
+from src.util.stats import pearson
+from tests.test_estimate import Sweep, null_sweep, planted_sweep
+
+
+def stats_of(sweep: Sweep, seeds: list[int]) -> SweepStats:
+    stats = SweepStats.from_record(sweep.record(seeds[0]), capacity=len(seeds))
+    for seed in seeds[1:]:
+        stats.add_record(sweep.record(seed))
+    return stats
+
+
+@pytest.mark.parametrize("groups", HALVINGS)
+def test_each_half_is_the_estimate_of_a_sweep_of_its_runs(groups: frozenset[int]) -> None:
+    sweep = null_sweep(planted=True)
+    config = EstimateConfig(null_perms=0)
+    halves = half_estimates(sweep.stats(), config, groups)
+    in_a = [seed for seed in sweep.seeds if seed % RELIABILITY_GROUPS in groups]
+    for half, seeds in zip(halves, (in_a, [seed for seed in sweep.seeds if seed not in in_a]), strict=True):
+        alone = stats_of(sweep, seeds)
+        naive = memorization(alone)
+        est = estimate(alone, config)
+        assert half.runs == len(seeds)
+        np.testing.assert_array_equal(half.mem, naive["mem"])
+        np.testing.assert_array_equal(half.mem_se, naive["mem_se"])
+        assert len(est.pairs.infl) > 0
+        np.testing.assert_array_equal(np.sort(half.pair_keys), np.sort(est.pairs.train_idx * sweep.test_label.size
+                                                                       + est.pairs.test_idx))
+
+
+def test_group_counts_do_not_depend_on_order_and_stay_incremental_through_the_cache(tmp_path: Path) -> None:
+    sweep = null_sweep(planted=False)
+    forward = sweep.stats()
+    backward = stats_of(sweep, list(reversed(sweep.seeds)))
+    np.testing.assert_array_equal(forward.group_sums, backward.group_sums)
+    np.testing.assert_array_equal(forward.group_sums.sum(axis=0)[0], forward.n_in)
+    np.testing.assert_array_equal(forward.group_sums.sum(axis=0)[2], forward.hard_all)
+    cache = tmp_path / "stats.npz"
+    for seed in sweep.seeds[:100]:
+        write_record(record_path(tmp_path, seed), sweep.record(seed))
+    load_sweep(tmp_path, cache_path=cache)
+    for seed in sweep.seeds[100:]:
+        write_record(record_path(tmp_path, seed), sweep.record(seed))
+    lines: list[str] = []
+    added, _ = load_sweep(tmp_path, cache_path=cache, notify=lines.append)
+    assert "300" in lines[0]  # only the new records were read
+    assert added.group_sums.dtype == np.uint32
+    np.testing.assert_array_equal(added.group_sums, forward.group_sums)
+
+
+def test_spearman_brown_and_runs_for_invert_each_other() -> None:
+    for r in (0.2, 0.5, 0.9):
+        runs = runs_for(r, half_runs=50, target=0.95)
+        assert spearman_brown(r, runs / 50) == pytest.approx(0.95)
+    assert runs_for(0.0, 50, 0.9) is None
+    assert spearman_brown(0.5, 1) == pytest.approx(0.5)
+
+
+def planted(n_runs: int, seed: int = 3) -> Sweep:
+    """Examples whose correctness is a coin of known bias either side: p_in in [0.35, 0.9], mem in [0, 0.3]."""
+    rng = np.random.default_rng(seed)
+    n = 3000
+    p_in = rng.uniform(0.35, 0.9, n)
+    return planted_sweep(n, n_runs, 20, rng, p_in, p_in - rng.uniform(0, 0.3, n))
+
+
+def test_projection_predicts_the_pearson_of_an_independent_sweep() -> None:
+    """The Pearson that the split-half of runs 0..63 projects for two 64-run sweeps against the measured Pearson
+    of runs 0..63 with runs 64..127 (independent subsets, same planted truth)."""
+    sweep = planted(128)
+    first, second = stats_of(sweep, list(range(64))), stats_of(sweep, list(range(64, 128)))
+    projected = split_half(first, EstimateConfig(null_perms=0))["projection"]["pearson_with_independent_sweep"]
+    measured = pearson(memorization(first)["mem"], memorization(second)["mem"])
+    print(f"projected {projected:.4f}, measured {measured:.4f}")
+    assert 0.3 < measured < 0.9  # far from 0 and 1: the projection is tested where it matters
+    assert projected == pytest.approx(measured, abs=0.03)
+
+
+def test_se_calibration_near_nominal_on_planted_truth() -> None:
+    reliability = split_half(planted(400).stats(), EstimateConfig(null_perms=0))
+    print({key: reliability[key] for key in ("se_calibration", "se_calibration_non_trivial")})
+    assert 0.93 <= reliability["se_calibration"] <= 0.97
+    assert len(reliability["halvings"]) == len(HALVINGS)
+    assert all(halving["runs"] == [200, 200] for halving in reliability["halvings"])
+
+
+def test_too_few_runs_for_halves_gives_no_projection() -> None:
+    reliability = split_half(planted(3).stats(), EstimateConfig(null_perms=0))
+    assert reliability["halvings"] == [] and reliability["projection"] is None
+
+
+def test_reliability_reaches_the_printed_summary_the_report_and_wandb(tmp_path: Path) -> None:
+    from src.contracts.estimates import read_estimates
+    from src.estimate import main
+    from src.reporting.sections import summary_section
+    from src.tracking.wandb import estimate_numbers
+
+    sweep_dir = planted(16).write(tmp_path / "sweep")
+    main([str(sweep_dir), "--gallery", "0"])
+    est = read_estimates(sweep_dir / "estimates")
+    assert est.summary["reliability"]["pearson"] is not None
+    numbers = estimate_numbers(est.summary, est.arrays["mem"])
+    assert "reliability/pearson" in numbers and "reliability/projection/runs_for_target" in numbers
+
+    class Collect:
+        def __init__(self) -> None:
+            self.parts: list[str] = []
+
+        def __getattr__(self, name: str):
+            return lambda *args, **kwargs: self.parts.append(" ".join(str(arg) for arg in args))
+
+    page = Collect()
+    summary_section(page, est)  # type: ignore[arg-type]
+    assert any('id="reliability"' in part and "split-half reliability" in part for part in page.parts)
