@@ -13,13 +13,8 @@ from src.contracts.records import record_path, write_record
 from src.estimators.subsample.influence import estimate
 from src.estimators.subsample.load import load_sweep
 from src.estimators.subsample.memorization import EstimateConfig, memorization
-from src.estimators.subsample.reliability import (
-    HALVINGS,
-    half_estimates,
-    runs_for,
-    spearman_brown,
-    split_half,
-)
+from src.estimators.subsample.projection import runs_for, spearman_brown
+from src.estimators.subsample.reliability import HALVINGS, half_estimates, split_half
 from src.estimators.subsample.stats import RELIABILITY_GROUPS, SweepStats
 from src.util.stats import pearson
 from tests.test_estimate import Sweep, null_sweep, planted_sweep
@@ -91,7 +86,7 @@ def test_projection_predicts_the_pearson_of_an_independent_sweep() -> None:
     of runs 0..63 with runs 64..127 (independent subsets, same planted truth)."""
     sweep = planted(128)
     first, second = stats_of(sweep, list(range(64))), stats_of(sweep, list(range(64, 128)))
-    projected = split_half(first, EstimateConfig(null_perms=0))["projection"]["pearson_with_independent_sweep"]
+    projected = split_half(first, EstimateConfig(null_perms=0))["projection"]["pearson"]["with_independent_sweep"]
     measured = pearson(memorization(first)["mem"], memorization(second)["mem"])
     print(f"projected {projected:.4f}, measured {measured:.4f}")
     assert 0.3 < measured < 0.9  # far from 0 and 1: the projection is tested where it matters
@@ -122,7 +117,7 @@ def test_reliability_reaches_the_printed_summary_the_report_and_wandb(tmp_path: 
     est = read_estimates(sweep_dir / "estimates")
     assert est.summary["reliability"]["pearson"] is not None
     numbers = estimate_numbers(est.summary, est.arrays["mem"])
-    assert "reliability/pearson" in numbers and "reliability/projection/runs_for_target" in numbers
+    assert "reliability/pearson" in numbers and "reliability/projection/pearson/runs_for_target" in numbers
 
     class Collect:
         def __init__(self) -> None:
@@ -134,3 +129,15 @@ def test_reliability_reaches_the_printed_summary_the_report_and_wandb(tmp_path: 
     page = Collect()
     summary_section(page, est)  # type: ignore[arg-type]
     assert any('id="reliability"' in part and "split-half reliability" in part for part in page.parts)
+
+
+def test_logit_fit_recovers_a_spearman_brown_curve_and_refuses_flat_data() -> None:
+    from src.estimators.subsample.projection import fitted_agreement, fitted_runs_for, logit_fit
+
+    curve = {k: spearman_brown(0.4, k / 10) for k in (10.0, 20.0, 40.0)}
+    fit = logit_fit(curve)
+    assert fit is not None and fit[0] == pytest.approx(1.0)
+    assert fitted_agreement(fit, 160) == pytest.approx(spearman_brown(0.4, 16))
+    assert spearman_brown(0.4, fitted_runs_for(fit, 0.9) / 10) == pytest.approx(0.9)
+    assert logit_fit({10.0: 0.13, 20.0: 0.12, 40.0: 0.13}) is None  # chance-level pairs: not growing
+    assert logit_fit({10.0: 0.5, 20.0: None, 40.0: 0.7}) is None

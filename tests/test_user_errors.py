@@ -82,7 +82,10 @@ def test_a_failing_job_leaves_no_directory(tmp_path: Path) -> None:
 def test_ctrl_c_says_what_finished_and_exits_130(tmp_path: Path) -> None:
     process = subprocess.Popen([sys.executable, "-m", "src.run", "-m", *TINY, "trainer.max_epochs=50", "pack=1",
                                 f"paths.output_dir={tmp_path / 'out'}", "name=stopped", "seed=0..5"], cwd=tmp_path,
-                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               # A shell's background job starts with SIGINT ignored, and Python then keeps
+                               # ignoring it: give the sweep a terminal's default, as a user's Ctrl-C finds it.
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list((tmp_path / "out" / "stopped").glob("seed=*/run.log")) and time.time() < deadline:
         time.sleep(0.2)

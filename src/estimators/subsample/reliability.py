@@ -17,11 +17,11 @@ Agresti-Caffo SE, and the high-influence pairs. Their agreement, per halving and
   pseudo-counts make the SE conservative for examples every run gets right (their halves agree exactly while
   the SE stays above zero), so the first share sits near 1 on data sets that are mostly easy.
 
-Projection to other K (Spearman-Brown): two disjoint estimates of K/2 runs each that correlate at r (over all
-examples) become, with c times the runs each, rho(c) = c r / (1 + (c - 1) r); an estimate of c K/2 runs agrees with
-the K -> infinity answer at sqrt(rho(c)). The summary gives, from the mean r of the halvings: the Pearson expected
-between this sweep and an independent sweep of the same K, this sweep's agreement with the K -> infinity answer,
-and the runs per sweep at which two independent sweeps agree at Pearson PROJECTION_TARGET.
+Projection to other K (projection.py): from the halves' Pearson by Spearman-Brown, and for the Spearman and the
+memorized sets' Jaccard by a fit through the agreements of disjoint parts of K/8, K/4 and K/2 runs: each gives
+the agreement expected between this sweep and an independent one of the same K, and the runs per sweep at
+which two independent sweeps agree at PROJECTION_TARGET. Pearson also gives this sweep's agreement with the
+K -> infinity answer, sqrt(rho).
 """
 
 from __future__ import annotations
@@ -34,6 +34,13 @@ from scipy.stats import norm
 
 from src.estimators.subsample.influence import BLOCK_BYTES_PER_TEST, MASK_BYTES_PER_RUN, MB
 from src.estimators.subsample.memorization import EstimateConfig, agresti_caffo_se, mean_difference
+from src.estimators.subsample.projection import (
+    fitted_agreement,
+    fitted_runs_for,
+    logit_fit,
+    runs_for,
+    spearman_brown,
+)
 from src.estimators.subsample.stats import (
     GROUP_HARD_ALL,
     GROUP_HARD_IN,
@@ -54,6 +61,15 @@ HALVINGS = (  # groups of half A (seed mod RELIABILITY_GROUPS); half B is the re
 METRICS = ("spearman_non_trivial", "jaccard_memorized", "jaccard_pairs", "pearson", "se_calibration",
            "se_calibration_non_trivial")
 MIN_HALF_RUNS = 2  # a half with fewer runs has no estimate worth comparing
+# Disjoint parts of K/8 and of K/4 runs, compared pairwise for the empirical projection (projection.py): groups
+# g and g + 4; then {0, 4} against {2, 6} and {1, 5} against {3, 7}. The halves are HALVINGS.
+NESTED_PARTS = (
+    tuple((frozenset({g}), frozenset({g + 4})) for g in range(4)),
+    ((frozenset({0, 4}), frozenset({2, 6})), (frozenset({1, 5}), frozenset({3, 7}))),
+)
+# The pairs' Jaccard is not projected: at the runs of K/8 most pairs are chance, and the fit through them
+# fails its validation (docs/EXPERIMENTS.md section 9).
+EMPIRICAL_METRICS = ("spearman_non_trivial", "jaccard_memorized")
 
 
 @dataclass(frozen=True)
@@ -69,19 +85,21 @@ class HalfEstimate:
 def half_estimates(stats: SweepStats, config: EstimateConfig,
                    groups: frozenset[int]) -> tuple[HalfEstimate, HalfEstimate]:
     """The estimates of the runs in `groups` and of the other runs."""
-    in_half = np.isin(np.asarray(stats.seeds, dtype=np.int64) % RELIABILITY_GROUPS, sorted(groups))
-    chosen = np.isin(np.arange(RELIABILITY_GROUPS), sorted(groups))
-    return (_half(stats, config, in_half, stats.group_sums[chosen].sum(axis=0, dtype=np.float64)),
-            _half(stats, config, ~in_half, stats.group_sums[~chosen].sum(axis=0, dtype=np.float64)))
+    return (part_estimate(stats, config, groups),
+            part_estimate(stats, config, frozenset(range(RELIABILITY_GROUPS)) - groups))
 
 
-def _half(stats: SweepStats, config: EstimateConfig, rows: np.ndarray, sums: np.ndarray) -> HalfEstimate:
+def part_estimate(stats: SweepStats, config: EstimateConfig, groups: frozenset[int],
+                  with_pairs: bool = True) -> HalfEstimate:
+    """The estimate of the runs in the seed groups `groups` (without pairs: none)."""
+    rows = np.isin(np.asarray(stats.seeds, dtype=np.int64) % RELIABILITY_GROUPS, sorted(groups))
+    sums = stats.group_sums[np.isin(np.arange(RELIABILITY_GROUPS), sorted(groups))].sum(axis=0, dtype=np.float64)
     runs = int(rows.sum())
     n_in, hard_in = sums[GROUP_N_IN], sums[GROUP_HARD_IN]
     n_out, hard_out = runs - n_in, sums[GROUP_HARD_ALL] - hard_in
     mem = mean_difference(hard_in, n_in, hard_out, n_out)
-    return HalfEstimate(runs, mem, agresti_caffo_se(hard_in, n_in, hard_out, n_out),
-                        _pair_keys(stats, config, rows, mem, n_in))
+    pair_keys = _pair_keys(stats, config, rows, mem, n_in) if with_pairs else np.zeros(0, dtype=np.int64)
+    return HalfEstimate(runs, mem, agresti_caffo_se(hard_in, n_in, hard_out, n_out), pair_keys)
 
 
 def _pair_keys(stats: SweepStats, config: EstimateConfig, rows: np.ndarray, mem: np.ndarray,
@@ -135,21 +153,8 @@ def _jaccard(a: np.ndarray, b: np.ndarray) -> float | None:
     return np.intersect1d(a, b).size / union if union else None
 
 
-def spearman_brown(r: float, c: float) -> float:
-    """The correlation of two estimates of c times the runs of two estimates that correlate at r."""
-    return c * r / (1 + (c - 1) * r)
-
-
-def runs_for(r: float, half_runs: float, target: float) -> float | None:
-    """Runs per sweep at which two independent sweeps correlate at `target`, from two halves of `half_runs`
-    runs that correlate at r (Spearman-Brown solved for c); None where r <= 0."""
-    if r <= 0:
-        return None
-    return target * (1 - r) / (r * (1 - target)) * half_runs
-
-
 def split_half(stats: SweepStats, config: EstimateConfig) -> dict[str, Any]:
-    """The summary's `reliability`: each halving's agreement, their means, and the projection."""
+    """The summary's `reliability`: each halving's agreement, their means, and the projections."""
     halvings = []
     for groups in HALVINGS:
         a, b = half_estimates(stats, config, groups)
@@ -157,18 +162,55 @@ def split_half(stats: SweepStats, config: EstimateConfig) -> dict[str, Any]:
             halvings.append({"groups_a": sorted(groups), "runs": [a.runs, b.runs],
                              **agreement(a, b, config.theta_mem)})
     means = {metric: _mean([h[metric] for h in halvings]) for metric in METRICS}
-    r, half_runs = means["pearson"], _mean([sum(h["runs"]) / 2 for h in halvings])
     projection = None
-    if r is not None and half_runs is not None:
-        c = stats.n_runs / half_runs
-        rho = spearman_brown(r, c) if r > 0 else None
-        needed = runs_for(r, half_runs, PROJECTION_TARGET)
-        projection = {"pearson_with_independent_sweep": finite_or_none(rho) if rho is not None else None,
-                      "agreement_with_infinite_k": finite_or_none(np.sqrt(rho)) if rho is not None else None,
-                      "target_pearson": PROJECTION_TARGET,
-                      "runs_for_target": int(np.ceil(needed)) if needed is not None else None}
+    if halvings and means["pearson"] is not None:
+        half_runs = float(np.mean([sum(h["runs"]) / 2 for h in halvings]))
+        projection = {"pearson": _pearson_projection(means["pearson"], half_runs, stats.n_runs),
+                      **_empirical_projection(stats, config, means, half_runs)}
     return {"halvings": halvings, **means, "projection": projection, "non_trivial": NON_TRIVIAL,
-            "method": "halves by seed mod 8 (even/odd seeds and two more); Spearman-Brown on the Pearson"}
+            "target": PROJECTION_TARGET,
+            "method": "halves by seed mod 8 (even/odd seeds, and by the seed's second and third bit); Pearson "
+                      "projected by Spearman-Brown, Spearman and Jaccard by a logit fit over K/8, K/4, K/2"}
+
+
+def _pearson_projection(r: float, half_runs: float, runs: int) -> dict[str, float | int | None]:
+    """Spearman-Brown from the halves' Pearson r: the Pearson with an independent sweep of this size, the
+    agreement with the K -> infinity answer, and the runs for PROJECTION_TARGET."""
+    rho = spearman_brown(r, runs / half_runs) if r > 0 else None
+    needed = runs_for(r, half_runs, PROJECTION_TARGET)
+    return {"with_independent_sweep": finite_or_none(rho) if rho is not None else None,
+            "with_infinite_k": finite_or_none(np.sqrt(rho)) if rho is not None else None,
+            "runs_for_target": int(np.ceil(needed)) if needed is not None else None}
+
+
+def _empirical_projection(stats: SweepStats, config: EstimateConfig, halves: dict[str, float | None],
+                          half_runs: float) -> dict[str, dict[str, Any]]:
+    """For EMPIRICAL_METRICS: the agreement of disjoint parts of K/8, K/4 runs (NESTED_PARTS) and the halves,
+    the logit fit through them (projection.py), its value at this K and the runs for PROJECTION_TARGET."""
+    measured: dict[str, dict[float, float | None]] = {metric: {} for metric in EMPIRICAL_METRICS}
+    for pairs in NESTED_PARTS:
+        results, runs = [], []
+        for first, second in pairs:
+            a, b = (part_estimate(stats, config, groups, with_pairs=False) for groups in (first, second))
+            if min(a.runs, b.runs) >= MIN_HALF_RUNS:
+                results.append(agreement(a, b, config.theta_mem))
+                runs.append((a.runs + b.runs) / 2)
+        if results:
+            for metric in EMPIRICAL_METRICS:
+                measured[metric][float(np.mean(runs))] = _mean([result[metric] for result in results])
+    out = {}
+    for metric in EMPIRICAL_METRICS:
+        measured[metric][half_runs] = halves[metric]
+        fit = logit_fit(measured[metric])
+        out[metric] = {"measured": [[runs, value] for runs, value in sorted(measured[metric].items())],
+                       "slope": fit[0] if fit else None,
+                       "with_independent_sweep": _fitted_or_none(fit, stats.n_runs),
+                       "runs_for_target": int(np.ceil(fitted_runs_for(fit, PROJECTION_TARGET))) if fit else None}
+    return out
+
+
+def _fitted_or_none(fit: tuple[float, float] | None, runs: int) -> float | None:
+    return finite_or_none(fitted_agreement(fit, runs)) if fit else None
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -180,15 +222,23 @@ def format_reliability(reliability: dict[str, Any]) -> str | None:
     """The printed summary's line; None when no halving had two usable halves."""
     if not reliability["halvings"]:
         return None
-    shown = {metric: "-" if reliability[metric] is None else f"{reliability[metric]:.3f}" for metric in METRICS}
+    shown = {metric: _shown(reliability[metric]) for metric in METRICS}
     line = (f"split-half reliability ({len(reliability['halvings'])} halvings): Spearman (mem >= "
             f"{reliability['non_trivial']}) {shown['spearman_non_trivial']}, Jaccard memorized "
             f"{shown['jaccard_memorized']}, Jaccard pairs {shown['jaccard_pairs']}, Pearson {shown['pearson']}; "
             f"SE calibration {shown['se_calibration']}, {shown['se_calibration_non_trivial']} on those examples "
             "(0.95 if honest)")
     projection = reliability["projection"]
-    if projection and projection["pearson_with_independent_sweep"] is not None:
-        line += (f"; projected Pearson with an independent sweep of this size "
-                 f"{projection['pearson_with_independent_sweep']:.3f}, about {projection['runs_for_target']} runs "
-                 f"for {projection['target_pearson']}")
+    if projection:
+        parts = [f"{label} {_shown(projection[key]['with_independent_sweep'])}"
+                 f" (about {_shown(projection[key]['runs_for_target'])} runs for {reliability['target']})"
+                 for key, label in (("pearson", "Pearson"), ("spearman_non_trivial", "Spearman"),
+                                    ("jaccard_memorized", "Jaccard memorized"))]
+        line += f"\nprojected agreement with an independent sweep of this size: {', '.join(parts)}"
     return line
+
+
+def _shown(value: float | int | None) -> str:
+    if value is None:
+        return "n/a"
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
