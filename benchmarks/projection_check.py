@@ -27,7 +27,7 @@ from machine import table
 from src.contracts.records import find_records, read_record
 from src.estimators.subsample.memorization import EstimateConfig
 from src.estimators.subsample.projection import fitted_agreement, logit_fit, spearman_brown
-from src.estimators.subsample.reliability import EMPIRICAL_METRICS, HalfEstimate, agreement, split_half
+from src.estimators.subsample.reliability import EMPIRICAL_METRICS, PartEstimate, agreement, split_half
 from src.estimators.subsample.stats import SweepStats
 
 
@@ -38,12 +38,12 @@ def block_stats(paths: list[Path]) -> SweepStats:
     return stats
 
 
-def whole(stats: SweepStats) -> HalfEstimate:
+def whole(stats: SweepStats) -> PartEstimate:
     """The estimate of a whole block, in the form agreement() compares (pairs are not projected)."""
     from src.estimators.subsample.memorization import memorization
 
     mem = memorization(stats)
-    return HalfEstimate(stats.n_runs, mem["mem"], mem["mem_se"], np.zeros(0, dtype=np.int64))
+    return PartEstimate(stats.n_runs, mem["mem"], mem["mem_se"], np.zeros(0, dtype=np.int64))
 
 
 def main() -> None:

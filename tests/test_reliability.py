@@ -1,6 +1,6 @@
 """Split-half reliability (src/estimators/subsample/reliability.py): each half is the estimate of a sweep of its
 runs, the counts behind it survive the stats cache, and the projection and the SE calibration hold on planted
-truth."""
+truth. Convergence (python -m src.convergence): its rows are the agreement of the first K runs."""
 
 from __future__ import annotations
 
@@ -141,3 +141,52 @@ def test_logit_fit_recovers_a_spearman_brown_curve_and_refuses_flat_data() -> No
     assert spearman_brown(0.4, fitted_runs_for(fit, 0.9) / 10) == pytest.approx(0.9)
     assert logit_fit({10.0: 0.13, 20.0: 0.12, 40.0: 0.13}) is None  # chance-level pairs: not growing
     assert logit_fit({10.0: 0.5, 20.0: None, 40.0: 0.7}) is None
+
+
+# ------------------------------------------------------------------------------------------- convergence
+
+def test_nested_ks_double_from_16_and_end_at_the_sweep() -> None:
+    from src.analyses.convergence import nested_ks
+
+    assert nested_ks(100) == [16, 32, 64, 100] and nested_ks(64) == [16, 32, 64] and nested_ks(10) == [10]
+
+
+def write_seeds(sweep: Sweep, directory: Path, seeds: range) -> Path:
+    for seed in seeds:
+        write_record(record_path(directory, seed), sweep.record(seed))
+    return directory
+
+
+def test_convergence_rows_are_the_agreement_of_the_first_k_runs(tmp_path: Path) -> None:
+    from src.analyses.convergence import part_of
+    from src.convergence import main
+    from src.estimators.subsample.reliability import agreement
+
+    sweep = planted(80)
+    first, second = write_seeds(sweep, tmp_path / "a", range(40)), write_seeds(sweep, tmp_path / "b", range(40, 80))
+    assert main([str(first), "--against", str(second)]) == 0
+    lines = (first / "convergence" / "convergence.csv").read_text().splitlines()
+    assert lines[0] == "k,reference,reference_runs,spearman_non_trivial,jaccard_memorized,jaccard_pairs,pearson"
+    assert [line.split(",")[:3] for line in lines[1:]] == [["16", "full", "40"], ["16", "against", "40"],
+                                                           ["32", "full", "40"], ["32", "against", "40"],
+                                                           ["40", "full", "40"], ["40", "against", "40"]]
+    assert (first / "convergence" / "convergence.png").read_bytes().startswith(b"\x89PNG")
+    config = EstimateConfig(null_perms=0)
+    naive = agreement(part_of(stats_of(sweep, list(range(16))), config), part_of(stats_of(sweep, list(range(40))),
+                                                                                  config), config.theta_mem)
+    row = lines[1].split(",")
+    assert float(row[6]) == pytest.approx(naive["pearson"], abs=1e-6)
+    assert float(row[3]) == pytest.approx(naive["spearman_non_trivial"], abs=1e-6)
+    assert [float(value) for value in lines[5].split(",")[3:]] == [1.0] * 4  # all 40 runs against themselves
+
+
+def test_convergence_refuses_a_sweep_that_is_not_independent(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from src.convergence import main
+
+    sweep = planted(20)
+    first = write_seeds(sweep, tmp_path / "a", range(20))
+    copy = write_seeds(sweep, tmp_path / "b", range(10))
+    assert main([str(first), "--against", str(copy)]) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "shares 10 seeds" in error[0] and "not independent" in error[0]
+    assert not (first / "convergence").exists()

@@ -73,8 +73,8 @@ EMPIRICAL_METRICS = ("spearman_non_trivial", "jaccard_memorized")
 
 
 @dataclass(frozen=True)
-class HalfEstimate:
-    """One half of the runs: its run count, mem and SE, and its high-influence pairs as train * n_test + test."""
+class PartEstimate:
+    """An estimate from some of the runs: their count, mem and SE, the high-influence pairs (train * n_test + test)."""
 
     runs: int
     mem: np.ndarray
@@ -83,14 +83,14 @@ class HalfEstimate:
 
 
 def half_estimates(stats: SweepStats, config: EstimateConfig,
-                   groups: frozenset[int]) -> tuple[HalfEstimate, HalfEstimate]:
+                   groups: frozenset[int]) -> tuple[PartEstimate, PartEstimate]:
     """The estimates of the runs in `groups` and of the other runs."""
     return (part_estimate(stats, config, groups),
             part_estimate(stats, config, frozenset(range(RELIABILITY_GROUPS)) - groups))
 
 
 def part_estimate(stats: SweepStats, config: EstimateConfig, groups: frozenset[int],
-                  with_pairs: bool = True) -> HalfEstimate:
+                  with_pairs: bool = True) -> PartEstimate:
     """The estimate of the runs in the seed groups `groups` (without pairs: none)."""
     rows = np.isin(np.asarray(stats.seeds, dtype=np.int64) % RELIABILITY_GROUPS, sorted(groups))
     sums = stats.group_sums[np.isin(np.arange(RELIABILITY_GROUPS), sorted(groups))].sum(axis=0, dtype=np.float64)
@@ -99,7 +99,7 @@ def part_estimate(stats: SweepStats, config: EstimateConfig, groups: frozenset[i
     n_out, hard_out = runs - n_in, sums[GROUP_HARD_ALL] - hard_in
     mem = mean_difference(hard_in, n_in, hard_out, n_out)
     pair_keys = _pair_keys(stats, config, rows, mem, n_in) if with_pairs else np.zeros(0, dtype=np.int64)
-    return HalfEstimate(runs, mem, agresti_caffo_se(hard_in, n_in, hard_out, n_out), pair_keys)
+    return PartEstimate(runs, mem, agresti_caffo_se(hard_in, n_in, hard_out, n_out), pair_keys)
 
 
 def _pair_keys(stats: SweepStats, config: EstimateConfig, rows: np.ndarray, mem: np.ndarray,
@@ -128,7 +128,7 @@ def _pair_keys(stats: SweepStats, config: EstimateConfig, rows: np.ndarray, mem:
     return np.concatenate([np.zeros(0, dtype=np.int64), *keys])
 
 
-def agreement(a: HalfEstimate, b: HalfEstimate, theta_mem: float) -> dict[str, float | None]:
+def agreement(a: PartEstimate, b: PartEstimate, theta_mem: float) -> dict[str, float | None]:
     """The METRICS of two estimates of the same examples."""
     both = ~np.isnan(a.mem) & ~np.isnan(b.mem)
     non_trivial = both & ((a.mem >= NON_TRIVIAL) | (b.mem >= NON_TRIVIAL))
