@@ -7,6 +7,7 @@ rule names the offending import when it fails. docs/ARCHITECTURE.md draws the sa
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from functools import cache
@@ -159,3 +160,20 @@ def test_estimate_help_imports_no_training_library() -> None:
                             capture_output=True, text=True, timeout=120, check=True)
     imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if "|" in line}
     assert "numpy" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+
+# Top-level import names of the distributions pyproject.toml declares (where the two differ).
+DISTRIBUTION_OF = {"pytorch_lightning": "pytorch-lightning", "lightning": "pytorch-lightning", "hydra": "hydra-core",
+                   "sklearn": "scikit-learn", "PIL": "Pillow", "hydra_plugins": "hydra-core"}
+
+
+def test_every_third_party_import_is_declared() -> None:
+    """A module of src/ that imports a package pyproject.toml does not declare fails on a fresh install."""
+    import tomllib
+
+    declared = {re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].lower()
+                for spec in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    undeclared = sorted(f"{module} imports {name}" for module in MODULES for name in imports(module)
+                        if (top := name.split(".")[0]) != "src" and top not in sys.stdlib_module_names
+                        and DISTRIBUTION_OF.get(top, top).lower() not in declared)
+    assert not undeclared, f"declare in pyproject.toml: {undeclared}"

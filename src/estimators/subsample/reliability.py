@@ -52,7 +52,7 @@ from src.util.stats import CONFIDENCE, finite_or_none, pearson, spearman
 
 NON_TRIVIAL = 0.05  # mem at or above which an example counts as non-trivially memorized (issue 12)
 Z_95 = float(norm.ppf(0.5 + CONFIDENCE / 2))  # the two-sided 95% normal quantile
-PROJECTION_TARGET = 0.9  # the Pearson between two independent sweeps the "runs for" figure aims at
+PROJECTION_TARGET = 0.9  # the agreement of two independent sweeps that the "runs for" figures aim at
 HALVINGS = (  # groups of half A (seed mod RELIABILITY_GROUPS); half B is the rest
     frozenset(g for g in range(RELIABILITY_GROUPS) if g % 2 == 0),
     frozenset(g for g in range(RELIABILITY_GROUPS) if g // 2 % 2 == 0),
