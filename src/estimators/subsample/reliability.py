@@ -27,10 +27,10 @@ K -> infinity answer, sqrt(rho).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
-from scipy.stats import norm
 
 from src.estimators.subsample.influence import BLOCK_BYTES_PER_TEST, MASK_BYTES_PER_RUN, MB
 from src.estimators.subsample.memorization import EstimateConfig, agresti_caffo_se, mean_difference
@@ -51,7 +51,7 @@ from src.estimators.subsample.stats import (
 from src.util.stats import CONFIDENCE, finite_or_none, pearson, spearman
 
 NON_TRIVIAL = 0.05  # mem at or above which an example counts as non-trivially memorized (issue 12)
-Z_95 = float(norm.ppf(0.5 + CONFIDENCE / 2))  # the two-sided 95% normal quantile
+Z_95 = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # the two-sided 95% normal quantile (no scipy import at start)
 PROJECTION_TARGET = 0.9  # the agreement of two independent sweeps that the "runs for" figures aim at
 HALVINGS = (  # groups of half A (seed mod RELIABILITY_GROUPS); half B is the rest
     frozenset(g for g in range(RELIABILITY_GROUPS) if g % 2 == 0),
