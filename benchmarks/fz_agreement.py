@@ -23,17 +23,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-from scipy.stats import ks_2samp, pearsonr, spearmanr
+from scipy.stats import ks_2samp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import table
 
+from src.contracts.estimates import Thresholds, read_estimates
+from src.contracts.records import find_records, read_meta
+from src.estimators.subsample.reliability import NON_TRIVIAL, PartEstimate, agreement
+
 ROOT = Path(__file__).resolve().parent.parent
-NON_TRIVIAL, THETA_MEM, THETA_INFL = 0.05, 0.25, 0.15
+THETA = Thresholds()  # theta_mem 0.25, theta_infl 0.15: the project's defaults
 # The acceptance margins (issue 12 section 1): cross pairs may fall short of the worse within pair by this much.
-TOLERANCE = {"spearman": 0.005, "jaccard": 0.02, "pearson": 0.002}
+TOLERANCE = {"spearman_non_trivial": 0.005, "jaccard_memorized": 0.02, "pearson": 0.002}
 
 
 def train_meminf(name: str, seeds: range, out: Path) -> None:
@@ -50,41 +56,37 @@ def start_port(name: str, seeds: range, out: Path, threads: int) -> subprocess.P
     return subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL)
 
 
-def meminf_side(out: Path, name: str) -> dict[str, np.ndarray]:
-    from src.contracts.estimates import read_estimates
-    from src.contracts.records import find_records, read_meta
+class Side(NamedTuple):
+    """One sweep's estimate (mem, and pairs as train * n_test + test) and its per-run test accuracies."""
 
+    estimate: PartEstimate
+    test_acc: np.ndarray
+
+
+def meminf_side(out: Path, name: str) -> Side:
     est = read_estimates(out / name / "estimates")
-    pairs = set(zip(est.arrays["pair_train_idx"].tolist(), est.arrays["pair_test_idx"].tolist(), strict=True))
+    keys = est.arrays["pair_train_idx"].astype(np.int64) * est.n_test + est.arrays["pair_test_idx"]
     test_acc = np.array([float(read_meta(path)["test_acc"]) for path in find_records(out / name)])
-    return {"mem": est.mem.astype(np.float64), "pairs": pairs, "test_acc": test_acc}
+    mem = est.mem.astype(np.float64)
+    return Side(PartEstimate(len(test_acc), mem, est.arrays["mem_se"].astype(np.float64), keys), test_acc)
 
 
-def port_side(out: Path, name: str) -> dict[str, np.ndarray]:
+def port_side(out: Path, name: str) -> Side:
     with np.load(out / name / "estimates.npz") as est, np.load(out / name / "runs.npz") as runs:
         mem, infl = est["mem"].astype(np.float64), est["infl"]
         same_class = est["test_label"][:, None] == est["train_label"][None, :]
-        test_idx, train_idx = np.nonzero((infl >= THETA_INFL) & (mem >= THETA_MEM)[None, :] & same_class)
-        return {"mem": mem, "pairs": set(zip(train_idx.tolist(), test_idx.tolist(), strict=True)),
-                "test_acc": runs["test_acc"]}
+        test_idx, train_idx = np.nonzero((infl >= THETA.theta_infl) & (mem >= THETA.theta_mem)[None, :] & same_class)
+        keys = train_idx.astype(np.int64) * infl.shape[0] + test_idx
+        no_se = np.full(mem.shape, np.nan)  # the demo computes none; the SE calibration is not used here
+        return Side(PartEstimate(len(runs["test_acc"]), mem, no_se, keys), runs["test_acc"])
 
 
-def jaccard(a: set, b: set) -> float:
-    return len(a & b) / len(a | b) if a | b else float("nan")
-
-
-def agreement(a: dict, b: dict) -> dict[str, float]:
-    mem_a, mem_b = a["mem"], b["mem"]
-    both = ~np.isnan(mem_a) & ~np.isnan(mem_b)
-    non_trivial = both & ((mem_a >= NON_TRIVIAL) | (mem_b >= NON_TRIVIAL))
-    return {
-        "spearman": float(spearmanr(mem_a[non_trivial], mem_b[non_trivial]).statistic),
-        "jaccard": jaccard(set(np.flatnonzero(both & (mem_a >= THETA_MEM))),
-                           set(np.flatnonzero(both & (mem_b >= THETA_MEM)))),
-        "pearson": float(pearsonr(mem_a[both], mem_b[both]).statistic),
-        "non_trivial": int(non_trivial.sum()),
-        "pairs_a": len(a["pairs"]), "pairs_b": len(b["pairs"]), "jaccard_pairs": jaccard(a["pairs"], b["pairs"]),
-    }
+def pair_agreement(a: PartEstimate, b: PartEstimate) -> dict[str, float | int | None]:
+    """reliability.py's agreement of the two sweeps, with the counts the table shows."""
+    both = ~np.isnan(a.mem) & ~np.isnan(b.mem)
+    non_trivial = both & ((a.mem >= NON_TRIVIAL) | (b.mem >= NON_TRIVIAL))
+    return {**agreement(a, b, THETA.theta_mem), "non_trivial": int(non_trivial.sum()),
+            "pairs_a": a.pair_keys.size, "pairs_b": b.pair_keys.size}
 
 
 def main() -> None:
@@ -108,9 +110,11 @@ def main() -> None:
     port_s = time.perf_counter() - start - meminf_s
     sides = {name: meminf_side(args.out, f"fz_{name}") for name in "AB"}
     sides |= {name: port_side(args.out, f"port_{name}") for name in "CD"}
-    results = {a + b: agreement(sides[a], sides[b]) for a, b in itertools.combinations("ABCD", 2)}
-    rows = [(pair, f"{r['spearman']:.4f}", f"{r['jaccard']:.4f}", f"{r['pearson']:.4f}", r["non_trivial"],
-             f"{r['pairs_a']} / {r['pairs_b']}", f"{r['jaccard_pairs']:.3f}") for pair, r in results.items()]
+    results = {a + b: pair_agreement(sides[a].estimate, sides[b].estimate)
+               for a, b in itertools.combinations("ABCD", 2)}
+    rows = [(pair, f"{r['spearman_non_trivial']:.4f}", f"{r['jaccard_memorized']:.4f}", f"{r['pearson']:.4f}",
+             r["non_trivial"], f"{r['pairs_a']} / {r['pairs_b']}", f"{r['jaccard_pairs']:.3f}")
+            for pair, r in results.items()]
     print(f"{n} runs per sweep; meminf A+B {meminf_s:.0f} s, port C+D {port_s:.0f} s (wall, whatever was missing)")
     print(table(["pair", "Spearman (non-trivial)", "Jaccard mem>=0.25", "Pearson", "non-trivial", "pairs",
                  "Jaccard pairs"], rows))
@@ -120,8 +124,8 @@ def main() -> None:
         worst = min(results[pair][metric] for pair in ("AC", "AD", "BC", "BD"))
         verdicts.append((metric, f"{worst:.4f}", f"{floor:.4f}", "pass" if worst >= floor else "FAIL"))
     print(table(["metric", "worst cross pair", "worse within pair - tolerance", "verdict"], verdicts))
-    meminf_acc = np.concatenate([sides["A"]["test_acc"], sides["B"]["test_acc"]])
-    port_acc = np.concatenate([sides["C"]["test_acc"], sides["D"]["test_acc"]])
+    meminf_acc = np.concatenate([sides["A"].test_acc, sides["B"].test_acc])
+    port_acc = np.concatenate([sides["C"].test_acc, sides["D"].test_acc])
     ks = ks_2samp(meminf_acc, port_acc)
     print(f"test accuracy per run: meminf {meminf_acc.mean():.4f} +- {meminf_acc.std():.4f}, port "
           f"{port_acc.mean():.4f} +- {port_acc.std():.4f}; KS statistic {ks.statistic:.4f}, p = {ks.pvalue:.3f} "

@@ -24,10 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from machine import table
 
+from src.analyses.convergence import part_of
 from src.contracts.records import find_records, read_record
 from src.estimators.subsample.memorization import EstimateConfig
 from src.estimators.subsample.projection import fitted_agreement, logit_fit, spearman_brown
-from src.estimators.subsample.reliability import EMPIRICAL_METRICS, PartEstimate, agreement, split_half
+from src.estimators.subsample.reliability import EMPIRICAL_METRICS, agreement, split_half
 from src.estimators.subsample.stats import SweepStats
 
 
@@ -36,14 +37,6 @@ def block_stats(paths: list[Path]) -> SweepStats:
     for path in paths[1:]:
         stats.add_record(read_record(path))
     return stats
-
-
-def whole(stats: SweepStats) -> PartEstimate:
-    """The estimate of a whole block, in the form agreement() compares (pairs are not projected)."""
-    from src.estimators.subsample.memorization import memorization
-
-    mem = memorization(stats)
-    return PartEstimate(stats.n_runs, mem["mem"], mem["mem_se"], np.zeros(0, dtype=np.int64))
 
 
 def main() -> None:
@@ -63,7 +56,7 @@ def main() -> None:
             for metric in EMPIRICAL_METRICS}
     rows = []
     for k in args.k:
-        blocks = [whole(block_stats(paths[start:start + k])) for start in range(0, len(paths) - k + 1, k)]
+        blocks = [part_of(block_stats(paths[start:start + k]), config) for start in range(0, len(paths) - k + 1, k)]
         measured = [agreement(a, b, config.theta_mem) for a, b in itertools.combinations(blocks, 2)]
         predicted = {"pearson": spearman_brown(r, k / half_runs),
                      **{metric: fitted_agreement(fit, k) if fit else None for metric, fit in fits.items()}}

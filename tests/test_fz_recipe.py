@@ -5,6 +5,7 @@ whole sweeps is benchmarks/fz_agreement.py (docs/EXPERIMENTS.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,9 +17,11 @@ from omegaconf import DictConfig
 from torch import nn
 
 from src.config.compose import compose_config
+from src.contracts.records import read_record, record_path
 from src.data.dataset import load_dataset
 from src.data.subsets import subset_indices, subset_mask, subset_size
-from src.errors import ConfigError, ModelError
+from src.errors import ConfigError, ModelError, RecordError
+from src.estimators.subsample.stats import SweepStats
 from src.models.build import build_model
 from src.models.init import stax_init, truncated_normal_std
 from src.training.epochs import EpochPlan
@@ -120,6 +123,10 @@ def test_a_floor_sweep_is_estimated(compose_cfg: Callable[..., DictConfig], tmp_
     stats, problems = load_sweep(tmp_path / "outputs" / "floor", strict=True)
     assert not problems and stats.n_in.sum() == 4 * 1005
     assert np.isfinite(estimate_sweep(stats).mem).any()
+    record = read_record(record_path(tmp_path / "outputs" / "floor", 3))  # checked under its own rule only:
+    config = {**record.meta["config"], "subset": {**record.meta["config"]["subset"], "size_rule": "round_half_up"}}
+    with pytest.raises(RecordError, match=r"is not the subset of seed 3 .*size_rule round_half_up"):
+        SweepStats.from_record(dataclasses.replace(record, meta={**record.meta, "config": config}))
 
 
 def test_torch_sgd_momentum_is_jax_s_momentum() -> None:

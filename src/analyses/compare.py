@@ -53,7 +53,7 @@ from src.contracts.identity import identity_differences
 from src.contracts.io import write_files
 from src.errors import ConfigError, MeminfError
 from src.util.plotting import new_figure, png_bytes
-from src.util.stats import pearson
+from src.util.stats import jaccard_index, pearson
 from src.util.tables import csv_rows, fmt, text_table
 
 COMPARABLE = ("data_fingerprint", "n_train", "n_test", "num_classes")
@@ -146,9 +146,7 @@ def check_comparable(inputs: Sequence[Input]) -> None:
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> tuple[int, int, int, float | None]:
     """Sizes of two sets of unique keys, of their intersection, and their Jaccard (None if both empty)."""
-    both = np.intersect1d(a, b, assume_unique=True).size
-    union = a.size + b.size - both
-    return a.size, b.size, both, both / union if union else None
+    return a.size, b.size, np.intersect1d(a, b, assume_unique=True).size, jaccard_index(a, b)
 
 
 def _memorized(item: Input, common: np.ndarray, theta_mem: float) -> np.ndarray:

@@ -46,11 +46,6 @@ def subset_indices(seed: int, n: int, ratio: float, salt: int = 0, size_rule: st
     m = subset_size(n, ratio, size_rule)
     if m == 0:
         raise ConfigError(f"subset.ratio={ratio} of {n} examples selects none; raise the ratio")
-    return first_of_permutation(seed, n, m, salt)
-
-
-def first_of_permutation(seed: int, n: int, m: int, salt: int = 0) -> np.ndarray:
-    """The sorted first m of the seed's permutation of n: the subset of size m, whichever rule chose m."""
     check_seed(seed)
     rng = np.random.RandomState(seed if salt == 0 else [seed, salt])
     return np.sort(rng.permutation(n)[:m]).astype(np.int64)

@@ -30,6 +30,13 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(x @ y) / denominator if denominator > 0 else None
 
 
+def jaccard_index(a: np.ndarray, b: np.ndarray) -> float | None:
+    """|a & b| / |a | b| of two arrays of unique keys; None when both are empty."""
+    both = np.intersect1d(a, b, assume_unique=True).size
+    union = a.size + b.size - both
+    return both / union if union else None
+
+
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     """Spearman correlation (Pearson of average ranks) over the entries where both are finite; None when
     fewer than 3 such entries or either side is constant."""

@@ -56,16 +56,19 @@ def _is_consecutive(cols: np.ndarray) -> bool:
 class _InfluenceBlocks:
     """Influence over blocks of training examples: unpack the block's mask columns, one matmul with T."""
 
-    def __init__(self, stats: SweepStats, mem: np.ndarray, config: EstimateConfig) -> None:
-        self.packed = stats.packed_masks.array
-        self.test_correct = stats.test_correct.array.astype(np.float32)
+    def __init__(self, stats: SweepStats, mem: np.ndarray, config: EstimateConfig,
+                 runs: np.ndarray | None = None, n_in: np.ndarray | None = None) -> None:
+        """All runs of the sweep, or only `runs` (bool over its runs) with their counts `n_in`."""
+        self.packed = stats.packed_masks.array if runs is None else stats.packed_masks.array[runs]
+        test_correct = stats.test_correct.array if runs is None else stats.test_correct.array[runs]
+        self.test_correct = test_correct.astype(np.float32)
         self.test_sum = self.test_correct.sum(axis=0)  # float32 counts, exact below 2**24 runs
-        self.n_in = stats.n_in.astype(np.float32)
-        self.n_out = np.float32(stats.n_runs) - self.n_in
+        self.n_in = (stats.n_in if n_in is None else n_in).astype(np.float32)
+        self.n_out = np.float32(len(self.packed)) - self.n_in
         self.has_estimate = (self.n_in > 0) & (self.n_out > 0)
         self.mem, self.config = mem, config
         self.train_label, self.test_label = stats.train_label, stats.test_label
-        row_bytes = MASK_BYTES_PER_RUN * stats.n_runs + BLOCK_BYTES_PER_TEST * stats.n_test
+        row_bytes = MASK_BYTES_PER_RUN * len(self.packed) + BLOCK_BYTES_PER_TEST * stats.n_test
         self.block_rows = max(1, int(config.block_mb * MB // row_bytes))
 
     def unpack(self, cols: np.ndarray, run_order: np.ndarray | None = None) -> np.ndarray:
@@ -257,6 +260,25 @@ def estimate(stats: SweepStats, config: EstimateConfig | None = None, dense_dir:
         raise
     return SubsampleEstimates(config=config, **mem, topk_idx=topk_idx, topk_infl=topk_infl, pairs=pairs,
                      null_pair_counts=null_counts, dense=dense, has_dense=dense is not None)
+
+
+def pair_keys_of_runs(stats: SweepStats, config: EstimateConfig, runs: np.ndarray, mem: np.ndarray,
+                      n_in: np.ndarray) -> np.ndarray:
+    """The high-influence pairs (train * n_test + test) of the runs `runs` (bool over the sweep's runs), whose mem
+    and counts n_in are given: what a sweep of those runs alone finds, by the same blocks and float32 operations.
+    Only memorized training examples can pair, so only their columns are multiplied."""
+    blocks = _InfluenceBlocks(stats, mem, config, runs, n_in)
+    keys = [_NO_INDEX]
+    for cols in blocks.chunks(np.flatnonzero(mem >= config.theta_mem)):
+        keys.append(_block_pair_keys(blocks, cols))
+    return np.concatenate(keys)
+
+
+def _block_pair_keys(blocks: _InfluenceBlocks, cols: np.ndarray) -> np.ndarray:
+    s_in = blocks.product(cols)
+    _, pair_flat, _ = blocks.influence(cols, s_in)
+    rows, test_idx = blocks.pairs(cols, pair_flat, s_in.shape[1])
+    return cols[rows].astype(np.int64) * s_in.shape[1] + test_idx
 
 
 def pair_influence(stats: SweepStats, train_idx: np.ndarray,

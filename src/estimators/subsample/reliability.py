@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from src.estimators.subsample.influence import BLOCK_BYTES_PER_TEST, MASK_BYTES_PER_RUN, MB
+from src.estimators.subsample.influence import pair_keys_of_runs
 from src.estimators.subsample.memorization import EstimateConfig, agresti_caffo_se, mean_difference
 from src.estimators.subsample.projection import (
     fitted_agreement,
@@ -48,7 +48,7 @@ from src.estimators.subsample.stats import (
     RELIABILITY_GROUPS,
     SweepStats,
 )
-from src.util.stats import CONFIDENCE, finite_or_none, pearson, spearman
+from src.util.stats import CONFIDENCE, finite_or_none, jaccard_index, pearson, spearman
 
 NON_TRIVIAL = 0.05  # mem at or above which an example counts as non-trivially memorized (issue 12)
 Z_95 = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # the two-sided 95% normal quantile (no scipy import at start)
@@ -98,34 +98,8 @@ def part_estimate(stats: SweepStats, config: EstimateConfig, groups: frozenset[i
     n_in, hard_in = sums[GROUP_N_IN], sums[GROUP_HARD_IN]
     n_out, hard_out = runs - n_in, sums[GROUP_HARD_ALL] - hard_in
     mem = mean_difference(hard_in, n_in, hard_out, n_out)
-    pair_keys = _pair_keys(stats, config, rows, mem, n_in) if with_pairs else np.zeros(0, dtype=np.int64)
+    pair_keys = pair_keys_of_runs(stats, config, rows, mem, n_in) if with_pairs else np.zeros(0, dtype=np.int64)
     return PartEstimate(runs, mem, agresti_caffo_se(hard_in, n_in, hard_out, n_out), pair_keys)
-
-
-def _pair_keys(stats: SweepStats, config: EstimateConfig, rows: np.ndarray, mem: np.ndarray,
-               n_in: np.ndarray) -> np.ndarray:
-    """The half's high-influence pairs. Only memorized training examples can pair, so only their columns are
-    multiplied; the float32 operations are influence.py's, so a half's pairs are those of a sweep of its runs."""
-    memorized = np.flatnonzero(np.nan_to_num(mem, nan=-np.inf) >= config.theta_mem)
-    packed = stats.packed_masks.array[rows]
-    test_correct = stats.test_correct.array[rows].astype(np.float32)
-    test_sum = test_correct.sum(axis=0)
-    n_in32 = n_in.astype(np.float32)
-    n_out32 = np.float32(len(packed)) - n_in32
-    row_bytes = MASK_BYTES_PER_RUN * len(packed) + BLOCK_BYTES_PER_TEST * stats.n_test
-    block = max(1, int(config.block_mb * MB // row_bytes))
-    keys = []
-    for start in range(0, len(memorized), block):
-        cols = memorized[start:start + block]
-        bits = (packed[:, cols >> 3] >> (7 - (cols & 7)).astype(np.uint8)) & 1
-        s_in = bits.astype(np.float32).T @ test_correct
-        with np.errstate(divide="ignore", invalid="ignore"):
-            infl = s_in / n_in32[cols, None]
-            infl -= (test_sum - s_in) / n_out32[cols, None]
-        hits = (infl >= config.theta_infl) & (stats.train_label[cols, None] == stats.test_label[None, :])
-        train_idx, test_idx = np.nonzero(hits)
-        keys.append(cols[train_idx].astype(np.int64) * stats.n_test + test_idx)
-    return np.concatenate([np.zeros(0, dtype=np.int64), *keys])
 
 
 def agreement(a: PartEstimate, b: PartEstimate, theta_mem: float) -> dict[str, float | None]:
@@ -135,9 +109,9 @@ def agreement(a: PartEstimate, b: PartEstimate, theta_mem: float) -> dict[str, f
     within = np.abs(a.mem - b.mem) <= Z_95 * np.sqrt(a.mem_se**2 + b.mem_se**2)
     return {
         "spearman_non_trivial": spearman(a.mem[non_trivial], b.mem[non_trivial]),
-        "jaccard_memorized": _jaccard(np.flatnonzero(both & (a.mem >= theta_mem)),
+        "jaccard_memorized": jaccard_index(np.flatnonzero(both & (a.mem >= theta_mem)),
                                       np.flatnonzero(both & (b.mem >= theta_mem))),
-        "jaccard_pairs": _jaccard(a.pair_keys, b.pair_keys),
+        "jaccard_pairs": jaccard_index(a.pair_keys, b.pair_keys),
         "pearson": pearson(a.mem[both], b.mem[both]),
         "se_calibration": _share(within, both),
         "se_calibration_non_trivial": _share(within, non_trivial),
@@ -146,11 +120,6 @@ def agreement(a: PartEstimate, b: PartEstimate, theta_mem: float) -> dict[str, f
 
 def _share(hits: np.ndarray, where: np.ndarray) -> float | None:
     return float(np.mean(hits[where])) if where.any() else None
-
-
-def _jaccard(a: np.ndarray, b: np.ndarray) -> float | None:
-    union = np.union1d(a, b).size
-    return np.intersect1d(a, b).size / union if union else None
 
 
 def split_half(stats: SweepStats, config: EstimateConfig) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import numpy as np
 from src.contracts.identity import experiment_identity, record_experiment_hash
 from src.contracts.io import content_hash
 from src.contracts.records import Record, RecordError, record_arrays
-from src.data.subsets import SIZE_RULES, first_of_permutation, subset_size
+from src.data.subsets import DEFAULT_SIZE_RULE, subset_mask
 from src.errors import ConfigError
 
 IDENTITY_FIELDS = ("data_fingerprint", "n_train", "n_test", "num_classes", "ratio", "salt")
@@ -110,20 +110,20 @@ def content_digest(record: Record) -> str:
 
 
 def _check_subset_mask(record: Record, path: str | Path) -> None:
-    """The record's subset is its seed's draw (src/data/subsets.py), of the size one of the size rules gives (the
-    rule is part of the experiment identity, so records of one sweep share it)."""
+    """The record's subset is its seed's draw (src/data/subsets.py) under the size rule of its config (records
+    written before the rule existed, or without a config, used the default)."""
     meta = record.meta
+    config = meta.get("config")
+    subset = config.get("subset") if isinstance(config, Mapping) else None
+    size_rule = subset.get("size_rule", DEFAULT_SIZE_RULE) if isinstance(subset, Mapping) else DEFAULT_SIZE_RULE
     try:
-        n, ratio = int(meta["n_train"]), float(meta["ratio"])
-        sizes = {subset_size(n, ratio, rule) for rule in SIZE_RULES}
-        size = int(record.subset_mask.sum())
-        expected = np.zeros(n, dtype=bool)
-        expected[first_of_permutation(record.seed, n, size if size in sizes else min(sizes), int(meta["salt"]))] = True
+        expected = subset_mask(record.seed, int(meta["n_train"]), float(meta["ratio"]), int(meta["salt"]),
+                               str(size_rule))
     except (ValueError, TypeError, ConfigError) as err:
         raise RecordError(path, f"cannot recompute the subset of seed {meta['seed']} ({err})") from err
     if not np.array_equal(record.subset_mask, expected):
         raise RecordError(path, f"subset_mask is not the subset of seed {record.seed} "
-                                f"(ratio {meta['ratio']}, salt {meta['salt']}); rerun that seed")
+                                f"(ratio {meta['ratio']}, salt {meta['salt']}, size_rule {size_rule}); rerun that seed")
 
 
 class _RowBuffer:
