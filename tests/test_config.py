@@ -59,11 +59,12 @@ UNCHANGED = ["seed=7", "logger=wandb", "logger=none", "trainer=gpu", "paths.outp
              "paths.data_dir=/data", "overwrite=true", "dataset.eval_batch_size=7", "trainer.deterministic=true",
              "name=other", "record.save_model=true", "progress=true", "model.pack_default=3", "pack=4",
              "model.init=default", "subset.size_rule=round_half_up", "+trainer.gradient_clip_val=null",
-             "+trainer.accumulate_grad_batches=1", "record.epochs=[1]", "+dataset.path=/moved/data.npz"]
+             "+trainer.accumulate_grad_batches=1", "record.epochs=[1]", "+dataset.path=/moved/data.npz",
+             "subset.repeats=1"]
 CHANGED = ["optim.lr=0.05", "optim=adamw", "subset.ratio=0.5", "subset.salt=1", "dataset.normalize.mean=[0.5]",
            "schedule=cosine", "+trainer.gradient_clip_val=1.0", "model.kwargs.hidden=[64]",
            "model=cnn_small", "trainer.max_epochs=3", "batch_size=32", "trainer.precision=bf16-mixed",
-           "dataset.augment.hflip=true", "model.init=stax", "subset.size_rule=floor"]
+           "dataset.augment.hflip=true", "model.init=stax", "subset.size_rule=floor", "subset.repeats=2"]
 
 
 @pytest.mark.parametrize("override", UNCHANGED)
@@ -81,7 +82,8 @@ def test_hash_covers_the_data(compose_cfg: Callable[..., DictConfig]) -> None:
 
 
 @pytest.mark.parametrize("override", ["subset.ratio=0", "subset.ratio=1.5", "seed=-1", "batch_size=0",
-                                      "trainer.max_epochs=0", "subset.salt=-2", "name=a/b"])
+                                      "trainer.max_epochs=0", "subset.salt=-2", "name=a/b",
+                                      "subset.repeats=0"])
 def test_validate_config_rejects(compose_cfg: Callable[..., DictConfig], override: str) -> None:
     with pytest.raises(ConfigError):
         validate_config(compose_cfg(override))

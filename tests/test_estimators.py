@@ -42,13 +42,14 @@ def turnover(root: Path) -> Path:
 
 def scored(root: Path) -> Path:
     """A subset sweep whose records hold every record score."""
-    scores = "record.scores=[learn_speed,loss,margin,cumulative_loss]"
+    scores = "record.scores=[learn_speed,loss,margin,cumulative_loss,curvature]"
     assert run_cli("src.run", "-m", *COMMON, scores, f"paths.output_dir={root}", "seed=0..15", cwd=root).returncode == 0
     return root / "sweep"
 
 
 PRODUCE: dict[str, Callable[[Path], Path]] = {"subsample": subsample, "turnover": turnover, "learn_speed": scored,
-                                              "loss": scored, "margin": scored, "cumulative_loss": scored}
+                                              "loss": scored, "margin": scored, "cumulative_loss": scored,
+                                              "curvature": scored}
 
 
 @pytest.fixture(scope="module")
@@ -123,10 +124,11 @@ def test_cumulative_loss_is_the_hand_computed_sum(compose_cfg: Callable[..., Dic
         np.testing.assert_allclose(csl[record.subset_mask], by_hand[k][record.subset_mask], rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["learn_speed", "loss", "margin", "cumulative_loss"])
+@pytest.mark.parametrize("name", ["learn_speed", "loss", "margin", "cumulative_loss", "curvature"])
 def test_a_record_score_estimator_is_the_in_subset_mean(tmp_path: Path, name: str) -> None:
     sweep = small_sweep(n_runs=6)
-    sweep.proxies["cumulative_loss"] = sweep.proxies["loss"] * 7  # a planted score, >= 0
+    sweep.proxies["cumulative_loss"] = sweep.proxies["loss"] * 7  # planted scores, >= 0
+    sweep.proxies["curvature"] = sweep.proxies["loss"] * 3
     sweep.write(tmp_path)
     est = get_estimator(name).reduce(tmp_path, ReduceOptions())
     records = [sweep.record(k) for k in sweep.seeds]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from src.data.subsets import subset_indices, subset_mask, subset_size
+from src.data.subsets import SubsetRule, subset_indices, subset_mask, subset_seed, subset_size
 from src.errors import ConfigError
 from src.sweep.seeds import expand_seed_ranges, seed_override
 
@@ -38,6 +38,23 @@ def test_salt_zero_is_the_authors_demo_draw() -> None:
 
 def test_salt_gives_other_subsets() -> None:
     assert not np.array_equal(subset_indices(0, 100, 0.7, salt=1), subset_indices(0, 100, 0.7))
+
+
+def test_repeats_group_seeds_on_the_first_seed_s_subset() -> None:
+    # repeats=2: seeds 2k and 2k+1 train the subset of seed 2k, drawn exactly as before; repeats=1 changes nothing.
+    assert [subset_seed(seed, 2) for seed in range(3000, 3006)] == [3000, 3000, 3002, 3002, 3004, 3004]
+    assert [subset_seed(seed, 3) for seed in range(6)] == [0, 0, 0, 3, 3, 3]
+    assert [subset_seed(seed) for seed in range(4)] == [0, 1, 2, 3]
+    assert np.array_equal(subset_mask(subset_seed(7, 2), 100, 0.7), subset_mask(6, 100, 0.7))
+    for bad in (0, -1, True, 1.5, "2"):
+        with pytest.raises(ConfigError, match=r"subset\.repeats"):
+            subset_seed(5, bad)  # type: ignore[arg-type]
+
+
+def test_subset_rule_of_a_stored_config() -> None:
+    assert SubsetRule.of_config(None) == SubsetRule.of_config({}) == SubsetRule("round_half_up", 1)
+    assert SubsetRule.of_config({"subset": {"ratio": 0.7}}) == SubsetRule("round_half_up", 1)  # before the keys
+    assert SubsetRule.of_config({"subset": {"size_rule": "floor", "repeats": 2}}) == SubsetRule("floor", 2)
 
 
 @pytest.mark.parametrize(("seed", "ratio"), [(0, 0.0), (0, 1.5), (0, -0.1), (-1, 0.7), (2**32, 0.7)])

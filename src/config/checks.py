@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from src.config.compose import plain
 from src.config.keys import check_keys
 from src.contracts.identity import experiment_hash, experiment_identity
-from src.data.subsets import check_seed, subset_size
+from src.data.subsets import check_repeats, check_seed, subset_size
 from src.errors import ConfigError
 
 # Every true/false setting of conf/ (tests/test_config.py checks that no boolean default is missing): each takes
@@ -93,6 +93,7 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(f"batch_size={cfg.batch_size!r} must be a positive integer")
     if not isinstance(cfg.subset.salt, int) or cfg.subset.salt < 0:
         raise ConfigError(f"subset.salt={cfg.subset.salt!r} must be a non-negative integer")
+    check_repeats(cfg.subset.repeats)
     epochs = cfg.trainer.max_epochs
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
         raise ConfigError(f"trainer.max_epochs={epochs!r} must be a positive integer")

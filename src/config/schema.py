@@ -140,6 +140,7 @@ class Subset:
     ratio: float = 0.7
     salt: int = 0
     size_rule: str = "round_half_up"  # src/data/subsets.py SIZE_RULES
+    repeats: int = 1  # seeds per subset (src/data/subsets.py subset_seed)
 
 
 @dataclass
@@ -172,10 +173,17 @@ class Perf:
 
 
 @dataclass
+class Curvature:
+    directions: int = 10  # Rademacher directions per example and epoch (src/estimators/curvature.py)
+    step: float = 1.0e-3  # the finite-difference step h
+
+
+@dataclass
 class Record:
     save_model: Any = False  # a boolean
     epochs: list[int] = field(default_factory=list)
     scores: list[str] = field(default_factory=lambda: ["learn_speed", "loss", "margin"])
+    curvature: Curvature = field(default_factory=Curvature)
 
 
 @dataclass

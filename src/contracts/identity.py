@@ -11,7 +11,8 @@ not by where the config files keep it:
 - `schedule`: its kind (the last part of `schedule._target_`, or the older `optim.schedule`), warm-up epochs
   and, for `step`, milestones and gamma;
 - `trainer`: every Trainer argument except those that only choose devices, logging or speed (`NOT_TRAINING`);
-- `batch_size`, `subset.ratio`, `subset.salt`, `subset.size_rule`.
+- `batch_size`, `subset.ratio`, `subset.salt`, `subset.size_rule`, `subset.repeats` (which seeds share a
+  subset: it changes what seed s trains on, so a record of another `repeats` is another experiment).
 
 Canonical values: numbers become floats (`1` and `1.0` are one value), a key whose value is null or the
 neutral value of `NEUTRAL` ("as before the key existed") is left out. So adding a config key whose default
@@ -46,7 +47,7 @@ NEUTRAL: dict[str, Any] = {
     "model.small_input_stem": "auto", "model.init": "default", "model.kwargs": {}, "data.augment.crop_padding": 0,
     "data.augment.hflip": False, "subset.salt": 0, "schedule.warmup_epochs": 0,
     "trainer.accumulate_grad_batches": 1, "trainer.sync_batchnorm": False, "trainer.max_steps": -1,
-    "subset.size_rule": "round_half_up",
+    "subset.size_rule": "round_half_up", "subset.repeats": 1,
 }
 # Where each value lives, newest layout first.
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -56,7 +57,7 @@ CANDIDATES: dict[str, tuple[str, ...]] = {
     "model.small_input_stem": ("model.small_input_stem",), "model.small_input_max_px": ("model.small_input_max_px",),
     "model.init": ("model.init",),
     "batch_size": ("batch_size",), "subset.ratio": ("subset.ratio",), "subset.salt": ("subset.salt",),
-    "subset.size_rule": ("subset.size_rule",),
+    "subset.size_rule": ("subset.size_rule",), "subset.repeats": ("subset.repeats",),
     "schedule.warmup_epochs": ("schedule.warmup_epochs", "optim.warmup_epochs"),
     "schedule.milestones": ("schedule.milestones", "optim.step_milestones"),
     "schedule.gamma": ("schedule.gamma", "optim.step_gamma"),

@@ -25,6 +25,8 @@ optional arrays marked v2):
 | | | largest other logit (finite) |
 | `proxy_train_cumulative_loss` | float32, (n_train,) | v2, optional (`record.scores`): the example's training loss |
 | | | summed over its training steps (src/estimators/csl.py); NaN exactly outside the subset |
+| `proxy_train_curvature` | float32, (n_train,) | v2, optional (`record.scores`): input-loss curvature averaged |
+| | | over the epochs (src/estimators/curvature.py); NaN exactly outside the subset |
 
 The `proxy_train_*` arrays are the record scores of src/estimators/base.py: PROXIES below holds each one's
 validation rule; a new record score adds its row there (and its accumulator in its estimator's module).
@@ -60,6 +62,7 @@ PROXIES: dict[str, tuple[bool, float, float]] = {
     "loss": (False, 0.0, np.inf),
     "margin": (False, -np.inf, np.inf),
     "cumulative_loss": (True, 0.0, np.inf),
+    "curvature": (True, 0.0, np.inf),
 }
 REQUIRED_META = (
     "format_version", "dataset", "n_train", "n_test", "num_classes", "data_fingerprint", "model",

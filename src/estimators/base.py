@@ -9,8 +9,9 @@ A `RecordScore` is a per-example array that every training job accumulates for e
 an extra pass, and stores in the record as the optional, versioned array `proxy_train_<name>` (its validation
 rule is the contract's SCORE_RULES). `record.scores` in conf/config.yaml lists those a job records. Its hooks
 get torch tensors on the training device: `on_step` a `TrainStep` (one training batch of every member, train
-mode, augmented, before the update); `finish` the final evaluation of member k on the training examples
-(src/training/module.py `Evaluation`).
+mode, augmented, before the update); `on_epoch_end` an `EpochEnd` (each member's subset and its differentiable
+per-example loss, eval mode, after the epoch's last update); `finish` the final evaluation of member k on the
+training examples (src/training/module.py `Evaluation`).
 This module imports neither torch nor Lightning: reducing records needs neither.
 """
 
@@ -83,6 +84,17 @@ class TrainStep(NamedTuple):
     correct: Any  # bool (P, B): argmax of the logits == label
 
 
+class EpochEnd(NamedTuple):
+    """The end of a training epoch, for a score that needs the model itself (eval mode, no augmentation)."""
+
+    epoch: int  # 0-based
+    seeds: tuple[int, ...]  # member k's seed
+    subset_idx: Any  # int64 (P, m): member k's training examples, on the training device
+    inputs: Callable[[Any], Any]  # global indices (P, B) -> each member's normalised inputs (P, B, ...)
+    losses: Callable[[Any, Any], Any]  # (inputs (P, B, ...), indices (P, B)) -> per-example loss (P, B), differentiable
+    batch_size: int  # the evaluation batch size: how many examples a score should take at once
+
+
 class RecordScore(ABC):
     """A per-example array accumulated inside training and stored in each record (module docstring)."""
 
@@ -93,6 +105,9 @@ class RecordScore(ABC):
 
     def on_step(self, step: TrainStep) -> None:  # noqa: B027 (optional hook)
         """One training batch of every member."""
+
+    def on_epoch_end(self, epoch: EpochEnd) -> None:  # noqa: B027 (optional hook)
+        """The end of every training epoch; the model is in eval mode and must be left unchanged."""
 
     def synchronize(self, all_reduce: Callable[[Any], None]) -> None:  # noqa: B027
         """Under DDP, after training: sum what each rank accumulated over its share of the batches."""

@@ -4,7 +4,8 @@ only reduces records never imports an estimator that trains with Lightning (turn
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from src.errors import ConfigError
 from src.estimators.base import Estimator, RecordScore
@@ -16,12 +17,14 @@ ESTIMATORS = {
     "loss": "src.estimators.record_scores:FinalLossEstimator",
     "margin": "src.estimators.record_scores:MarginEstimator",
     "cumulative_loss": "src.estimators.csl:CumulativeLossEstimator",
+    "curvature": "src.estimators.curvature:CurvatureEstimator",
 }
 RECORD_SCORES = {
     "learn_speed": "src.estimators.proxies:LearnSpeed",
     "loss": "src.estimators.proxies:FinalLoss",
     "margin": "src.estimators.proxies:FinalMargin",
     "cumulative_loss": "src.estimators.csl:CumulativeLoss",
+    "curvature": "src.estimators.curvature:InputCurvature",
 }
 
 
@@ -36,10 +39,11 @@ def get_estimator(name: str) -> Estimator:
     return _load(ESTIMATORS[name])()
 
 
-def record_scores(names: Iterable[str]) -> list[RecordScore]:
-    """New accumulators of the named record scores, in the order given."""
-    names = list(names)
+def record_scores(names: Iterable[str], settings: Mapping[str, Any] | None = None) -> list[RecordScore]:
+    """New accumulators of the named record scores, in the order given; a score with settings (the `record`
+    config's key of its name, e.g. `record.curvature`) gets them as keyword arguments."""
+    names, settings = list(names), settings or {}
     unknown = [name for name in names if name not in RECORD_SCORES]
     if unknown or len(set(names)) != len(names):
         raise ConfigError(f"record.scores={names} must name each of {', '.join(RECORD_SCORES)} at most once")
-    return [_load(RECORD_SCORES[name])() for name in names]
+    return [_load(RECORD_SCORES[name])(**dict(settings.get(name) or {})) for name in names]

@@ -168,7 +168,7 @@ def plan_sweep(args: list[str]) -> SweepPlan | None:
         check_launch(cfg, 1, local)
         runs = seeds or [cfg.seed]
         return SweepPlan(cfg, multirun, runs, runs, 1, f"estimator={estimator.name}: one run per seed")
-    record_scores(cfg.record.scores)  # the job builds them at its end; a bad name is known now
+    record_scores(cfg.record.scores, cfg.record)  # the job builds them at its end; a bad name is known now
     notes: list[str] = []
     if float(cfg.subset.ratio) == 1.0:
         notes.append("warning: subset.ratio=1.0 trains every model on every example, so no example is ever left out "

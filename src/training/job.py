@@ -20,7 +20,7 @@ from src.config.paths import job_subdir, seed_record_path, sweep_dir
 from src.contracts.io import remove_stale_temps, write_atomic
 from src.contracts.records import Record, write_record
 from src.data.dataset import Dataset, load_dataset
-from src.data.subsets import check_seed, subset_mask
+from src.data.subsets import check_seed, subset_mask, subset_seed
 from src.errors import ConfigError, TrainingError
 from src.estimators.registry import record_scores
 from src.models.build import build_model
@@ -62,8 +62,8 @@ def run_job(cfg: DictConfig) -> list[Path]:
         return []
     for seed in seeds:
         remove_stale_temps(seed_record_path(cfg, seed))
-    masks = np.stack([subset_mask(seed, len(dataset.y_train), cfg.subset.ratio, cfg.subset.salt, cfg.subset.size_rule)
-                      for seed in seeds])
+    masks = np.stack([subset_mask(subset_seed(seed, cfg.subset.repeats), len(dataset.y_train), cfg.subset.ratio,
+                                  cfg.subset.salt, cfg.subset.size_rule) for seed in seeds])
     module = fit(cfg, dataset, seeds, masks)
     if module.global_rank != 0:  # DDP: the ranks hold the same weights; rank 0 evaluates and writes
         return []
@@ -120,7 +120,7 @@ def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) 
                               list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std),
                               augment.crop_padding, augment.hflip, bool(cfg.perf.channels_last),
                               tuple(cfg.record.epochs), int(cfg.dataset.eval_batch_size),
-                              tuple(record_scores(cfg.record.scores)))
+                              tuple(record_scores(cfg.record.scores, cfg.record)))
     datamodule = SubsetDataModule(masks, seeds, cfg.batch_size, augment.crop_padding, augment.hflip)
     train_module(cfg, module, datamodule, sweep_dir(cfg) / job_subdir(seeds[0], seeds), pack=len(seeds))
     return module

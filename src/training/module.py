@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from src.data.dataset import Dataset
 from src.errors import TrainingError
-from src.estimators.base import RecordScore, TrainStep
+from src.estimators.base import EpochEnd, RecordScore, TrainStep
 from src.models.packing import Members
 from src.training.epochs import pad_crop_flip
 from src.training.record import MemberOutputs
@@ -115,12 +115,38 @@ class SubsetClassifier(pl.LightningModule):
             raise TrainingError(f"training loss became {self.epoch_loss_sum.tolist()} in epoch "
                                 f"{self.current_epoch}; lower optim.lr or check the data")
         self.epoch_loss_sum = torch.zeros_like(self.epoch_loss_sum)
+        self.end_epoch_of_scores()
         if self.current_epoch + 1 in self.record_epochs:
             was_training = self.training
             for split, correct in self.epoch_correct.items():
                 evaluation = self.evaluate(split, self.eval_batch_size)
                 correct.append(evaluation.pred == getattr(self, f"y_{split}").cpu().numpy())
             self.train(was_training)
+
+    def end_epoch_of_scores(self) -> None:
+        """Hand the record scores the epoch's model (eval mode, no augmentation), then train on."""
+        was_training = self.training
+        self.eval()
+        epoch = EpochEnd(self.current_epoch, tuple(self.trainer.datamodule.plan.seeds),
+                         self.trainer.datamodule.plan.subset_idx.to(self.device),
+                         lambda idx: self.prepare_members(self.x_train[idx]), self.member_losses,
+                         self.eval_batch_size)
+        for score in self.scores:
+            score.on_epoch_end(epoch)
+        self.train(was_training)
+
+    def prepare_members(self, x: torch.Tensor) -> torch.Tensor:
+        """Stored values (P, B, ...) → normalised float inputs, no augmentation."""
+        flat = self.prepare(x.flatten(0, 1))
+        if flat.ndim == 4:
+            flat = flat.contiguous(memory_format=self.memory_format)
+        return flat.view(*x.shape[:2], *flat.shape[1:])
+
+    def member_losses(self, inputs: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Per-example cross-entropy (P, B) of each member's inputs (P, B, ...) for the labels of `idx`."""
+        logits = self.members(inputs).float()
+        y = self.y_train[idx]
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
 
     def on_fit_start(self) -> None:
         for score in self.scores:

@@ -26,7 +26,7 @@ from src.analyses.evaluation.mia import (
     vulnerability,
 )
 from src.analyses.evaluation.noise import SWEEP_SOURCE, evaluate_noise
-from src.analyses.evaluation.split import SplitSweep, holdout_seeds, load_split
+from src.analyses.evaluation.split import SplitSweep, holdout_seeds, load_split, load_split_sweeps, other_sweep
 from src.analyses.removal_table import REMOVAL_CSV, read_removal_csv
 from src.analyses.removal_table import summarize as summarize_removal
 from src.contracts.io import write_files
@@ -74,14 +74,29 @@ def check_matrix_names(infl_files: Sequence[Path]) -> None:
                           f"fit estimate's name); rename or link one")
 
 
+def load_holdout_sweep(args: argparse.Namespace, fit: SweepStats) -> SweepStats | None:
+    """The --holdout-sweep's runs, refused unless they are the fit sweep's experiment apart from subset.repeats."""
+    if args.holdout_sweep is None:
+        return None
+    if args.holdout_seeds is not None:
+        raise ConfigError("--holdout-seeds and --holdout-sweep exclude each other: with --holdout-sweep every run "
+                          "of the sweep is a fit run and every run of the held-out sweep a held-out run")
+    held, _ = load_sweep(args.holdout_sweep, strict=True)
+    other_sweep(args.holdout_sweep)(held.identity, fit.identity)
+    return held
+
+
 def evaluate(args: argparse.Namespace, out_dir: Path) -> Evaluation:
     parts = parse_parts(args.parts)
     check_matrix_names(args.infl)
     stats, _ = load_sweep(args.sweep_dir, strict=True)
+    held_sweep = load_holdout_sweep(args, stats)
     evaluation = Evaluation({
-        "sweep": str(args.sweep_dir), "runs": stats.n_runs, "parts": list(parts),
+        "sweep": str(args.sweep_dir), "runs": stats.n_runs + (0 if held_sweep is None else held_sweep.n_runs),
+        "parts": list(parts),
         **{key: stats.meta.get(key) for key in ("dataset", "model", "experiment_name", "experiment_hash", "ratio")},
         "n_train": stats.n_train, "n_test": stats.n_test,
+        **({} if held_sweep is None else {"holdout_sweep": str(args.holdout_sweep)}),
     })
     if "noise" in parts:
         evaluation.add("noise", *evaluate_noise(stats, args.estimates))
@@ -89,13 +104,13 @@ def evaluate(args: argparse.Namespace, out_dir: Path) -> Evaluation:
         evaluation.summary["removal"] = removal_summary(args.removal)
     if "lds" not in parts and "mia" not in parts:
         return evaluation
-    held = holdout_seeds(stats.seeds, args.holdout_seeds)
+    held = holdout_seeds(stats.seeds, args.holdout_seeds) if held_sweep is None else None
     other_matrices = {}
     if "lds" in parts:
         check_dense_cap(stats.n_train, stats.n_test, args.dense_cap_mb)
         other_matrices = {path.stem: read_influence(path, stats.n_train, stats.n_test, args.dense_cap_mb)
                           for path in args.infl}
-    split = load_split(stats, held)
+    split = load_split(stats, held) if held_sweep is None else load_split_sweeps(stats, held_sweep, args.holdout_sweep)
     evaluation.summary.update(held_out_seeds=split.held_out.seeds, fit_runs=split.fit.n_runs)
     out_existed = out_dir.exists()
     est = None
@@ -141,8 +156,10 @@ def one_line(summary: Mapping[str, Any]) -> str:
             source = "" if row["source"] == SWEEP_SOURCE else f" of {row['source']}"
             parts.append(f"noise AUROC(mem{source}) {show(row['auroc'])}")
     for name, lds in summary.get("lds", {}).get("matrices", {}).items():
-        ci = lds["ci95"] or [None, None]
-        parts.append(f"LDS[{name}] {show(lds['mean'])} [{show(ci[0])}, {show(ci[1])}]")
+        parts.append(f"LDS[{name}] {show(lds['mean'])} {interval(lds['ci95'])}")
+    ceiling = summary.get("lds", {}).get("ceiling")
+    if ceiling:
+        parts.append(ceiling_line(ceiling))
     if "mia" in summary:
         mia = summary["mia"]["attacks"]
         tpr = mia["online"]["tpr_at_fpr"].get(str(FPR_TARGETS[0]))
@@ -150,6 +167,24 @@ def one_line(summary: Mapping[str, Any]) -> str:
                      f"{show(mia['baseline']['auc'])}), Spearman(vulnerability, mem) "
                      f"{show(summary['mia']['vulnerability_mem_spearman'])}")
     return "; ".join(parts)
+
+
+def interval(ci: Sequence[float] | None) -> str:
+    low, high = ci or (None, None)
+    return f"[{fmt(low, '.3f')}, {fmt(high, '.3f')}]"
+
+
+def ceiling_line(ceiling: Mapping[str, Any]) -> str:
+    """`ceiling 0.412 [...] (repeat agreement ..., 50 subsets x 2 runs); LDS[estimate]/ceiling 0.148 [...]`: the
+    agreement and ceiling on the examples of the first matrix, intervals over the held-out subsets."""
+    matrices = ceiling["matrices"]
+    first = next(iter(matrices.values()))
+    text = (f"ceiling {fmt(first['ceiling']['mean'], '.3f')} {interval(first['ceiling']['ci95_subsets'])} (repeat "
+            f"agreement {fmt(first['agreement']['mean'], '.3f')} {interval(first['agreement']['ci95_subsets'])}, "
+            f"{ceiling['held_out_subsets']} subsets x {ceiling['repeats']} runs)")
+    ratios = [f"LDS[{name}]/ceiling {fmt(row['ratio']['value'], '.3f')} {interval(row['ratio']['ci95_subsets'])}"
+              for name, row in matrices.items()]
+    return "; ".join([text, *ratios])
 
 
 def parse_parts(spec: str) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ import numpy as np
 from src.contracts.identity import experiment_identity, record_experiment_hash
 from src.contracts.io import content_hash
 from src.contracts.records import Record, RecordError, record_arrays
-from src.data.subsets import DEFAULT_SIZE_RULE, subset_mask
+from src.data.subsets import SubsetRule, subset_mask, subset_seed
 from src.errors import ConfigError
 
 IDENTITY_FIELDS = ("data_fingerprint", "n_train", "n_test", "num_classes", "ratio", "salt")
@@ -110,20 +110,18 @@ def content_digest(record: Record) -> str:
 
 
 def _check_subset_mask(record: Record, path: str | Path) -> None:
-    """The record's subset is its seed's draw (src/data/subsets.py) under the size rule of its config (records
-    written before the rule existed, or without a config, used the default)."""
+    """The record's subset is its seed's draw (src/data/subsets.py) under the size rule and repeats of its config
+    (records written before those existed, or without a config, used the defaults)."""
     meta = record.meta
-    config = meta.get("config")
-    subset = config.get("subset") if isinstance(config, Mapping) else None
-    size_rule = subset.get("size_rule", DEFAULT_SIZE_RULE) if isinstance(subset, Mapping) else DEFAULT_SIZE_RULE
+    rule = SubsetRule.of_config(meta.get("config"))
     try:
-        expected = subset_mask(record.seed, int(meta["n_train"]), float(meta["ratio"]), int(meta["salt"]),
-                               str(size_rule))
+        expected = subset_mask(subset_seed(record.seed, rule.repeats), int(meta["n_train"]), float(meta["ratio"]),
+                               int(meta["salt"]), str(rule.size_rule))
     except (ValueError, TypeError, ConfigError) as err:
         raise RecordError(path, f"cannot recompute the subset of seed {meta['seed']} ({err})") from err
     if not np.array_equal(record.subset_mask, expected):
-        raise RecordError(path, f"subset_mask is not the subset of seed {record.seed} "
-                                f"(ratio {meta['ratio']}, salt {meta['salt']}, size_rule {size_rule}); rerun that seed")
+        raise RecordError(path, f"subset_mask is not the subset of seed {record.seed} (ratio {meta['ratio']}, salt "
+                                f"{meta['salt']}, size_rule {rule.size_rule}, repeats {rule.repeats}); rerun that seed")
 
 
 class _RowBuffer:
