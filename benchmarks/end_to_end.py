@@ -3,6 +3,7 @@ and at the default pack, and the time from launching a 2,000-seed sweep until it
 
     .venv/bin/python benchmarks/end_to_end.py            # ~6.5 min on 2 idle cores
     .venv/bin/python benchmarks/end_to_end.py --seeds 16 # shorter
+    .venv/bin/python benchmarks/end_to_end.py --first-step-repeats 5   # only launch -> first step, with its floor
 
 Each command runs in a subprocess through a small launcher that runs `src.run` as `python -m src.run`
 does (runpy, same argv) and appends timestamps to a file when src.training.job's `run_job` starts and ends,
@@ -19,6 +20,7 @@ import argparse
 import os
 import resource
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -265,12 +267,39 @@ def breakdown_rows(run: Run) -> list[list[str]]:
     return rows
 
 
+def import_floor_s(threads: int | None) -> float:
+    """Wall seconds of a bare `python -c "import torch, pytorch_lightning"`: what no launch can go below."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    cores = os.cpu_count() or 1
+    wait_for_quiet(threshold=0.3 + cores - min(cores, threads or cores))
+    started = time.time()
+    subprocess.run([str(PYTHON), "-c", "import torch, pytorch_lightning"], cwd=ROOT, env=env, check=True)
+    return time.time() - started
+
+
+def first_step_latency(common: list[str], n: int, repeats: int, work: Path, threads: int | None) -> None:
+    """Launch -> first training step of an n-seed sweep against the import floor, `repeats` times each,
+    alternating; medians and their difference (issue 13's target: within 1.5 s)."""
+    floors, firsts = [], []
+    for repeat in range(repeats):
+        floors.append(import_floor_s(threads))
+        command = [*common, f"seed=0..{n - 1}", f"paths.output_dir={work / f'first_{repeat}'}"]
+        run = launch(f"first_{repeat}", command, n, work, stop_at="first_step", threads=threads)
+        firsts.append(run.first("first_step") or float("nan"))
+    floor, first = statistics.median(floors), statistics.median(firsts)
+    print(f"\nLaunch to the first training step of a {n}-seed sweep, {repeats} launches (s)\n")
+    print(table(["", "median", "all"], [
+        ["bare import of torch and pytorch_lightning (the floor)", fmt(floor), " ".join(fmt(x) for x in floors)],
+        ["python -m src.run -m ... to its first training step", fmt(first), " ".join(fmt(x) for x in firsts)],
+        ["first step minus floor", fmt(first - floor), ""]]))
+
+
 def timeline_rows(runs: Sequence[Run]) -> list[list[str]]:
     """Milestones from launch to the first training step, one column per run."""
     milestones = [
         ("Python started (launcher's first line)", lambda run: run.first("python_started")),
         ("pre-flight done (the 'sweep ...: N seeds' line)", lambda run: run.first_line("to train in")),
-        ("Hydra's first batch of job configs composed ('Launching')", lambda run: run.first_line("Launching")),
+        ("the sweeper hands the launcher its first jobs ('Launching')", lambda run: run.first_line("Launching")),
         ("first run_job starts (job config, torch + Lightning imports)", lambda run: run.first("job_start")),
         ("first training step", lambda run: run.first("first_step")),
     ]
@@ -281,6 +310,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=64, help="seeds of the timed sweeps (default 64)")
     parser.add_argument("--first-step-seeds", type=int, default=2000, help="seeds of the first-step sweeps")
+    parser.add_argument("--first-step-repeats", type=int, default=0,
+                        help="only measure launch -> first step of the first-step sweep against the import floor, "
+                             "this many times each (medians)")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS for the commands (default: unset, one thread per core); 1 keeps "
                              "times stable while another process keeps a core busy")
@@ -291,13 +323,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="meminf_e2e_") as tmp:
         work = Path(tmp)
         (work / "launcher.py").write_text(LAUNCHER)
+        if args.first_step_repeats:
+            first_step_latency(common, args.first_step_seeds, args.first_step_repeats, work, args.threads)
+            return
         runs: list[Run] = []
         for label, extra in (("pack=1", ["pack=1"]), ("pack=auto (default)", [])):
             command = [*common, seeds, f"paths.output_dir={work / f'out_{len(runs)}'}", *extra]
             print(f"running {label}: python -m src.run {' '.join(command)}", flush=True)
             runs.append(launch(label, command, args.seeds, work, threads=args.threads))
         n = args.first_step_seeds
-        # The last setting is not the project's default: conf/hydra/default.yaml has max_batch_size 100.
+        # The last setting is not the project's default (conf/hydra/default.yaml: max_batch_size 16).
         for label, extra in ((f"{n} seeds, pack=auto", []), (f"{n} seeds, pack=1", ["pack=1"]),
                              (f"{n} seeds, pack=auto, hydra.sweeper.max_batch_size=1",
                               ["hydra.sweeper.max_batch_size=1"])):

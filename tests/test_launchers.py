@@ -19,7 +19,7 @@ from src.contracts.records import find_records, read_record
 from src.errors import ConfigError
 from src.training.epochs import EpochPlan
 from src.training.job import run_job
-from src.training.trainer import make_trainer
+from src.training.trainer import SRUN_HINT, make_trainer
 from tests.conftest import CONF, ROOT, TINY, cli_env, run_cli
 
 # Largest |probability difference| allowed between a 2-rank DDP record and the 1-process record of the same seed:
@@ -44,9 +44,11 @@ def test_slurm_preset_becomes_an_sbatch_array_with_one_gpu_per_job(tmp_path: Pat
     launcher = slurm_launcher_config()
     assert launcher._target_.endswith("SlurmLauncher") and launcher.max_num_timeout == 3
     shared = set(OmegaConf.structured(BaseQueueConf).keys())
+    from hydra_plugins.meminf_sweep.slurm import MEMINF_KEYS
+
     params = {key: value for key, value in OmegaConf.to_container(launcher).items()
-              if key not in ("_target_", "submitit_folder", "max_num_timeout", "setup", "additional_parameters")
-              and value is not None}
+              if key not in ("_target_", "submitit_folder", "max_num_timeout", "setup", "additional_parameters",
+                             *MEMINF_KEYS) and value is not None}
     translated = {SlurmExecutor._equivalence_dict().get(key, key) if key in shared else key: value
                   for key, value in params.items()}
     translated["mem"] = f"{translated['mem']}GB"
@@ -56,25 +58,98 @@ def test_slurm_preset_becomes_an_sbatch_array_with_one_gpu_per_job(tmp_path: Pat
         assert f"#SBATCH {line}\n" in script, line
 
 
+def test_cluster_doc_starts_the_test_cluster() -> None:
+    """docs/CLUSTER.md's local cluster is tests/slurm_cluster.py's: the same slurm.conf (shell variables in place
+    of the directory, host, CPUs and memory; SLURM's default ports) and the same daemons."""
+    from tests.slurm_cluster import slurm_conf
+
+    doc = (ROOT / "docs" / "CLUSTER.md").read_text()
+    heredoc = doc.split("cat > $DIR/slurm.conf <<EOF\n", 1)[1].split("\nEOF\n", 1)[0] + "\n"
+    assert heredoc == slurm_conf(root="$DIR", host="$HOST", cpus="$CPUS", memory_mb="$MEM_MB")
+    for command in ("munged --key-file=$DIR/munge/munge.key --socket=$DIR/munge/munge.socket",
+                    "slurmctld -i -f $DIR/slurm.conf", "slurmd -f $DIR/slurm.conf -N $HOST",
+                    "apt-get install -y slurm-wlm munge"):
+        assert command in doc, command
+
+
 SLURM_TASK = {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "meminf", "SLURM_JOB_ID": "42", "SLURM_PROCID": "0",
-              "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+              "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost", "SLURM_STEP_ID": "0"}
+# Where a job's Python can run, as the environment variables tell (tests/test_slurm.py sees the same in real jobs).
+PLACES = {
+    "local": {},
+    "SLURM task (srun, as submitit starts it)": SLURM_TASK,
+    "batch script of 2 tasks, no srun": {**{k: v for k, v in SLURM_TASK.items() if k != "SLURM_STEP_ID"},
+                                         "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"},
+    "interactive step (srun --pty bash)": {**SLURM_TASK, "SLURM_JOB_NAME": "bash"},
+    "torchrun in a SLURM task": {**SLURM_TASK, "TORCHELASTIC_RUN_ID": "none", "RANK": "0", "GROUP_RANK": "0",
+                                 "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "WORLD_SIZE": "1",
+                                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29562"},
+}
+EXPECTED_ENVIRONMENT = {"local": "LightningEnvironment", "SLURM task (srun, as submitit starts it)": "SLURMEnvironment",
+                        "batch script of 2 tasks, no srun": "LightningEnvironment",
+                        "interactive step (srun --pty bash)": "LightningEnvironment",
+                        "torchrun in a SLURM task": "TorchElasticEnvironment"}
 
 
-@pytest.mark.parametrize("under_slurm", [True, False])
-def test_lightning_slurm_auto_requeue_is_off_under_slurm(
-    under_slurm: bool, compose_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def fake_srun_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An `srun` on PATH, as on every SLURM login and compute node (Lightning only looks it up)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+
+
+def place_job(place: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in {*SLURM_TASK, "SLURM_NTASKS_PER_NODE", *PLACES["torchrun in a SLURM task"]}:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in PLACES[place].items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.parametrize("place", PLACES)
+def test_cluster_environment_is_chosen_without_the_srun_hint(
+    place: str, compose_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """A SLURM task gets SLURM's ranks with Lightning's auto-requeue off (submitit requeues); a batch script or
+    an allocation's shell without srun is one process of rank 0, whatever SLURM_NTASKS says; torchrun's ranks
+    win inside a SLURM task. Lightning's own hint to prepend srun is never printed."""
+    import warnings
+
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
-    for name in SLURM_TASK:
-        monkeypatch.delenv(name, raising=False)
-    if under_slurm:
-        for name, value in SLURM_TASK.items():
-            monkeypatch.setenv(name, value)
-    environment = make_trainer(compose_cfg(), tmp_path, logger=False)._accelerator_connector.cluster_environment
-    assert isinstance(environment, SLURMEnvironment) == under_slurm
-    if under_slurm:
+    fake_srun_on_path(tmp_path, monkeypatch)
+    place_job(place, monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = make_trainer(compose_cfg(), tmp_path, logger=False)
+    environment = trainer._accelerator_connector.cluster_environment
+    assert type(environment).__name__ == EXPECTED_ENVIRONMENT[place]
+    assert (environment.global_rank(), environment.world_size(), trainer.global_rank, trainer.world_size) == (
+        0, 1, 0, 1)
+    assert not [str(warning.message) for warning in caught if "srun" in str(warning.message)]
+    if isinstance(environment, SLURMEnvironment):
         assert environment.auto_requeue is False and environment.job_id() == 42
+
+
+def test_lightning_alone_prints_the_srun_hint_outside_slurm(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """What make_trainer avoids: Lightning's own detection on a machine with srun, outside a SLURM task."""
+    import pytorch_lightning as pl
+
+    fake_srun_on_path(tmp_path, monkeypatch)
+    place_job("local", monkeypatch)
+    with pytest.warns(UserWarning, match=SRUN_HINT.replace("`", ".")):
+        pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+
+
+def test_a_local_job_on_a_machine_with_srun_prints_no_srun_hint(monkeypatch: pytest.MonkeyPatch,
+                                                                  tmp_path: Path) -> None:
+    """A whole job (Trainer.fit asks Lightning's SLURM detection again, for its hpc-checkpoint resume)."""
+    fake_srun_on_path(tmp_path, monkeypatch)
+    place_job("local", monkeypatch)
+    result = run_cli("src.run", *TINY, "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'out'}", cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert SRUN_HINT not in result.stderr + result.stdout
 
 
 # --------------------------------------------------------------------------------------------------- DDP

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
 import sys
 import warnings
@@ -18,10 +20,14 @@ from src.errors import ConfigError
 
 # Notices that do not apply here, once per job in thousands of jobs: we train from in-memory tensors
 # without workers on purpose, log per epoch only, and keep run.log beside metrics.csv in the seed dir.
+# SRUN_HINT: the cluster environment is chosen here (cluster_plugins), so Lightning's advice to prepend srun,
+# printed on every machine that has srun, is moot; Trainer.fit still asks SLURMEnvironment.detect() (whether
+# to resume from an hpc checkpoint, which only Lightning's auto-requeue writes, off here) and so prints it.
+SRUN_HINT = "The `srun` command is available on your system but is not used"
 for noisy_logger in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda"):
     logging.getLogger(noisy_logger).setLevel(logging.WARNING)
 for notice in ("does not have many workers", "smaller than the logging interval",
-               "exists and is not empty", "isinstance.treespec, LeafSpec"):
+               "exists and is not empty", "isinstance.treespec, LeafSpec", re.escape(SRUN_HINT)):
     warnings.filterwarnings("ignore", message=f".*{notice}.*")
 
 
@@ -50,13 +56,46 @@ def make_trainer(cfg: DictConfig, seed_dir: Path, logger: Any) -> pl.Trainer:
                       use_distributed_sampler=False)
 
 
-def cluster_plugins() -> list[Any]:
-    """Under SLURM, the launcher (submitit) requeues preempted and timed-out jobs; Lightning's own SLURM
-    auto-requeue (an hpc checkpoint and `scontrol requeue` on its signal) is turned off so that only one
-    of them requeues, and a requeued job starts its seeds afresh (docs/CLUSTER.md)."""
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
+INTERACTIVE_SLURM_JOB_NAMES = ("bash", "interactive")  # Lightning's names for "not a SLURM task" (SLURMEnvironment)
 
-    return [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else []
+
+def cluster_plugins() -> list[Any]:
+    """Lightning's cluster environment, chosen here instead of by Lightning's detection (docs/CLUSTER.md).
+
+    - torchrun: its ranks (also when torchrun runs inside a SLURM task, `srun -n1 torchrun ...`);
+    - a task of a SLURM job step (srun started this process: submitit's one task of an array job, or one DDP
+      rank per task): SLURM's ranks, `SLURMEnvironment(auto_requeue=False)`. submitit (the launcher) requeues
+      preempted and timed-out jobs; Lightning's own auto-requeue (an hpc checkpoint and `scontrol requeue` on
+      its signal) stays off so that only one of them requeues, and a requeued job starts its seeds afresh;
+    - anywhere else (a local sweep, a batch script or an allocation's shell without srun): one process, rank 0.
+
+    Lightning's own detection asks SLURMEnvironment first, which warns on every machine that has `srun`
+    (every login and compute node) that srun "is not used", and which reads a batch script's or allocation's
+    `SLURM_NTASKS` as this process's world size (a 1-process job believing it is one of N ranks)."""
+    from pytorch_lightning.plugins.environments import (
+        LightningEnvironment,
+        LSFEnvironment,
+        MPIEnvironment,
+        SLURMEnvironment,
+        TorchElasticEnvironment,
+    )
+
+    if TorchElasticEnvironment.detect():
+        return [TorchElasticEnvironment()]
+    if in_slurm_task():
+        return [SLURMEnvironment(auto_requeue=False)]
+    for environment in (LSFEnvironment, MPIEnvironment):  # the rest of Lightning's detection, in its order
+        if environment.detect():
+            return [environment()]
+    return [LightningEnvironment()]
+
+
+def in_slurm_task() -> bool:
+    """This process is a task of a SLURM job step, as srun (and so submitit) starts it: srun sets SLURM_STEP_ID
+    and the step's SLURM_NTASKS; a batch script or an allocation's shell has no step id. An interactive step
+    (`srun --pty bash`, job name bash or interactive) is not one, as in Lightning."""
+    return ("SLURM_STEP_ID" in os.environ and "SLURM_NTASKS" in os.environ
+            and os.environ.get("SLURM_JOB_NAME") not in INTERACTIVE_SLURM_JOB_NAMES)
 
 
 def train_module(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.LightningDataModule,
