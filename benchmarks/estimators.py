@@ -146,18 +146,20 @@ def lastlayer_sweep(out: Path, threads: int) -> Sweep:
 
 # ------------------------------------------------------------------------------------------------ scoring
 
+def by_seed(paths: list[Path]) -> list[Path]:
+    """Record paths in seed order (their directories are seed=<k>)."""
+    return sorted(paths, key=lambda path: int(path.parent.name.split("=")[1]))
+
+
 def read_stats(paths: list[Path]) -> SweepStats:
     """The sufficient statistics of the records, in seed order."""
-    paths = sorted(paths, key=lambda path: read_record(path).seed)
-    stats = SweepStats.from_record(read_record(paths[0]), paths[0], capacity=len(paths))
-    for path in paths[1:]:
-        stats.add_record(read_record(path), path)
+    *_, (_, stats, _) = nested(paths, (len(paths),))
     return stats
 
 
 def nested(stats_paths: list[Path], ks: tuple[int, ...]) -> Iterator[tuple[int, SweepStats, float]]:
-    """(K, statistics of the first K runs by seed, CPU seconds of reading them)."""
-    paths = sorted(stats_paths, key=lambda path: int(path.parent.name.split("=")[1]))
+    """(K, statistics of the first K runs by seed, CPU seconds of reading them); one object folded in place."""
+    paths = by_seed(stats_paths)
     stats, started = None, time.process_time()
     for count, path in enumerate(paths, start=1):
         record = read_record(path)

@@ -124,14 +124,17 @@ class SubsetClassifier(pl.LightningModule):
             self.train(was_training)
 
     def end_epoch_of_scores(self) -> None:
-        """Hand the record scores the epoch's model (eval mode, no augmentation), then train on."""
+        """Hand the record scores that need it the epoch's model (eval mode, no augmentation), then train on."""
+        wanting = [score for score in self.scores if type(score).on_epoch_end is not RecordScore.on_epoch_end]
+        if not wanting:
+            return
         was_training = self.training
         self.eval()
         epoch = EpochEnd(self.current_epoch, tuple(self.trainer.datamodule.plan.seeds),
                          self.trainer.datamodule.plan.subset_idx.to(self.device),
                          lambda idx: self.prepare_members(self.x_train[idx]), self.member_losses,
                          self.eval_batch_size)
-        for score in self.scores:
+        for score in wanting:
             score.on_epoch_end(epoch)
         self.train(was_training)
 
