@@ -70,8 +70,7 @@ class FakeJob:
 
 
 class FakeExecutor:
-    """map_array as submitit's: one array id per call, task ids <array>_<k>; records every submission and when
-    it happened relative to the results the launcher waited for."""
+    """map_array as submitit's: one array id per call, task ids <array>_<k>; records the size of every array."""
 
     def __init__(self, folder: Path) -> None:
         self.folder, self.arrays, self.jobs = folder, [], []

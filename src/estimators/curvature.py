@@ -102,7 +102,8 @@ class InputCurvature(RecordScore):
 
     def on_epoch_end(self, epoch: EpochEnd) -> None:
         generators = [directions_generator(seed, epoch.epoch) for seed in epoch.seeds]
-        self.in_subset.scatter_(1, epoch.subset_idx, True)
+        if self.epochs == 0:  # the subsets are fixed for the whole run
+            self.in_subset.scatter_(1, epoch.subset_idx, True)
         for start in range(0, epoch.subset_idx.shape[1], epoch.batch_size):
             idx = epoch.subset_idx[:, start:start + epoch.batch_size]
             x = epoch.inputs(idx)

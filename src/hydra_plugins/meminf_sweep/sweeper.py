@@ -68,6 +68,3 @@ class MeminfSweeper(Sweeper):
         for job_return in returns:
             _ = job_return.return_value  # raises the job's error, as Hydra's basic sweeper does
         return returns
-
-    def __repr__(self) -> str:
-        return f"MeminfSweeper(max_batch_size={self.max_batch_size})"
