@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DEMO_SEEDS ?= 0..63
 DEMO_DIR ?= outputs/fz_mnist
 
-.PHONY: help setup demo test test-slow test-browser test-all lint report clean
+.PHONY: help setup demo test test-slow test-browser test-all lint report clean gpu-check
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ test-browser: setup  ## the HTML report in headless Chromium; fails (not skips) 
 
 test-all: setup  ## every test
 	$(PY) -m pytest -q
+
+gpu-check: setup  ## on one GPU (< 5 min): vmap vs grouped-conv packs, bf16, channels_last, compile (issue 13)
+	$(PY) benchmarks/gpu_check.py --device cuda --out outputs/gpu_check/results.jsonl
 
 report: setup  ## the HTML report of the demo sweep (after make demo): <demo dir>/report/index.html
 	$(PY) -m src.report $(DEMO_DIR)

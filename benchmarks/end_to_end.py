@@ -4,6 +4,8 @@ and at the default pack, and the time from launching a 2,000-seed sweep until it
     .venv/bin/python benchmarks/end_to_end.py            # ~6.5 min on 2 idle cores
     .venv/bin/python benchmarks/end_to_end.py --seeds 16 # shorter
     .venv/bin/python benchmarks/end_to_end.py --first-step-repeats 5   # only launch -> first step, with its floor
+    git worktree add /tmp/before <commit> && \
+    .venv/bin/python benchmarks/end_to_end.py --first-step-repeats 5 --baseline /tmp/before   # before / after
 
 Each command runs in a subprocess through a small launcher that runs `src.run` as `python -m src.run`
 does (runpy, same argv) and appends timestamps to a file when src.training.job's `run_job` starts and ends,
@@ -54,6 +56,9 @@ import time
 EVENTS = os.environ["MEMINF_BENCH_EVENTS"]
 
 
+IMPORTS = ("torch", "timm", "pytorch_lightning")  # a timestamp when each has been imported
+
+
 def emit(name):
     with open(EVENTS, "a") as handle:
         handle.write(f"{name} {time.time():.6f}\\n")
@@ -79,8 +84,12 @@ def after(name, func):
 
 
 def instrument(module):
+    if module.__name__ in IMPORTS:
+        emit("imported_" + module.__name__)
+        return
     if module.__name__ == "src.training.job":
         module.run_job = stamp("job", module.run_job)
+        module.build_members = stamp("build_members", module.build_members)
         return
     cls = module.SubsetClassifier
     cls.evaluate = stamp("eval", cls.evaluate)
@@ -97,19 +106,23 @@ def instrument(module):
 
 class Hook(importlib.abc.MetaPathFinder):
     """Instruments src.training.job and .module right after each is imported (inside the first job, as without
-    the hook)."""
-    pending = {"src.training.job", "src.training.module"}
+    the hook), and stamps the end of the IMPORTS. A name stays pending until it executes: libraries probe
+    `importlib.util.find_spec` for optional packages without importing them."""
+    pending = {"src.training.job", "src.training.module", *IMPORTS}
+    looking_up = set()
 
     def find_spec(self, name, path, target=None):
-        if name not in self.pending:
+        if name not in self.pending or name in self.looking_up:
             return None
-        self.pending.discard(name)
-        if not self.pending:
-            sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(name)
+        self.looking_up.add(name)
+        try:
+            spec = importlib.util.find_spec(name)
+        finally:
+            self.looking_up.discard(name)
         execute = spec.loader.exec_module
 
         def exec_module(module):
+            self.pending.discard(name)
             execute(module)
             instrument(module)
         spec.loader.exec_module = exec_module
@@ -148,10 +161,13 @@ def read_lines(stream: IO[str], lines: list[tuple[float, str]], log: IO[str]) ->
 
 
 def launch(label: str, args: Sequence[str], seeds: int, workdir: Path, stop_at: str | None = None,
-           timeout_s: float = 900, threads: int | None = None) -> Run:
-    """Run the launcher with `args`; with `stop_at`, kill its process group once that event is written."""
+           timeout_s: float = 900, threads: int | None = None, tree: Path = ROOT) -> Run:
+    """Run the launcher with `args` in the checkout `tree` (its src/ and its Hydra plugins); with `stop_at`, kill
+    its process group once that event is written."""
     events, log_path = workdir / f"{label}.events", workdir / f"{label}.log"
     env = {**os.environ, "MEMINF_BENCH_EVENTS": str(events), "PYTHONUNBUFFERED": "1"}
+    if tree != ROOT:  # its hydra_plugins before the installed ones (a namespace package: the first path wins)
+        env["PYTHONPATH"] = str(tree / "src")
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads
     lines: list[tuple[float, str]] = []
@@ -160,7 +176,7 @@ def launch(label: str, args: Sequence[str], seeds: int, workdir: Path, stop_at: 
     busy, here = busy_cores_s(), cpu_s_here()
     with log_path.open("w") as log:
         launched = time.time()
-        proc = subprocess.Popen([str(PYTHON), str(workdir / "launcher.py"), *args], cwd=ROOT, env=env, text=True,
+        proc = subprocess.Popen([str(PYTHON), str(workdir / "launcher.py"), *args], cwd=tree, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
         reader = threading.Thread(target=read_lines, args=(proc.stdout, lines, log), daemon=True)
         reader.start()
@@ -277,28 +293,58 @@ def import_floor_s(threads: int | None) -> float:
     return time.time() - started
 
 
-def first_step_latency(common: list[str], n: int, repeats: int, work: Path, threads: int | None) -> None:
+def first_step_latency(common: list[str], n: int, repeats: int, work: Path, threads: int | None,
+                       baseline: Path | None) -> None:
     """Launch -> first training step of an n-seed sweep against the import floor, `repeats` times each,
-    alternating; medians and their difference (issue 13's target: within 1.5 s)."""
-    floors, firsts = [], []
+    alternating (with `baseline`, a checkout of an earlier commit, launched in turn too); medians and their
+    difference (issue 13's target: within 1.5 s)."""
+    trees = {"this checkout": ROOT, **({f"baseline {baseline}": baseline} if baseline else {})}
+    floors: list[float] = []
+    runs: dict[str, list[Run]] = {name: [] for name in trees}
     for repeat in range(repeats):
         floors.append(import_floor_s(threads))
-        command = [*common, f"seed=0..{n - 1}", f"paths.output_dir={work / f'first_{repeat}'}"]
-        run = launch(f"first_{repeat}", command, n, work, stop_at="first_step", threads=threads)
-        firsts.append(run.first("first_step") or float("nan"))
-    floor, first = statistics.median(floors), statistics.median(firsts)
-    print(f"\nLaunch to the first training step of a {n}-seed sweep, {repeats} launches (s)\n")
-    print(table(["", "median", "all"], [
-        ["bare import of torch and pytorch_lightning (the floor)", fmt(floor), " ".join(fmt(x) for x in floors)],
-        ["python -m src.run -m ... to its first training step", fmt(first), " ".join(fmt(x) for x in firsts)],
-        ["first step minus floor", fmt(first - floor), ""]]))
+        for name, tree in trees.items():
+            command = [*common, f"seed=0..{n - 1}", f"paths.output_dir={work / f'first_{repeat}_{len(runs[name])}'}"]
+            runs[name].append(launch(f"first_{repeat}_{tree.name}", command, n, work, stop_at="first_step",
+                                     threads=threads, tree=tree))
+    floor = statistics.median(floors)
+    rows = [["bare import of torch and pytorch_lightning (the floor)", fmt(floor), "", " ".join(map(fmt, floors))]]
+    for name, tree_runs in runs.items():
+        firsts = [run.first("first_step") for run in tree_runs]
+        first = median_of(firsts)
+        rows.append([f"{name}: python -m src.run -m ... to its first training step", fmt(first),
+                     fmt(None if first is None else first - floor), " ".join(map(fmt, firsts))])
+    print(f"\nLaunch to the first training step of a {n}-seed sweep, {repeats} launches each (s)\n")
+    print(table(["", "median", "minus the floor", "all"], rows))
+    print("\nWhere the time to the first step goes (median over the launches, s after launch; the imports end in "
+          "the order they happen)\n")
+    print(table(["milestone", *runs], [[label, *(fmt(median_of([get(run) for run in tree_runs]))
+                                                 for tree_runs in runs.values())]
+                                      for label, get in STARTUP_MILESTONES]))
+
+
+STARTUP_MILESTONES = (
+    ("torch imported", lambda run: run.first("imported_torch")),
+    ("timm imported (the plan builds the model once)", lambda run: run.first("imported_timm")),
+    ("plan printed (the 'sweep ...: N seeds' line)", lambda run: run.first_line("to train in")),
+    ("the sweeper hands the launcher its first jobs ('Launching')", lambda run: run.first_line("Launching")),
+    ("pytorch_lightning imported (the job module)", lambda run: run.first("imported_pytorch_lightning")),
+    ("first run_job starts", lambda run: run.first("job_start")),
+    ("its models are built (seeded, initialised, packed)", lambda run: run.first("build_members_end")),
+    ("first training step", lambda run: run.first("first_step")),
+)
+
+
+def median_of(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
 
 
 def timeline_rows(runs: Sequence[Run]) -> list[list[str]]:
     """Milestones from launch to the first training step, one column per run."""
     milestones = [
         ("Python started (launcher's first line)", lambda run: run.first("python_started")),
-        ("pre-flight done (the 'sweep ...: N seeds' line)", lambda run: run.first_line("to train in")),
+        ("plan done (the 'sweep ...: N seeds' line)", lambda run: run.first_line("to train in")),
         ("the sweeper hands the launcher its first jobs ('Launching')", lambda run: run.first_line("Launching")),
         ("first run_job starts (job config, torch + Lightning imports)", lambda run: run.first("job_start")),
         ("first training step", lambda run: run.first("first_step")),
@@ -316,6 +362,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP_NUM_THREADS for the commands (default: unset, one thread per core); 1 keeps "
                              "times stable while another process keeps a core busy")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="with --first-step-repeats: a checkout of an earlier commit (git worktree add DIR REV), "
+                             "launched in turn with this one")
     args = parser.parse_args()
     common = ["-m", "experiment=fz_mnist", "logger=none"]
     seeds, big = f"seed=0..{args.seeds - 1}", f"seed=0..{args.first_step_seeds - 1}"
@@ -324,7 +373,8 @@ def main() -> None:
         work = Path(tmp)
         (work / "launcher.py").write_text(LAUNCHER)
         if args.first_step_repeats:
-            first_step_latency(common, args.first_step_seeds, args.first_step_repeats, work, args.threads)
+            first_step_latency(common, args.first_step_seeds, args.first_step_repeats, work, args.threads,
+                               args.baseline)
             return
         runs: list[Run] = []
         for label, extra in (("pack=1", ["pack=1"]), ("pack=auto (default)", [])):

@@ -3,17 +3,19 @@
     .venv/bin/python benchmarks/train_throughput.py                 # full run (~11 min on 2 idle cores)
     .venv/bin/python benchmarks/train_throughput.py --quick         # ~2 min
     .venv/bin/python benchmarks/train_throughput.py --workloads fz_mnist --threads 1
+    .venv/bin/python benchmarks/train_throughput.py --end-to-end    # issue 13 §4, ~3 min: see end_to_end_table
 
-For each workload, s/model through `src.training.run_job` (the real Lightning path: data, model
+For each workload, s/model through `src.training.job.run_job` (the real Lightning path: data, model
 building, Trainer.fit, evaluation of every train and test example, record writing), against
 - a hand-written loop doing the same training arithmetic with no framework (MLP: P models stacked,
   one `torch.baddbmm` per layer; convnets: the plain PyTorch loop, models one after another), and
 - the best GEMM rate of this machine, measured in the same run.
-FLOP convention: `FlopCounterMode` counts 2 FLOPs per multiply-add of matmuls and convolutions (bias,
-activations, pooling, BatchNorm, loss and optimizer are not counted); a training example costs
-3 × its forward FLOPs (forward + backward for activations and weights). GFLOP/s counts training FLOPs
-only, divided by the whole s/model, which also holds evaluation (forward over all train + test examples)
-and the fixed costs of a job. A table of where a packed fz_mnist job's time goes follows.
+FLOP convention: `FlopCounterMode` over one real training step (`Trainer.fit` of one batch of the real
+module, forward and backward: the first layer computes no input gradient) and over the real evaluation pass;
+it counts 2 FLOPs per multiply-add of matmuls and convolutions (bias, activations, pooling, BatchNorm, loss
+and optimizer are not counted). GFLOP/s counts training FLOPs only, divided by the whole s/model, which also
+holds evaluation (forward over all train + test examples) and the fixed costs of a job. A table of where a
+packed fz_mnist job's time goes follows.
 The machine is shared: each ratio is taken within one run, each timing starts at a quiet moment and
 reports the cores other processes used meanwhile ("others' cores"), and repeats keep the fastest.
 """
@@ -25,6 +27,7 @@ import itertools
 import math
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -38,16 +41,19 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from end_to_end import LAUNCHER, launch
+from end_to_end import breakdown_rows as sweep_breakdown_rows
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from machine import busy_cores_s, table, wait_for_quiet
 from omegaconf import DictConfig
 from torch.utils.flop_counter import FlopCounterMode
 
 import src.run  # noqa: F401  registers the meminf_job_dir resolver that conf/hydra uses
-from src import training
 from src.data.dataset import load_dataset
-from src.data.subsets import subset_size
+from src.data.subsets import subset_mask, subset_seed, subset_size
 from src.models.build import build_model
+from src.training import job, trainer
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 MISSING = object()
@@ -184,29 +190,38 @@ def gemm_rates() -> list[tuple[str, float]]:
 # ------------------------------------------------------------------------------------------ hand-written loops
 
 
-def hand_mlp(pack: int, n: int, dims: Sequence[int], batch: int, epochs: int, classes: int) -> float:
-    """s/model: P MLPs as stacked (P, in, out) weights, one baddbmm per layer, SGD momentum 0.9.
+def hand_mlp(pack: int, n: int, dims: Sequence[int], batch: int, epochs: int, classes: int, optim_cfg: DictConfig,
+             evaluate: int = 0, eval_batch: int = 1) -> float:
+    """s/model: P MLPs as stacked (P, in, out) weights, one baddbmm per layer, the `optim` config's optimizer;
+    then, with `evaluate`, a forward pass of that many examples shared by the P models (as run_job evaluates).
 
     Each step gathers a (P, B, in) batch by index from a pool of n examples, as run_job does: a sliced
     view would be 17x slower (measured: baddbmm's backward on a non-contiguous batch view).
     """
-    pool, labels = torch.randn(n, dims[0]), torch.randint(0, classes, (n,))
+    pool, labels = torch.randn(max(n, evaluate), dims[0]), torch.randint(0, classes, (n,))
     weights = [(torch.randn(pack, i, o) * i ** -0.5).requires_grad_() for i, o in itertools.pairwise(dims)]
     biases = [torch.zeros(pack, 1, o, requires_grad=True) for o in dims[1:]]
-    optimizer = torch.optim.SGD(weights + biases, lr=0.01, momentum=0.9)
+    optimizer = instantiate(optim_cfg)(weights + biases)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        for layer, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
+            x = torch.baddbmm(bias, x, weight)
+            x = torch.relu_(x) if layer < len(weights) - 1 else x
+        return x
+
     start = time.perf_counter()
     for _ in range(epochs):
         order = torch.stack([torch.randperm(n) for _ in range(pack)])
         for first in range(0, n, batch):
             idx = order[:, first:first + batch]
-            x = pool[idx]
-            for layer, (weight, bias) in enumerate(zip(weights, biases, strict=True)):
-                x = torch.baddbmm(bias, x, weight)
-                x = torch.relu_(x) if layer < len(weights) - 1 else x
-            loss = F.cross_entropy(x.flatten(0, 1), labels[idx].flatten(), reduction="none").view(pack, -1).mean(1)
+            logits = forward(pool[idx])
+            loss = F.cross_entropy(logits.flatten(0, 1), labels[idx].flatten(), reduction="none").view(pack, -1)
             optimizer.zero_grad()
-            loss.sum().backward()
+            loss.mean(1).sum().backward()
             optimizer.step()
+    with torch.no_grad():
+        for first in range(0, evaluate, eval_batch):
+            forward(pool[first:first + eval_batch].expand(pack, -1, -1)).argmax(2)
     return (time.perf_counter() - start) / pack
 
 
@@ -219,7 +234,7 @@ def hand_sequential(cfg: DictConfig, models: int, n: int, batch: int, epochs: in
     for seed in range(models):
         torch.manual_seed(seed)
         model = build_model(cfg.model, shape, classes).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        optimizer = instantiate(cfg.optim)(model.parameters())
         for _ in range(epochs):
             order = torch.randperm(n)
             for first in range(0, n, batch):
@@ -234,20 +249,50 @@ def hand_sequential(cfg: DictConfig, models: int, n: int, batch: int, epochs: in
 # ------------------------------------------------------------------------------------------------ run_job
 
 
-def forward_flops(cfg: DictConfig) -> int:
-    """Forward FLOPs of one example through one model (FlopCounterMode: 2 per multiply-add)."""
+@dataclass(frozen=True)
+class Flops:
+    """FLOPs of one model, counted by FlopCounterMode on the real module (pack=1)."""
+
+    train_example: float  # one example of one training step: forward and backward
+    evaluation: float  # the evaluation pass of run_job: every train and test example, forward only
+    train_examples: int  # example-steps of training (subset size x epochs)
+
+    @property
+    def training(self) -> float:
+        return self.train_example * self.train_examples
+
+    @property
+    def total(self) -> float:
+        return self.training + self.evaluation
+
+
+def counted_flops(base: Sequence[str], out: Path) -> Flops:
+    """A real Trainer.fit of one batch (seed 0) under FlopCounterMode, then run_job's evaluation pass under it.
+
+    Matmul FLOPs are linear in the batch, so one full batch gives the cost per example-step.
+    """
+    cfg = compose_cfg([*base, "seed=0", "logger=none", f"paths.output_dir={out}", "name=flop_count",
+                       "+trainer.limit_train_batches=1"])
+    epochs, cfg.trainer.max_epochs = int(cfg.trainer.max_epochs), 1  # one step in all
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
-    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes).eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(torch.zeros(1, *dataset.input_shape))
-    return counter.get_total_flops()
+    mask = subset_mask(subset_seed(0, cfg.subset.repeats), len(dataset.y_train), cfg.subset.ratio,
+                       cfg.subset.salt, cfg.subset.size_rule)
+    with FlopCounterMode(display=False) as step:
+        module = job.fit(cfg, dataset, [0], mask[None])
+    with FlopCounterMode(display=False) as evaluation:
+        for split in ("train", "test"):
+            module.evaluate(split, int(cfg.dataset.eval_batch_size))
+    shutil.rmtree(out / "flop_count", ignore_errors=True)  # the job directory fit made, if any
+    n = int(mask.sum())
+    return Flops(step.get_total_flops() / min(int(cfg.batch_size), n), evaluation.get_total_flops(),
+                 n * epochs)
 
 
 def time_run_job(base: Sequence[str], pack: int, out: Path, name: str) -> float:
     """s/model of one fresh job of `pack` seeds (new sweep directory, removed afterwards)."""
     cfg = compose_cfg([*base, seeds_override(pack), "logger=none", f"paths.output_dir={out}", f"name={name}"])
     start = time.perf_counter()
-    written = training.run_job(cfg)
+    written = job.run_job(cfg)
     elapsed = time.perf_counter() - start
     assert len(written) == pack, f"{name}: {len(written)} records for {pack} seeds"
     shutil.rmtree(out / name)
@@ -281,9 +326,13 @@ def job_breakdown(base: Sequence[str], pack: int, out: Path, name: str) -> dict[
     """Seconds per part of one real run_job: its own functions wrapped with timers, nothing else changed."""
     totals: dict[str, float] = defaultdict(float)
     marks: dict[str, float] = {}
-    classifier = training.SubsetClassifier
-    wraps = [(training, "load_dataset"), (training, "build_members"), (training, "make_trainer"),
-             (pl.Trainer, "fit"), (classifier, "evaluate"), (training, "member_record"), (training, "write_record")]
+    classifier = job.SubsetClassifier
+    # training_step holds the forward, the loss, the record scores' on_step and Lightning's log calls; the
+    # optimizer's arithmetic is torch.optim.sgd.sgd (SGD.step calls it after the closure: no overlap)
+    wraps = [(job, "load_dataset"), (job, "build_members"), (trainer, "make_trainer"),
+             (pl.Trainer, "fit"), (classifier, "evaluate"), (job, "member_record"), (job, "write_record"),
+             (classifier, "training_step"), (classifier, "log"), (classifier, "backward"),
+             (sys.modules[torch.optim.SGD.__module__], "sgd"), (torch.optim.Optimizer, "zero_grad")]
     with ExitStack() as stack:
         for hook, mark in (("on_train_start", "start"), ("on_train_end", "end")):
             stamp = lambda self, mark=mark: marks.__setitem__(mark, time.perf_counter())  # noqa: E731
@@ -295,18 +344,28 @@ def job_breakdown(base: Sequence[str], pack: int, out: Path, name: str) -> dict[
     return totals
 
 
-def breakdown_rows(parts: dict[str, float], pack: int, hand_s: float) -> list[list[str]]:
+def breakdown_rows(parts: dict[str, float], pack: int, hand_s: float, steps: int) -> list[list[str]]:
     fit_rest = parts["fit"] - parts["epochs"]
+    in_steps = [("  forward, loss and record scores (training_step without its log calls)",
+                 parts["training_step"] - parts["log"]),
+                ("  Lightning's self.log in training_step", parts["log"]),
+                ("  backward", parts["backward"]),
+                ("  optimizer arithmetic (torch.optim.sgd.sgd)", parts["sgd"]),
+                ("  zero_grad", parts["zero_grad"])]
+    framework = parts["epochs"] - sum(seconds for _, seconds in in_steps)
     named = [("model building (build_members, P models)", parts["build_members"]),
              ("Trainer construction (make_trainer)", parts["make_trainer"]),
-             ("Trainer.fit: epoch loop (on_train_start..on_train_end)", parts["epochs"]),
+             ("Trainer.fit: epoch loop (on_train_start..on_train_end), of which", parts["epochs"]),
+             *in_steps,
+             (f"  framework per step: loop, batches, hooks, scheduler ({1e3 * framework / steps:.2f} ms/step)",
+              framework),
              ("Trainer.fit: set-up and teardown around the epochs", fit_rest),
              ("evaluation (every train + test example, P models)", parts["evaluate"]),
              ("record building (member_record)", parts["member_record"]),
              ("record writing (write_record)", parts["write_record"]),
              ("data (load_dataset, cached in the process)", parts["load_dataset"])]
-    other = parts["total"] - sum(seconds for _, seconds in named)
-    named.append(("other (subset masks, hash, SubsetClassifier with data buffers)", other))
+    top = [seconds for label, seconds in named if not label.startswith("  ")]
+    named.append(("other (subset masks, hash, SubsetClassifier with data buffers)", parts["total"] - sum(top)))
     rows = [[label, f"{s:.3f}", f"{100 * s / parts['total']:.1f}%"] for label, s in named]
     rows.append(["total run_job", f"{parts['total']:.3f}", "100%"])
     rows.append([f"hand-written baddbmm loop, same steps, P={pack} (for the epoch loop)", f"{hand_s * pack:.3f}", ""])
@@ -324,7 +383,7 @@ def measure(workload: Workload, out: Path, best_gemm: float) -> tuple[list[list[
     cfg = compose_cfg(base)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     n = subset_size(len(dataset.y_train), float(cfg.subset.ratio))
-    train_flops = 3 * forward_flops(cfg) * n * workload.epochs
+    train_flops = counted_flops(base, out).training
     hand = hand_for(workload, cfg, n)
     # Warm-up: the first job of a process pays once-per-process costs (first Trainer, git metadata) that
     # measured 7.5 s of a 9.8 s first fz_mnist job, so one small job runs untimed first.
@@ -359,7 +418,7 @@ def hand_for(workload: Workload, cfg: DictConfig, n: int) -> Callable[[int], flo
     batch = int(cfg.batch_size)
     if workload.name == "fz_mnist":
         dims = [784, *cfg.model.kwargs.hidden, 10]
-        return lambda pack: hand_mlp(pack, n, dims, batch, workload.epochs, 10)
+        return lambda pack: hand_mlp(pack, n, dims, batch, workload.epochs, 10, cfg.optim)
     return timed_call(lambda: hand_sequential(cfg, 1, n, batch, workload.epochs))
 
 
@@ -370,9 +429,20 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads (default: torch's, one per core); 1 keeps ratios stable "
                              "while another process keeps a core busy")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="issue 13 §4: the real fz_mnist sweep command against the hand loop and the machine's "
+                             "limit, in one run, and where its time goes (~3 min)")
+    parser.add_argument("--seeds", type=int, default=64, help="--end-to-end: seeds of the sweep (a multiple of --pack)")
+    parser.add_argument("--pack", type=int, default=16, help="--end-to-end: models per hand-loop pack")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.end_to_end:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
+        with tempfile.TemporaryDirectory(prefix="meminf_bench_") as tmp:
+            end_to_end_table(args.seeds, args.pack, args.threads, Path(tmp))
+        print(f"load average at the end {os.getloadavg()}")
+        return
     names = [name.strip() for name in args.workloads.split(",") if name.strip()]
     unknown = sorted(set(names) - set(WORKLOADS))
     if unknown:
@@ -411,12 +481,63 @@ def print_breakdown(base: Sequence[str], rows: list[list[Any]], epochs: int, out
     for pack in sorted({1, best}):
         name = f"fz_mnist_breakdown_p{pack}"
         parts, others = timed_call(lambda pack=pack, name=name: job_breakdown(base, pack, out, name))
-        hand_s, hand_others = timed_call(lambda pack=pack: hand_mlp(pack, n, dims, batch, epochs, 10))
+        hand_s, hand_others = timed_call(lambda pack=pack: hand_mlp(pack, n, dims, batch, epochs, 10, cfg.optim))
         which = "fastest P of the table" if pack == best else "pack=1"
         steps = math.ceil(n / batch) * epochs
         print(f"\nWhere a fz_mnist job's time goes, P={pack} ({which}), {steps} steps; other processes used "
               f"{others:.2f} cores during the job, {hand_others:.2f} during the hand loop\n")
-        print(table(["part", "s", "% of job"], breakdown_rows(parts, pack, hand_s)), flush=True)
+        print(table(["part", "s", "% of job"], breakdown_rows(parts, pack, hand_s, steps)), flush=True)
+
+
+# ------------------------------------------------------------------------------------- end to end (issue 13 §4)
+
+
+def end_to_end_table(seeds: int, pack: int, threads: int | None, out: Path) -> None:
+    """In one run: the real sweep command of `seeds` fz_mnist seeds (pack=auto as shipped, records written)
+    against the hand loop on the same seeds at `pack` (training and the evaluation pass) and the machine's
+    limit (FLOPs per model counted on the real module / best GEMM rate); then where the time goes."""
+    base = ["experiment=fz_mnist"]
+    best_gemm = max(rate for _, rate in gemm_rates())
+    flops = counted_flops(base, out)
+    cfg = compose_cfg(base)
+    dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
+    n, batch, epochs = subset_size(len(dataset.y_train), float(cfg.subset.ratio)), int(cfg.batch_size), \
+        int(cfg.trainer.max_epochs)
+    dims, classes = [int(np.prod(dataset.input_shape)), *cfg.model.kwargs.hidden, dataset.num_classes], \
+        dataset.num_classes
+    evaluated = len(dataset.y_train) + len(dataset.y_test)
+    (out / "launcher.py").write_text(LAUNCHER)
+    command = ["-m", *base, "logger=none", f"seed=0..{seeds - 1}", f"paths.output_dir={out / 'sweep'}"]
+    print(f"running python -m src.run {' '.join(command)}", flush=True)
+    sweep = launch("meminf", command, seeds, out, threads=threads)
+    records = len(list((out / "sweep").rglob("record.npz")))
+    assert records == seeds, f"the sweep wrote {records} records for {seeds} seeds"
+    jobs = seeds // pack
+    hand_s, hand_others = timed_call(lambda: sum(
+        hand_mlp(pack, n, dims, batch, epochs, classes, cfg.optim, evaluated, int(cfg.dataset.eval_batch_size))
+        for _ in range(jobs)) / jobs, retries=1)
+    meminf_s = (sweep.ended - sweep.launched) / seeds
+    limit_s = flops.total / best_gemm / 1e9
+    rows = [[f"machine's limit: FLOPs per model / best GEMM ({best_gemm:.1f} GFLOP/s)", f"{limit_s:.3f}",
+             f"{limit_s / hand_s:.2f}x", f"{best_gemm:.1f}", "100%", "-"],
+            [f"hand-written packed baddbmm loop, {jobs} x P={pack}, training + evaluation pass", f"{hand_s:.3f}",
+             "1.00x", f"{flops.total / hand_s / 1e9:.1f}", f"{100 * limit_s / hand_s:.0f}%", f"{hand_others:.2f}"],
+            [f"meminf: python -m src.run {' '.join(command[:-1])}, end to end, {records} records",
+             f"{meminf_s:.3f}", f"{meminf_s / hand_s:.2f}x", f"{flops.total / meminf_s / 1e9:.1f}",
+             f"{100 * limit_s / meminf_s:.0f}%", f"{sweep.others:.2f}"]]
+    print(f"\nFLOPs per model (FlopCounterMode, real module): training {flops.training / 1e9:.1f} GFLOP "
+          f"({flops.train_examples} example-steps x {flops.train_example / 1e6:.3f} MFLOP), evaluation pass "
+          f"{flops.evaluation / 1e9:.2f} GFLOP ({evaluated} examples), total {flops.total / 1e9:.1f} GFLOP\n")
+    print(table(["", "s/model", "/ hand loop (goal <= 1.2x)", "GFLOP/s", "fraction of the limit",
+                 "others' cores"], rows), flush=True)
+    print(f"\nWhere the sweep's time goes ({seeds} seeds; end_to_end.py's timestamps, mean over jobs)\n")
+    print(table(["part", "s", "% of job"], sweep_breakdown_rows(sweep)), flush=True)
+    time_run_job([*base, "trainer.max_epochs=1", "subset.ratio=0.05"], 1, out, "warmup")  # once-per-process costs
+    parts, others = timed_call(lambda: job_breakdown(base, pack, out, "breakdown"), retries=1)
+    steps = math.ceil(n / batch) * epochs
+    print(f"\nInside one job in-process, P={pack}, {steps} steps (timing wrappers; other processes used "
+          f"{others:.2f} cores)\n")
+    print(table(["part", "s", "% of job"], breakdown_rows(parts, pack, hand_s, steps)), flush=True)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@
     python -m src.run -m experiment=fz_mnist seed=0..63 hydra/launcher=joblib
 
 Before Hydra sees the command line, `a..b` seed ranges become `range(a, b+1)` (plain Hydra reads `0..1999` as
-one string; src/sweep/seeds.py), and the pre-flight (src/sweep/plan.py) checks the config and the data once and
-drops the seeds that are done. `--dry-run` stops after the pre-flight and prints the plan
-(src/sweep/dryrun.py). Each job runs the estimator's job: the subset job (src/training/job.py) or the
-estimator's own (turn-over dropout).
+one string; src/sweep/seeds.py) and a -m command line is composed once (a bad override is one line); meminf's
+sweeper (src/hydra_plugins/meminf_sweep/) then plans the sweep once per combination of its other keys (config and
+data checked, seeds that are done dropped, the rest packed: src/sweep/plan.py). One run is planned here.
+`--dry-run` stops after the plan and prints it (src/sweep/dryrun.py). Each job runs the estimator's job: the
+subset job (src/training/job.py) or the estimator's own (turn-over dropout).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from omegaconf import DictConfig
 import src.config.compose  # noqa: F401  (registers the resolvers of conf/ before Hydra composes)
 from src.contracts.records import RECORD_NAME, find_records
 from src.errors import ConfigError, MeminfError
-from src.sweep.seeds import MULTIRUN_FLAGS, expand_seed_ranges, packed_override, seed_override
+from src.sweep.seeds import MULTIRUN_FLAGS, expand_seed_ranges
 from src.util.cli import USER_ERROR, cli_exit_code, one_line, os_error_line
 
 DRY_RUN_FLAG = "--dry-run"
@@ -37,26 +38,23 @@ log = logging.getLogger("src.run")
 LAUNCHED: dict[str, Path] = {}
 
 
-def plan_command_line(args: list[str]) -> list[str] | None:
-    """The arguments Hydra gets, or None when every requested seed is already done."""
+def plan_command_line(args: list[str]) -> list[str]:
+    """The arguments Hydra gets. A -m sweep is composed once here, so that a bad override is one line before Hydra
+    starts; meminf's sweeper plans it. One run is planned here (its job skips itself when its record is done)."""
     from src.config.paths import sweep_dir
-    from src.sweep.plan import plan_sweep
+    from src.sweep.plan import check_sweep_command, plan_sweep
 
     args = expand_seed_ranges(args)
-    plan = plan_sweep(args)
-    if plan is not None:
-        LAUNCHED["sweep"] = sweep_dir(plan.cfg)
-    for note in () if plan is None else plan.notes:
-        print(note, file=sys.stderr)
-    if plan is None or not plan.sweep:
+    if any(arg in MULTIRUN_FLAGS for arg in args):  # (a print flag with -m was refused before)
+        LAUNCHED["sweep"] = sweep_dir(check_sweep_command(args))
         return args
-    print(f"sweep {sweep_dir(plan.cfg)}: {len(plan.seeds)} seeds, {len(plan.seeds) - len(plan.pending)} done, "
-          f"{len(plan.pending)} to train in {plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})",
-          file=sys.stderr)
-    if not plan.pending:
-        return None
-    grouped = seed_override(plan.pending) if plan.pack == 1 else packed_override(plan.pending, plan.pack)
-    return [grouped if arg.lstrip("+~").startswith("seed=") else arg for arg in args]
+    plan = plan_sweep(args)
+    if plan is None:
+        return args
+    LAUNCHED["sweep"] = sweep_dir(plan.cfg)
+    for note in plan.notes:
+        print(note, file=sys.stderr)
+    return args
 
 
 def limit_threads_under_joblib() -> None:
@@ -124,9 +122,8 @@ def _plan_and_launch() -> None:
         print_dry_run([arg for arg in sys.argv[1:] if arg != DRY_RUN_FLAG])
         return
     args = plan_command_line(sys.argv[1:])
-    if args is None:
-        return
-    sys.argv = [sys.argv[0], *args]
+    # -m first: Hydra's argparse takes the overrides as one positional list, so a flag between them splits it.
+    sys.argv = [sys.argv[0], *sorted(args, key=lambda arg: arg not in MULTIRUN_FLAGS)]
     hydra_entry()
 
 

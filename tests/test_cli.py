@@ -54,6 +54,24 @@ def test_packed_sweep_groups_seeds_and_writes_single_run_records(tmp_path: Path)
     assert len(find_records(sweep)) == 8
 
 
+def test_a_sweep_over_another_key_is_planned_and_packed_per_combination(tmp_path: Path) -> None:
+    args = ["src.run", "-m", *TINY, f"paths.output_dir={tmp_path / 'out'}", "subset.ratio=0.5,0.25", "seed=0..3",
+            "pack=2"]
+    launched = run_cli(*args, cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    for ratio in ("0.5", "0.25"):
+        sweep = tmp_path / "out" / f"digits_mlp_r{ratio}"
+        assert f"sweep {sweep}: 4 seeds, 0 done, 4 to train in 2 job(s) of up to 2 model(s)" in launched.stderr
+        records = [read_record(path) for path in find_records(sweep)]
+        assert [record.seed for record in records] == [0, 1, 2, 3]
+        assert {record.meta["pack"] for record in records} == {2}
+        assert {float(record.meta["ratio"]) for record in records} == {float(ratio)}
+    relaunched = run_cli(*args[:-2], "seed=0..4", "pack=2", cwd=tmp_path)
+    assert relaunched.returncode == 0, relaunched.stderr
+    assert relaunched.stderr.count("5 seeds, 4 done, 1 to train in 1 job(s) of up to 1 model(s)") == 2
+    assert len(find_records(tmp_path / "out")) == 10
+
+
 def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path: Path) -> None:
     launched = run_cli(*sweep_args(tmp_path, "seed=0..3", "pack=2", "hydra/launcher=joblib",
                                    "hydra.launcher.n_jobs=2"), cwd=tmp_path)
@@ -90,6 +108,8 @@ def write_npz(path: Path, kind: str) -> Path:
 
 BAD_RUNS = {  # case: (arguments, a phrase the one-line error must contain)
     "ratio zero": (["-m", "seed=0..1", "subset.ratio=0"], "subset.ratio"),
+    "a bad value of a swept key": (["-m", "seed=0..1", "subset.ratio=0.5,0"], "subset.ratio=0.0 is outside"),
+    "an unknown option of a swept group": (["-m", "seed=0..1", "optim=sgd,nope"], "optim=nope is unknown"),
     "ratio above one": (["subset.ratio=1.5"], "subset.ratio"),
     "unknown dataset": (["-m", "seed=0..1", "dataset=nope"], "dataset=nope is unknown; choose one of cifar10"),
     "unknown model": (["model=nope"], "model=nope is unknown; choose one of cnn_small"),
@@ -185,7 +205,7 @@ def test_an_os_error_before_launch_is_one_line(monkeypatch: pytest.MonkeyPatch,
     def unreadable(*args: object, **kwargs: object) -> None:
         raise PermissionError(13, "Permission denied", "outputs/x/seed=0")
 
-    monkeypatch.setattr(src.sweep.plan, "plan_sweep", unreadable)
+    monkeypatch.setattr(src.sweep.plan, "check_sweep_command", unreadable)
     monkeypatch.setattr("sys.argv", ["src.run", "-m", "seed=0..1"])
     with pytest.raises(SystemExit) as exited:
         src.run.main()

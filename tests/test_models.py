@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+import src.models.zoo  # noqa: F401  (registers the meminf_* names with timm, which build_model does not need)
 from src.config.compose import compose_config, plain
 from src.errors import ModelError
 from src.models.build import build_model
@@ -199,6 +200,28 @@ def test_registration_happens_on_import_and_is_idempotent() -> None:
         "assert timm.list_models('meminf_*') == names\n"
     )
     subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize(("name", "shape"), [("mlp", (784,)), ("cnn_small", (1, 8, 8)), ("inception_small", CIFAR)])
+def test_meminfs_own_models_build_as_through_timm_without_importing_it(name: str, shape: tuple[int, ...]) -> None:
+    from src.models.init import apply_init
+
+    cfg = load_config(name)
+    torch.manual_seed(0)
+    native = build_model(cfg, shape, num_classes=10)
+    rng_after_native = torch.get_rng_state()
+    inputs = {"in_features": 784} if name == "mlp" else {"in_chans": shape[0]}
+    torch.manual_seed(0)
+    through_timm = timm.create_model(cfg.timm_name, pretrained=False, num_classes=10, **inputs,
+                                     **OmegaConf.to_container(cfg.kwargs))
+    apply_init(through_timm, cfg.get("init", "default"), name)
+    assert type(native) is type(through_timm) and torch.equal(rng_after_native, torch.get_rng_state())
+    ours, theirs = native.state_dict(), through_timm.state_dict()
+    assert list(ours) == list(theirs) and all(torch.equal(ours[key], theirs[key]) for key in ours)
+    script = ("import sys\nfrom src.config.compose import compose_config\nfrom src.models.build import build_model\n"
+              f"build_model(compose_config(['model={name}']).model, {shape!r}, 10)\n"
+              "assert 'timm' not in sys.modules, 'timm was imported'\n")
+    subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, check=True, capture_output=True, timeout=120)
 
 
 def assert_one_line_model_error(excinfo: pytest.ExceptionInfo[ModelError], *fragments: str) -> None:

@@ -1,6 +1,10 @@
-"""Build the classifiers of the memorization/influence sweeps; every model goes through ``timm.create_model``.
-
-The four models timm lacks are registered under ``meminf_*`` names by src/models/zoo.py, imported here.
+"""Build the classifiers of the memorization/influence sweeps through ``timm.create_model``, or, for meminf's own
+torch architectures (src/models/archs.py: ``meminf_mlp``, ``meminf_cnn_small``, ``meminf_inception_small``), from
+their classes with the same arguments and without importing timm: `import timm` imports every timm model module
+(and wandb), about a second of each job's start-up (docs/PERFORMANCE.md, End to end). timm's own path builds the
+same modules (`build_model_with_cfg` without weights draws no random numbers of its own; tests/test_models.py
+checks that both give the same weights). The four models timm lacks are registered under ``meminf_*`` names by
+src/models/zoo.py, imported with timm.
 
 Small-input stem: ImageNet stems shrink a 32x32 image before the first block (4x by a stride-2 7x7 conv +
 max-pool in ResNet and DenseNet, 2x by a stride-2 conv in MobileNetV2). For ResNet, DenseNet and
@@ -24,14 +28,10 @@ from typing import Any, Literal
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from timm.models import create_model, is_model, model_entrypoint
-from timm.models.densenet import DenseNet
-from timm.models.efficientnet import EfficientNet
-from timm.models.resnet import ResNet
 from torch import nn
 
-import src.models.zoo  # noqa: F401  (registers the meminf_* models with timm)
 from src.errors import ModelError
+from src.models.archs import MLP, SmallCNN, SmallInception
 from src.models.init import apply_init
 from src.util.cli import first_line
 
@@ -56,12 +56,22 @@ class SmallStem:
     init_mode: Literal["fan_in", "fan_out"]  # kaiming_normal_ mode the family's own init uses for convs
 
 
-_SMALL_STEMS: dict[type[nn.Module], SmallStem] = {
-    ResNet: SmallStem("conv1", "maxpool", "fan_out"),  # ResNet.init_weights: kaiming_normal_ fan_out, relu
-    DenseNet: SmallStem("features.conv0", "features.pool0", "fan_in"),  # DenseNet.__init__: kaiming_normal_
-    # _init_weight_goog: normal(0, sqrt(2 / fan_out)), which is kaiming_normal_ fan_out, relu
-    EfficientNet: SmallStem("conv_stem", None, "fan_out"),
-}
+def _small_stems() -> dict[type[nn.Module], SmallStem]:
+    from timm.models.densenet import DenseNet
+    from timm.models.efficientnet import EfficientNet
+    from timm.models.resnet import ResNet
+
+    return {
+        ResNet: SmallStem("conv1", "maxpool", "fan_out"),  # ResNet.init_weights: kaiming_normal_ fan_out, relu
+        DenseNet: SmallStem("features.conv0", "features.pool0", "fan_in"),  # DenseNet.__init__: kaiming_normal_
+        # _init_weight_goog: normal(0, sqrt(2 / fan_out)), which is kaiming_normal_ fan_out, relu
+        EfficientNet: SmallStem("conv_stem", None, "fan_out"),
+    }
+
+
+# meminf's torch architectures by their timm names: built without importing timm (the module docstring).
+NATIVE_MODELS: dict[str, type[nn.Module]] = {
+    "meminf_mlp": MLP, "meminf_cnn_small": SmallCNN, "meminf_inception_small": SmallInception}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,8 +110,11 @@ class ModelConfig:
         return config
 
 
-def build_model(cfg: DictConfig | Mapping, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """Create ``cfg.timm_name`` for inputs of ``input_shape`` (no batch dim) and ``num_classes`` logits.
+def build_model(cfg: DictConfig | Mapping, input_shape: tuple[int, ...], num_classes: int,
+                check_forward: bool = True) -> nn.Module:
+    """Create ``cfg.timm_name`` for inputs of ``input_shape`` (no batch dim) and ``num_classes`` logits; with
+    ``check_forward``, run it once on zeros (a packed job checks its first member only: the rest are the same
+    architecture).
 
     Raises:
         ModelError: unknown model, bad config, or an input the model cannot take (one-line message).
@@ -115,11 +128,18 @@ def build_model(cfg: DictConfig | Mapping, input_shape: tuple[int, ...], num_cla
     if use_small_stem:
         _apply_small_stem(model, stem)
     apply_init(model, config.init, config.name)
-    _check_forward(model, config, input_shape, stem_unused=stem is not None and not use_small_stem)
+    if check_forward:
+        _check_forward(model, config, input_shape, stem_unused=stem is not None and not use_small_stem)
     return model
 
 
 def _create(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    if config.timm_name in NATIVE_MODELS:
+        return _create_native(config, input_shape, num_classes)
+    from timm.models import create_model, is_model
+
+    import src.models.zoo  # noqa: F401  (registers the meminf_* models with timm)
+
     if not is_model(config.timm_name):
         raise ModelError(
             f"model '{config.name}': timm has no model '{config.timm_name}'; "
@@ -131,10 +151,20 @@ def _create(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int)
             config.timm_name, pretrained=False, num_classes=num_classes, **input_kwargs, **config.kwargs
         )
     except (TypeError, ValueError) as err:
-        raise ModelError(
-            f"model '{config.name}' ({config.timm_name}) rejected kwargs {dict(config.kwargs)}: "
-            f"{first_line(err)}; fix kwargs in conf/model/{config.name}.yaml"
-        ) from err
+        raise _rejected(config, err) from err
+
+
+def _create_native(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    input_kwargs = _input_kwargs(config, input_shape)
+    try:
+        return NATIVE_MODELS[config.timm_name](num_classes=num_classes, **input_kwargs, **config.kwargs)
+    except (TypeError, ValueError) as err:
+        raise _rejected(config, err) from err
+
+
+def _rejected(config: ModelConfig, err: Exception) -> ModelError:
+    return ModelError(f"model '{config.name}' ({config.timm_name}) rejected kwargs {dict(config.kwargs)}: "
+                      f"{first_line(err)}; fix kwargs in conf/model/{config.name}.yaml")
 
 
 def _input_kwargs(config: ModelConfig, input_shape: tuple[int, ...]) -> dict[str, int]:
@@ -146,12 +176,18 @@ def _input_kwargs(config: ModelConfig, input_shape: tuple[int, ...]) -> dict[str
             f"model '{config.name}' needs images (C, H, W) but the data set gives {kind} of shape "
             f"{input_shape}; use model=mlp"
         )
-    if model_entrypoint(config.timm_name).__module__ not in _IMG_SIZE_MODULES:
+    if config.timm_name in NATIVE_MODELS or _entrypoint_module(config.timm_name) not in _IMG_SIZE_MODULES:
         return {"in_chans": input_shape[0]}
     if "img_size" in config.kwargs:
         raise ModelError(f"model '{config.name}': kwargs.img_size is set from the data ({input_shape[1]}x"
                          f"{input_shape[2]}); remove it from conf/model/{config.name}.yaml")
     return {"in_chans": input_shape[0], "img_size": input_shape[1:]}
+
+
+def _entrypoint_module(timm_name: str) -> str:
+    from timm.models import model_entrypoint
+
+    return model_entrypoint(timm_name).__module__
 
 
 def _check_patch_grid(model: nn.Module, config: ModelConfig, input_shape: tuple[int, ...]) -> None:
@@ -165,7 +201,9 @@ def _check_patch_grid(model: nn.Module, config: ModelConfig, input_shape: tuple[
 
 
 def _stem_of(model: nn.Module) -> SmallStem | None:
-    return next((stem for cls, stem in _SMALL_STEMS.items() if isinstance(model, cls)), None)
+    if type(model) in NATIVE_MODELS.values():
+        return None  # built for small inputs: no stem to swap (and no timm to import)
+    return next((stem for cls, stem in _small_stems().items() if isinstance(model, cls)), None)
 
 
 def _use_small_stem(config: ModelConfig, stem: SmallStem | None, input_shape: tuple[int, ...]) -> bool:

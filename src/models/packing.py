@@ -64,7 +64,7 @@ _compiled_mlp_forward = lru_cache(maxsize=1)(lambda: torch.compile(mlp_forward))
 
 
 class PackedMLP(nn.Module):
-    """P copies of `src.models.zoo.MLP` with stacked, pre-transposed weights (one baddbmm per layer)."""
+    """P copies of `src.models.archs.MLP` with stacked, pre-transposed weights (one baddbmm per layer)."""
 
     def __init__(self, models: list[nn.Module], compile: bool) -> None:
         super().__init__()
@@ -100,7 +100,7 @@ class Members(nn.Module):
 
     def __init__(self, models: list[nn.Module], arch_key: str, compile: bool = False) -> None:
         super().__init__()
-        from src.models.zoo import MLP
+        from src.models.archs import MLP
 
         self.pack, self.arch_key, self.compile = len(models), arch_key, compile
         self.mlp = PackedMLP(models, compile) if self.pack > 1 and isinstance(models[0], MLP) else None

@@ -1,16 +1,20 @@
 """A command line's plan before anything launches: the config checked once, the data loaded once, the seeds
 that still need a record (src/sweep/done.py), and how they pack into jobs.
 
-For a sweep over seeds only, the launcher composes the config once, checks it and the data, drops the seeds
-whose record is done and hands Hydra only the rest, grouped into packs; a bad sweep fails once, not once
-per job. Each job applies the same done-rule to its own seeds again, so the pre-flight is an optimisation,
-never the only guard. Sweeps over other keys (`model=a,b`) go to Hydra unplanned.
+A -m sweep is planned by meminf's sweeper (src/hydra_plugins/meminf_sweep/sweeper.py, `plan_jobs`): once per
+combination of the values of the other swept keys (`model=a,b`, `subset.ratio=...`), it composes the config,
+checks it and the data, drops the seeds whose record is done and groups the rest into packs (`seeds=[...]`); a bad
+sweep fails once, before anything launches, not once per job. One run (no -m) and --dry-run are planned here
+from the command line (`plan_sweep`). Each job applies the same done-rule to its own seeds again, so the plan is
+an optimisation, never the only guard.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -145,8 +149,9 @@ def check_launch(cfg: DictConfig, pack: int, local: bool) -> None:
 
 
 def plan_sweep(args: list[str]) -> SweepPlan | None:
-    """The pre-flight of a command line with expanded seed ranges; None when it is Hydra's business alone
-    (--cfg, --help, sweeps over other keys)."""
+    """The pre-flight of one run, or (for --dry-run) of a sweep over seeds, from a command line with expanded seed
+    ranges; None when it is Hydra's business alone (--cfg, --help, sweeps over other keys). A -m sweep that
+    launches is planned by meminf's sweeper instead (`plan_jobs`), once per combination of the other keys."""
     if any(arg.startswith("-") and arg not in MULTIRUN_FLAGS for arg in args):
         return None
     multirun = any(arg in MULTIRUN_FLAGS for arg in args)
@@ -154,31 +159,87 @@ def plan_sweep(args: list[str]) -> SweepPlan | None:
     seed_args = [arg for arg in overrides if SEED_ARG.match(arg)]
     seeds = seeds_of(SEED_ARG.match(seed_args[-1])["value"]) if seed_args else None
     fixed = [arg for arg in overrides if arg not in seed_args]
-    if seed_args and any(arg.lstrip("+~").startswith("seeds=") for arg in fixed):
-        raise ConfigError("seed=... and seeds=[...] both given: seeds= is the launcher's own (the seeds of a packed "
-                          "job); give the sweep's seeds with seed= only")
-    parsed = OverridesParser.create().parse_overrides([arg for arg in fixed if not _is_hydra_override(arg)])
-    if (seed_args and seeds is None) or any(o.is_sweep_override() for o in parsed) or (multirun and not seeds):
+    check_seed_keys(bool(seed_args), [arg.lstrip("+~").split("=", 1)[0] for arg in fixed])
+    if (seed_args and seeds is None) or _sweeps_other_keys(fixed) or (multirun and not seeds):
         return None
     cfg = compose_config([*fixed, f"seed={seeds[0]}"] if seeds else fixed)
+    return plan_seeds(cfg, seeds if multirun and seeds else [cfg.seed], multirun,
+                      local=launcher_name(fixed) not in REMOTE_LAUNCHERS)
+
+
+def _sweeps_other_keys(fixed: list[str]) -> bool:
+    parsed = OverridesParser.create().parse_overrides([arg for arg in fixed if not _is_hydra_override(arg)])
+    return any(override.is_sweep_override() for override in parsed)
+
+
+def check_seed_keys(sweeps_seed: bool, keys: list[str]) -> None:
+    if sweeps_seed and "seeds" in keys:
+        raise ConfigError("seed=... and seeds=[...] both given: seeds= is the launcher's own (the seeds of a packed "
+                          "job); give the sweep's seeds with seed= only")
+
+
+def check_sweep_command(args: list[str]) -> DictConfig:
+    """A -m command line composed once with its fixed overrides (the values of swept keys left out) before Hydra
+    starts: a bad override is one line here, not Hydra's traceback. Returns the composed config."""
+    overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS]
+    parsed = OverridesParser.create().parse_overrides([arg for arg in overrides if not _is_hydra_override(arg)])
+    swept = {override.input_line for override in parsed if override.is_sweep_override()}
+    keys = [override.key_or_group for override in parsed]
+    check_seed_keys("seed" in keys, keys)
+    return compose_config([arg for arg in overrides if arg not in swept])
+
+
+def plan_seeds(cfg: DictConfig, seeds: list[int], multirun: bool, local: bool) -> SweepPlan:
+    """The plan of one config (one combination of a sweep's other keys) over `seeds`: config, data and output
+    directory checked, done seeds dropped, the rest packed."""
     estimator = get_estimator(str(cfg.estimator.name))
-    local = launcher_name(fixed) not in REMOTE_LAUNCHERS
     if estimator.trains != "subsets":  # its own job per seed, never packed; no records to look up
+        for seed in seeds:
+            check_seed(seed)
         estimator.check_config(cfg)
         check_launch(cfg, 1, local)
-        runs = seeds or [cfg.seed]
-        return SweepPlan(cfg, multirun, runs, runs, 1, f"estimator={estimator.name}: one run per seed")
+        return SweepPlan(cfg, multirun, seeds, seeds, 1, f"estimator={estimator.name}: one run per seed")
     record_scores(cfg.record.scores, cfg.record)  # the job builds them at its end; a bad name is known now
     notes: list[str] = []
     if float(cfg.subset.ratio) == 1.0:
         notes.append("warning: subset.ratio=1.0 trains every model on every example, so no example is ever left out "
                      "and src.estimate finds no memorization; it is for removal experiments (src.removal)")
-    if not multirun:
-        pending = pending_seeds(cfg, [cfg.seed], notes)
-        check_launch(cfg, 1, local)
-        return SweepPlan(cfg, False, [cfg.seed], pending, 1, "one run", tuple(notes))
     pending = pending_seeds(cfg, seeds, notes)
+    if not multirun:
+        check_launch(cfg, 1, local)
+        return SweepPlan(cfg, False, seeds, pending, 1, "one run", tuple(notes))
     pack, why = resolve_pack(cfg.pack, cfg.model, len(pending), ddp=str(cfg.trainer.get("strategy", "")).startswith(
         "ddp"))
     check_launch(cfg, pack, local)
     return SweepPlan(cfg, True, seeds, pending, pack, why, tuple(notes))
+
+
+def plan_line(plan: SweepPlan) -> str:
+    """The line a sweep prints per combination before it launches."""
+    return (f"sweep {sweep_dir(plan.cfg)}: {len(plan.seeds)} seeds, {len(plan.seeds) - len(plan.pending)} done, "
+            f"{len(plan.pending)} to train in {plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})")
+
+
+def job_overrides(plan: SweepPlan) -> list[str]:
+    """One override per job of the plan: `seed=<k>`, or `seeds=[a,b,...]` for a packed job."""
+    if plan.pack == 1:
+        return [f"seed={seed}" for seed in plan.pending]
+    groups = [plan.pending[start:start + plan.pack] for start in range(0, len(plan.pending), plan.pack)]
+    return ["seeds=[" + ",".join(map(str, group)) + "]" for group in groups]
+
+
+def plan_jobs(combinations: list[list[str]], seeds: list[int] | None, compose: Callable[[list[str]], DictConfig],
+              local: bool) -> list[list[str]]:
+    """Every job of a -m sweep, as the overrides of each: per combination of the other keys' values, its config
+    composed and planned once (`plan_seeds`; `seeds` None: the config's own seed) and its pending seeds packed.
+    Prints each combination's notes and line before anything launches."""
+    jobs: list[list[str]] = []
+    for combination in combinations:
+        cfg = compose(combination)
+        plan = plan_seeds(cfg, seeds if seeds else [int(cfg.seed)], True, local)
+        for note in plan.notes:
+            print(note, file=sys.stderr)
+        print(plan_line(plan), file=sys.stderr)
+        fixed = [override for override in combination if not SEED_ARG.match(override)]  # the job names its seeds
+        jobs += [[*fixed, job] for job in job_overrides(plan)]
+    return jobs

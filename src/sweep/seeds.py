@@ -49,8 +49,3 @@ def expand_seed_ranges(args: list[str]) -> list[str]:
         expanded.append(seed_override(seeds, match["key"]))
     return expanded
 
-
-def packed_override(seeds: list[int], pack: int) -> str:
-    """`seeds=[a,b,..],[..]`: a Hydra sweep over groups of up to `pack` seeds, one packed job each."""
-    groups = [seeds[start:start + pack] for start in range(0, len(seeds), pack)]
-    return "seeds=" + ",".join("[" + ",".join(map(str, group)) + "]" for group in groups)

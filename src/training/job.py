@@ -100,7 +100,7 @@ def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Member
     models = []
     for seed in seeds:
         pl.seed_everything(seed, workers=False, verbose=False)  # seed k's initialisation, as if alone
-        models.append(build_model(cfg.model, dataset.input_shape, dataset.num_classes))
+        models.append(build_model(cfg.model, dataset.input_shape, dataset.num_classes, check_forward=not models))
     channels_last = bool(cfg.perf.channels_last)
     if channels_last and (len(seeds) > 1 or not dataset.is_image):
         raise ConfigError("perf.channels_last applies to unpacked image models: use pack=1 or drop it")

@@ -14,7 +14,7 @@ from torch import nn
 
 from src.errors import ConfigError
 from src.estimators.turnover.masks import TRAIN_DOMAIN, half_masks
-from src.models.zoo import MLP, SmallCNN
+from src.models.archs import MLP, SmallCNN
 from src.training.module import SubsetClassifier
 
 SUPPORTED_TEXT = "model=mlp, model=cnn_small or a timm ResNet (model=resnet18, model=resnet50)"

@@ -1,19 +1,22 @@
-"""meminf's sweeper: Hydra's cartesian product of the overrides, handed to the launcher without Hydra's per-batch
-re-composition, and as one whole sweep to a launcher that can take it (the SLURM launcher of slurm.py).
+"""meminf's sweeper: a -m sweep planned once per combination of its keys' values and handed to the launcher whole
+(to a launcher that can take it: the SLURM launcher of slurm.py) or in batches, with no per-job re-composition.
 
 Hydra's basic sweeper composes and validates every job config of a batch before the batch starts
 (`validate_batch_is_legal`, ~0.22 s a job: docs/PERFORMANCE.md) and hands the launcher one batch of
 `max_batch_size` jobs at a time, waiting for its results before the next: on SLURM that caps a sweep at one array
-of 16 tasks at a time. The launcher's pre-flight (src/sweep/plan.py) has already composed and checked the config
-once per sweep and grouped the seeds into packs (`seeds=[...],[...]`), and every job composes its own config as it
-starts; so this sweeper validates nothing per job. A launcher with `takes_whole_sweep` gets every job at once;
-others get batches of `max_batch_size`, in order.
+of 16 tasks at a time. This one takes the cartesian product of the overrides other than `seed`, and for each
+combination composes the config once (the command line's own config when nothing but seeds is swept), checks it
+and the data, drops the seeds that are done and groups the rest into packs (src/sweep/plan.py `plan_jobs`): a bad
+sweep is one `error:` line and exit 2 before anything launches. Every job composes its own config as it starts.
+A launcher with `takes_whole_sweep` gets every job at once; others get batches of `max_batch_size`, in order.
 
 Hydra imports every module under `hydra_plugins` when it starts (without `sys.modules`, so no `from __future__
-import annotations` here: dataclasses would not find the module), so this one imports only Hydra.
+import annotations` here: dataclasses would not find the module), so this one imports only Hydra at the top and
+meminf's planning when it sweeps.
 """
 
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +29,9 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of the sweep's config, in the sweep directory
+SEED_KEY = "seed"  # the key whose values are planned and packed; every other swept key is a combination
+# Launchers whose jobs run on other machines (matched in the launcher's _target_): the plan cannot check devices.
+REMOTE_LAUNCHER_NAMES = ("slurm",)
 
 
 @dataclass
@@ -53,11 +59,10 @@ class MeminfSweeper(Sweeper):
                                                                  task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
-        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        [jobs] = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)
+        assert self.config is not None and self.launcher is not None
+        jobs = self.plan(arguments)
+        if not jobs:
+            return []  # every seed is done: nothing launches, nothing is written
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
@@ -68,3 +73,54 @@ class MeminfSweeper(Sweeper):
         for job_return in returns:
             _ = job_return.return_value  # raises the job's error, as Hydra's basic sweeper does
         return returns
+
+    def plan(self, arguments: list[str]) -> list[list[str]]:
+        """The overrides of every job; a bad sweep prints one `error:` line and exits 2 (Hydra would print a
+        traceback for an exception raised here)."""
+        import sys
+
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+        from src.sweep.plan import plan_jobs
+        from src.util.cli import cli_exit_code
+
+        assert self.config is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides(arguments)
+        seed_sweeps = [o for o in overrides if o.key_or_group == SEED_KEY and o.is_sweep_override()]
+        others = [o for o in overrides if o not in seed_sweeps]
+        [combinations] = BasicSweeper.split_arguments(others, None)
+        seeds = [int(job[0].split("=", 1)[1]) for job in BasicSweeper.split_arguments(seed_sweeps, None)[0]] \
+            if seed_sweeps else None
+        swept = any(o.is_sweep_override() for o in others)
+        launcher = str(self.config.hydra.launcher.get("_target_", "")).lower()
+        jobs: list[list[str]] = []
+        code = cli_exit_code(lambda: jobs.extend(plan_jobs(
+            combinations, seeds, self.compose if swept else lambda _: without_hydra(self.config),
+            local=not any(name in launcher for name in REMOTE_LAUNCHER_NAMES))))
+        if code:
+            sys.exit(code)
+        return jobs
+
+    def compose(self, overrides: list[str]) -> DictConfig:
+        """One combination's job config, composed the way the launcher will compose its jobs."""
+        from hydra.errors import HydraException
+
+        from src.config.compose import hydra_message
+        from src.errors import ConfigError
+
+        assert self.config is not None and self.hydra_context is not None
+        try:
+            return without_hydra(self.hydra_context.config_loader.load_sweep_config(self.config, overrides))
+        except HydraException as err:
+            raise ConfigError(hydra_message(err, overrides)) from err
+
+
+def without_hydra(cfg: DictConfig) -> DictConfig:
+    """A composed config without its `hydra` node: the job's config as the task function sees it."""
+    from omegaconf import open_dict, read_write
+
+    job = copy.deepcopy(cfg)
+    with read_write(job), open_dict(job):
+        del job["hydra"]
+    return job
