@@ -120,8 +120,13 @@ def _is_hydra_override(arg: str) -> bool:
 
 MAX_LISTED = 8  # seeds named in a message
 
-# Launchers whose jobs run on other machines: the pre-flight cannot know their devices.
-REMOTE_LAUNCHERS = ("slurm", "submitit_slurm")
+# Launchers whose jobs run on other machines, the plan cannot know their devices: every launcher whose name
+# (`hydra/launcher=slurm`, `submitit_slurm`) or `_target_` (meminf's and submitit's SLURM launchers) says slurm.
+REMOTE_LAUNCHER_MARK = "slurm"
+
+
+def runs_remotely(launcher: str) -> bool:
+    return REMOTE_LAUNCHER_MARK in launcher.lower()
 
 
 def launcher_name(args: list[str]) -> str:
@@ -164,7 +169,7 @@ def plan_sweep(args: list[str]) -> SweepPlan | None:
         return None
     cfg = compose_config([*fixed, f"seed={seeds[0]}"] if seeds else fixed)
     return plan_seeds(cfg, seeds if multirun and seeds else [cfg.seed], multirun,
-                      local=launcher_name(fixed) not in REMOTE_LAUNCHERS)
+                      local=not runs_remotely(launcher_name(fixed)))
 
 
 def _sweeps_other_keys(fixed: list[str]) -> bool:

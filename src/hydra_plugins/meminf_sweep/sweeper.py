@@ -30,8 +30,6 @@ from omegaconf import DictConfig, OmegaConf
 
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of the sweep's config, in the sweep directory
 SEED_KEY = "seed"  # the key whose values are planned and packed; every other swept key is a combination
-# Launchers whose jobs run on other machines (matched in the launcher's _target_): the plan cannot check devices.
-REMOTE_LAUNCHER_NAMES = ("slurm",)
 
 
 @dataclass
@@ -81,7 +79,7 @@ class MeminfSweeper(Sweeper):
 
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
-        from src.sweep.plan import plan_jobs
+        from src.sweep.plan import plan_jobs, runs_remotely
         from src.util.cli import cli_exit_code
 
         assert self.config is not None and self.hydra_context is not None
@@ -93,11 +91,11 @@ class MeminfSweeper(Sweeper):
         seeds = [int(job[0].split("=", 1)[1]) for job in BasicSweeper.split_arguments(seed_sweeps, None)[0]] \
             if seed_sweeps else None
         swept = any(o.is_sweep_override() for o in others)
-        launcher = str(self.config.hydra.launcher.get("_target_", "")).lower()
+        launcher = str(self.config.hydra.launcher.get("_target_", ""))
         jobs: list[list[str]] = []
         code = cli_exit_code(lambda: jobs.extend(plan_jobs(
             combinations, seeds, self.compose if swept else lambda _: without_hydra(self.config),
-            local=not any(name in launcher for name in REMOTE_LAUNCHER_NAMES))))
+            local=not runs_remotely(launcher))))
         if code:
             sys.exit(code)
         return jobs
