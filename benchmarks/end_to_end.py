@@ -342,13 +342,8 @@ def median_of(values: list[float | None]) -> float | None:
 
 def timeline_rows(runs: Sequence[Run]) -> list[list[str]]:
     """Milestones from launch to the first training step, one column per run."""
-    milestones = [
-        ("Python started (launcher's first line)", lambda run: run.first("python_started")),
-        ("plan done (the 'sweep ...: N seeds' line)", lambda run: run.first_line("to train in")),
-        ("the sweeper hands the launcher its first jobs ('Launching')", lambda run: run.first_line("Launching")),
-        ("first run_job starts (job config, torch + Lightning imports)", lambda run: run.first("job_start")),
-        ("first training step", lambda run: run.first("first_step")),
-    ]
+    milestones = [("Python started (launcher's first line)", lambda run: run.first("python_started")),
+                  *STARTUP_MILESTONES]
     return [[label, *(fmt(get(run)) for run in runs)] for label, get in milestones]
 
 

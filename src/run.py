@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import src.config.compose  # noqa: F401  (registers the resolvers of conf/ before Hydra composes)
+from src.config.paths import MULTIRUN_FILE
 from src.contracts.records import RECORD_NAME, find_records
 from src.errors import ConfigError, MeminfError
 from src.sweep.seeds import MULTIRUN_FLAGS, expand_seed_ranges
@@ -102,9 +103,6 @@ def remove_failed_job_dir(job_dir: Path) -> None:
     sweep = job_dir.parent
     if sweep.is_dir() and {path.name for path in sweep.iterdir()} <= {MULTIRUN_FILE}:
         shutil.rmtree(sweep, ignore_errors=True)
-
-
-MULTIRUN_FILE = "multirun.yaml"  # what Hydra writes into a sweep directory at launch
 
 
 # Hydra's flags that print instead of run: one at a time, and never with -m.

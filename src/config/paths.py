@@ -9,6 +9,8 @@ from typing import Any
 from src.contracts.records import record_path
 from src.errors import ConfigError
 
+MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of a sweep's config, written into its sweep directory at launch
+
 
 def sweep_dir(cfg: Any) -> Path:
     """`<paths.output_dir>/<name>`: depends only on the config, not on the launcher."""

@@ -99,10 +99,9 @@ def pending_seeds(cfg: DictConfig, seeds: list[int], notes: list[str] | None = N
 
 @dataclass(frozen=True)
 class SweepPlan:
-    """A command line after the pre-flight: the seeds asked for, those still to train, how they pack."""
+    """One run's or one combination's plan: the seeds asked for, those still to train, how they pack."""
 
     cfg: DictConfig  # composed with the first seed
-    sweep: bool  # a -m sweep over seeds (else one run)
     seeds: list[int]
     pending: list[int]
     pack: int
@@ -203,7 +202,7 @@ def plan_seeds(cfg: DictConfig, seeds: list[int], multirun: bool, local: bool) -
             check_seed(seed)
         estimator.check_config(cfg)
         check_launch(cfg, 1, local)
-        return SweepPlan(cfg, multirun, seeds, seeds, 1, f"estimator={estimator.name}: one run per seed")
+        return SweepPlan(cfg, seeds, seeds, 1, f"estimator={estimator.name}: one run per seed")
     record_scores(cfg.record.scores, cfg.record)  # the job builds them at its end; a bad name is known now
     notes: list[str] = []
     if float(cfg.subset.ratio) == 1.0:
@@ -212,11 +211,11 @@ def plan_seeds(cfg: DictConfig, seeds: list[int], multirun: bool, local: bool) -
     pending = pending_seeds(cfg, seeds, notes)
     if not multirun:
         check_launch(cfg, 1, local)
-        return SweepPlan(cfg, False, seeds, pending, 1, "one run", tuple(notes))
+        return SweepPlan(cfg, seeds, pending, 1, "one run", tuple(notes))
     pack, why = resolve_pack(cfg.pack, cfg.model, len(pending), ddp=str(cfg.trainer.get("strategy", "")).startswith(
         "ddp"))
     check_launch(cfg, pack, local)
-    return SweepPlan(cfg, True, seeds, pending, pack, why, tuple(notes))
+    return SweepPlan(cfg, seeds, pending, pack, why, tuple(notes))
 
 
 def plan_line(plan: SweepPlan) -> str:

@@ -28,7 +28,6 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of the sweep's config, in the sweep directory
 SEED_KEY = "seed"  # the key whose values are planned and packed; every other swept key is a combination
 
 
@@ -57,6 +56,8 @@ class MeminfSweeper(Sweeper):
                                                                  task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
+        from src.config.paths import MULTIRUN_FILE
+
         assert self.config is not None and self.launcher is not None
         jobs = self.plan(arguments)
         if not jobs:
