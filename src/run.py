@@ -29,7 +29,7 @@ from src.config.paths import MULTIRUN_FILE
 from src.contracts.records import RECORD_NAME, find_records
 from src.errors import ConfigError, MeminfError
 from src.sweep.seeds import MULTIRUN_FLAGS, expand_seed_ranges
-from src.util.cli import USER_ERROR, cli_exit_code, one_line, os_error_line
+from src.util.cli import USER_ERROR, CtrlC, cli_exit_code, one_line, os_error_line
 
 DRY_RUN_FLAG = "--dry-run"
 log = logging.getLogger("src.run")
@@ -79,11 +79,11 @@ def hydra_entry(cfg: DictConfig) -> None:
     try:
         estimator = get_estimator(str(cfg.estimator.name))
         if estimator.trains == "own":
-            estimator.run_job(cfg)
+            run_job = estimator.run_job
         else:
             from src.training.job import run_job  # torch and Lightning load in the job, not before Hydra starts
-
-            run_job(cfg)
+        CtrlC.check()  # a Ctrl-C lost in those imports (src/util/cli.py) stops the sweep before this job trains
+        run_job(cfg)
     except (MeminfError, OSError) as err:
         remove_failed_job_dir(Path(HydraConfig.get().runtime.output_dir))
         log.error("seed=%s: %s", cfg.get("seed"), err)

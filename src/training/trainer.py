@@ -17,6 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ConfigError
+from src.util.cli import CtrlC
 
 # Notices that do not apply here, once per job in thousands of jobs: we train from in-memory tensors
 # without workers on purpose, log per epoch only, and keep run.log beside metrics.csv in the seed dir.
@@ -122,7 +123,8 @@ def fit_interruptibly(trainer: pl.Trainer, module: pl.LightningModule, datamodul
     except SystemExit as exited:
         if not trainer.interrupted:
             raise
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Lightning ignores SIGINT now, and puts the handler back only if fit had got as far as saving it.
+        signal.signal(signal.SIGINT, CtrlC.handle)
         raise KeyboardInterrupt from exited
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import re
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any
 
 from src.errors import ConfigError, MeminfError
@@ -43,11 +46,49 @@ def os_error_line(err: OSError) -> str:
 TEMP_SUFFIX = re.compile(r"\.tmp\.[^/]*$")  # src/contracts/io.py names a temp file <name>.tmp.<host>.<pid>
 
 
+class CtrlC:
+    """Ctrl-C answered as Python's own handler answers it (a KeyboardInterrupt wherever the main thread is), and
+    remembered. A KeyboardInterrupt that lands inside library code can be lost: a sweep once trained on to the
+    end and exited 0 after a Ctrl-C sent as its first job started (CI, 2026-12-01, tests/test_user_errors.py).
+    `check` raises it again where stopping is safe; `remembered` checks once more when the command ends."""
+
+    seen = False
+
+    @classmethod
+    def handle(cls, signum: int, frame: FrameType | None) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls) -> None:
+        """At a point where stopping is safe (a job's start): raise the Ctrl-C that something swallowed."""
+        if cls.seen:
+            raise KeyboardInterrupt
+
+    @classmethod
+    @contextlib.contextmanager
+    def remembered(cls) -> Iterator[None]:
+        """Python's handler replaced by `handle` for the block (not where SIGINT is ignored: a background job),
+        then put back; a Ctrl-C seen in the block and swallowed is raised at its end."""
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not cls.handle:  # the outermost block: a Ctrl-C of an earlier command is not this one's
+            cls.seen = False
+        if previous is signal.default_int_handler:
+            signal.signal(signal.SIGINT, cls.handle)
+        try:
+            yield
+            cls.check()
+        finally:
+            if previous is signal.default_int_handler:
+                signal.signal(signal.SIGINT, previous)
+
+
 def cli_exit_code(run: Callable[[], None], interrupted: Callable[[], str] | None = None) -> int:
     """Run a command: 0; or 2 after one `error:` line for bad input or a file that cannot be read or written; or
     130 after one line on Ctrl-C (`interrupted` says what finished and how to resume)."""
     try:
-        run()
+        with CtrlC.remembered():
+            run()
     except MeminfError as err:
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return USER_ERROR
