@@ -27,6 +27,7 @@ import itertools
 import math
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -434,13 +435,17 @@ def main() -> None:
                              "limit, in one run, and where its time goes (~3 min)")
     parser.add_argument("--seeds", type=int, default=64, help="--end-to-end: seeds of the sweep (a multiple of --pack)")
     parser.add_argument("--pack", type=int, default=16, help="--end-to-end: models per hand-loop pack")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="--end-to-end: sweep and hand loop pairs, back to back (the table gives medians)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: give at least 1")
     if args.end_to_end:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
         with tempfile.TemporaryDirectory(prefix="meminf_bench_") as tmp:
-            end_to_end_table(args.seeds, args.pack, args.threads, Path(tmp))
+            end_to_end_table(args.seeds, args.pack, args.threads, Path(tmp), args.repeats)
         print(f"load average at the end {os.getloadavg()}")
         return
     names = [name.strip() for name in args.workloads.split(",") if name.strip()]
@@ -492,10 +497,11 @@ def print_breakdown(base: Sequence[str], rows: list[list[Any]], epochs: int, out
 # ------------------------------------------------------------------------------------- end to end (issue 13 §4)
 
 
-def end_to_end_table(seeds: int, pack: int, threads: int | None, out: Path) -> None:
+def end_to_end_table(seeds: int, pack: int, threads: int | None, out: Path, repeats: int) -> None:
     """In one run: the real sweep command of `seeds` fz_mnist seeds (pack=auto as shipped, records written)
     against the hand loop on the same seeds at `pack` (training and the evaluation pass) and the machine's
-    limit (FLOPs per model counted on the real module / best GEMM rate); then where the time goes."""
+    limit (FLOPs per model counted on the real module / best GEMM rate), `repeats` times back to back; then where
+    the last sweep's time goes."""
     base = ["experiment=fz_mnist"]
     best_gemm = max(rate for _, rate in gemm_rates())
     flops = counted_flops(base, out)
@@ -507,27 +513,35 @@ def end_to_end_table(seeds: int, pack: int, threads: int | None, out: Path) -> N
         dataset.num_classes
     evaluated = len(dataset.y_train) + len(dataset.y_test)
     (out / "launcher.py").write_text(LAUNCHER)
-    command = ["-m", *base, "logger=none", f"seed=0..{seeds - 1}", f"paths.output_dir={out / 'sweep'}"]
-    print(f"running python -m src.run {' '.join(command)}", flush=True)
-    sweep = launch("meminf", command, seeds, out, threads=threads)
-    records = len(list((out / "sweep").rglob("record.npz")))
-    assert records == seeds, f"the sweep wrote {records} records for {seeds} seeds"
     jobs = seeds // pack
-    hand_s, hand_others = timed_call(lambda: sum(
-        hand_mlp(pack, n, dims, batch, epochs, classes, cfg.optim, evaluated, int(cfg.dataset.eval_batch_size))
-        for _ in range(jobs)) / jobs, retries=1)
-    meminf_s = (sweep.ended - sweep.launched) / seeds
+    pairs = []  # (meminf s/model, hand loop s/model), measured back to back: a shared host's speed drifts
+    for repeat in range(repeats):
+        command = ["-m", *base, "logger=none", f"seed=0..{seeds - 1}", f"paths.output_dir={out / f'sweep{repeat}'}"]
+        print(f"running python -m src.run {' '.join(command)}", flush=True)
+        sweep = launch(f"meminf{repeat}", command, seeds, out, threads=threads)
+        records = len(list((out / f"sweep{repeat}").rglob("record.npz")))
+        assert records == seeds, f"the sweep wrote {records} records for {seeds} seeds"
+        hand_s, hand_others = timed_call(lambda: sum(
+            hand_mlp(pack, n, dims, batch, epochs, classes, cfg.optim, evaluated, int(cfg.dataset.eval_batch_size))
+            for _ in range(jobs)) / jobs, retries=1)
+        pairs.append(((sweep.ended - sweep.launched) / seeds, hand_s))
+        print(f"  pair {repeat + 1}: meminf {pairs[-1][0]:.3f} s/model, hand loop {hand_s:.3f}: "
+              f"{pairs[-1][0] / hand_s:.2f}x", flush=True)
+    ratio = statistics.median(meminf / hand for meminf, hand in pairs)
+    meminf_s, hand_s = (statistics.median(column) for column in zip(*pairs, strict=True))
     limit_s = flops.total / best_gemm / 1e9
     rows = [[f"machine's limit: FLOPs per model / best GEMM ({best_gemm:.1f} GFLOP/s)", f"{limit_s:.3f}",
              f"{limit_s / hand_s:.2f}x", f"{best_gemm:.1f}", "100%", "-"],
             [f"hand-written packed baddbmm loop, {jobs} x P={pack}, training + evaluation pass", f"{hand_s:.3f}",
              "1.00x", f"{flops.total / hand_s / 1e9:.1f}", f"{100 * limit_s / hand_s:.0f}%", f"{hand_others:.2f}"],
             [f"meminf: python -m src.run {' '.join(command[:-1])}, end to end, {records} records",
-             f"{meminf_s:.3f}", f"{meminf_s / hand_s:.2f}x", f"{flops.total / meminf_s / 1e9:.1f}",
+             f"{meminf_s:.3f}", f"{ratio:.2f}x", f"{flops.total / meminf_s / 1e9:.1f}",
              f"{100 * limit_s / meminf_s:.0f}%", f"{sweep.others:.2f}"]]
     print(f"\nFLOPs per model (FlopCounterMode, real module): training {flops.training / 1e9:.1f} GFLOP "
           f"({flops.train_examples} example-steps x {flops.train_example / 1e6:.3f} MFLOP), evaluation pass "
           f"{flops.evaluation / 1e9:.2f} GFLOP ({evaluated} examples), total {flops.total / 1e9:.1f} GFLOP\n")
+    print(f"Medians of {repeats} back-to-back pairs (the ratio: the median of the pairs' ratios); others' cores "
+          "of the last pair\n")
     print(table(["", "s/model", "/ hand loop (goal <= 1.2x)", "GFLOP/s", "fraction of the limit",
                  "others' cores"], rows), flush=True)
     print(f"\nWhere the sweep's time goes ({seeds} seeds; end_to_end.py's timestamps, mean over jobs)\n")

@@ -1,19 +1,24 @@
 """One training job in-process: data plan, augmentation, schedules, the record it writes, reruns."""
 
+import csv
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from src.config.paths import seed_record_path
 from src.contracts.records import read_record
+from src.data.dataset import load_dataset
 from src.data.subsets import subset_mask
 from src.errors import ConfigError, TrainingError
 from src.training.epochs import EpochPlan, pad_crop_flip
-from src.training.job import run_job
+from src.training.job import build_members, run_job
+from src.training.module import SubsetClassifier
 
 
 def plan_batches(seed: int, epoch: int, n: int = 50) -> list[tuple[torch.Tensor, ...]]:
@@ -145,3 +150,43 @@ def test_augmented_image_job_and_saved_weights_load_without_pickle(
     [path] = run_job(cfg)
     state = torch.load(path.parent / "model.pt", weights_only=True)
     assert all(isinstance(value, torch.Tensor) for value in state.values())
+
+
+def test_logged_epoch_means_are_what_lightning_made_of_a_log_per_step(
+        compose_cfg: Callable[..., DictConfig], monkeypatch: pytest.MonkeyPatch) -> None:
+    """train/loss and train/acc, summed on the device and logged once per epoch, equal bit for bit what
+    Lightning's mean reduction of a self.log per step gives (checked beside them, at pack 3)."""
+    cfg = compose_cfg("seeds=[0,1,2]", "trainer.max_epochs=2", "logger=csv", "name=logged")
+    original = SubsetClassifier.training_step
+
+    def also_logged_per_step(self: SubsetClassifier, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        idx, shifts, flips = batch
+        with torch.no_grad():  # the step's own logits: the weights change only after training_step
+            logits = self.members(self.normalize_batch(self.x_train[idx], shifts, flips))
+            y = self.y_train[idx]
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
+            member_loss = losses.sum(1) * self.trainer.datamodule.plan.loss_weight(batch_idx)
+            alive = self.alive.float()
+            accuracy = (logits.argmax(2) == y).float().mean(1)
+            self.log("check/loss", (member_loss * alive).sum() / alive.sum(), on_step=False, on_epoch=True)
+            self.log("check/acc", (accuracy * alive).sum() / alive.sum(), on_step=False, on_epoch=True)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(SubsetClassifier, "training_step", also_logged_per_step)
+    run_job(cfg)
+    [metrics] = (Path(cfg.paths.output_dir) / "logged").rglob("metrics.csv")
+    rows = [row for row in csv.DictReader(metrics.open()) if row.get("train/loss")]
+    assert len(rows) == 2
+    for row in rows:
+        assert (row["train/loss"], row["train/acc"]) == (row["check/loss"], row["check/acc"]), row
+
+
+def test_prepared_training_inputs_are_the_normalised_batch_bit_for_bit(compose_cfg: Callable[..., DictConfig]) -> None:
+    dataset = load_dataset(compose_cfg().dataset, compose_cfg().paths.data_dir)
+    cfg = compose_cfg("seeds=[0,1]")
+    module = SubsetClassifier(build_members(cfg, dataset, [0, 1]), cfg.optim, cfg.schedule, dataset,
+                              list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std), 0, False, False)
+    idx = torch.randint(0, len(dataset.y_train), (2, 64))
+    no_shift, no_flip = torch.zeros(2, 64, 2, dtype=torch.long), torch.zeros(2, 64, dtype=torch.bool)
+    assert module.train_inputs is not None
+    assert torch.equal(module.train_inputs[idx], module.normalize_batch(module.x_train[idx], no_shift, no_flip))

@@ -23,6 +23,9 @@ from src.training.record import MemberOutputs
 log = logging.getLogger(__name__)
 
 
+EPOCH_LOGGED = ("train/loss", "train/acc")  # the epoch means of the alive members' training loss and accuracy
+
+
 class Evaluation(NamedTuple):
     """Every member's outputs on one split, (P, n) each, no augmentation."""
 
@@ -60,8 +63,13 @@ class SubsetClassifier(pl.LightningModule):
         for name, values in (("x_train", dataset.x_train), ("y_train", dataset.y_train),
                              ("x_test", dataset.x_test), ("y_test", dataset.y_test)):
             self.register_buffer(name, torch.from_numpy(values), persistent=False)
+        # Without augmentation a step's inputs are rows of the normalised training set: normalised once here
+        # (4 bytes a value, on the device), with the same elementwise operations as `prepare` (same bits).
+        prepared = not self.augment and self.memory_format == torch.contiguous_format
+        self.register_buffer("train_inputs", self.prepare(self.x_train) if prepared else None, persistent=False)
         self.register_buffer("alive", torch.ones(members.pack, dtype=torch.bool), persistent=False)
         self.epoch_loss_sum = torch.zeros(members.pack)
+        self.epoch_log_sums, self.epoch_log_steps = torch.zeros(len(EPOCH_LOGGED)), 0
         self.record_epochs, self.eval_batch_size = tuple(sorted(record_epochs)), eval_batch_size
         self.epoch_correct: dict[str, list[np.ndarray]] = {"train": [], "test": []}  # per recorded epoch: (P, n)
         # DDP would broadcast these from rank 0 at the start and before every step: the data are already on
@@ -84,24 +92,39 @@ class SubsetClassifier(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         idx, shifts, flips = batch
         y = self.y_train[idx]
-        logits = self.members(self.normalize_batch(self.x_train[idx], shifts, flips))
+        inputs = self.train_inputs[idx] if self.train_inputs is not None else \
+            self.normalize_batch(self.x_train[idx], shifts, flips)
+        logits = self.members(inputs)
         weight = self.trainer.datamodule.plan.loss_weight(batch_idx)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
         member_loss = losses.sum(1) * weight
         loss = torch.where(self.alive, member_loss, torch.zeros_like(member_loss)).sum()
         # Summed on the device: divergence is checked once per epoch, not with a host sync per step.
         self.epoch_loss_sum = self.epoch_loss_sum.to(loss.device) + member_loss.detach()
-        alive = self.alive.float()
-        self.log("train/loss", (member_loss.detach() * alive).sum() / alive.sum(), on_step=False, on_epoch=True)
         correct = logits.detach().argmax(2) == y
         step = TrainStep(idx, logits.detach(), y, losses.detach(), correct)
         for score in self.scores:
             score.on_step(step)
-        accuracy = correct.float().mean(1)
-        self.log("train/acc", (accuracy * alive).sum() / alive.sum(), on_step=False, on_epoch=True)
+        alive = self.alive.float()
+        means = torch.stack([(member_loss.detach() * alive).sum() / alive.sum(),
+                             (correct.float().mean(1) * alive).sum() / alive.sum()])
+        # Summed as Lightning's mean reduction sums a per-step self.log (value times its batch size, P here),
+        # so that the epoch means logged in on_train_epoch_end are what a self.log per step gave, without its
+        # per-step bookkeeping (docs/PERFORMANCE.md, Training at the machine's limit).
+        self.epoch_log_sums = self.epoch_log_sums.to(loss.device) + means * self.members.pack
+        self.epoch_log_steps += 1
         return loss
 
+    def on_train_epoch_start(self) -> None:
+        self.epoch_log_sums, self.epoch_log_steps = torch.zeros_like(self.epoch_log_sums), 0
+
+    def log_epoch_means(self) -> None:
+        means = self.epoch_log_sums / (self.epoch_log_steps * self.members.pack)
+        for name, mean in zip(EPOCH_LOGGED, means, strict=True):
+            self.log(name, mean, on_step=False, on_epoch=True)
+
     def on_train_epoch_end(self) -> None:
+        self.log_epoch_means()
         if self.trainer.world_size > 1:  # DDP: every rank must stop the same members
             torch.distributed.all_reduce(self.epoch_loss_sum)
         finite = torch.isfinite(self.epoch_loss_sum)
