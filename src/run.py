@@ -82,7 +82,7 @@ def hydra_entry(cfg: DictConfig) -> None:
             run_job = estimator.run_job
         else:
             from src.training.job import run_job  # torch and Lightning load in the job, not before Hydra starts
-        CtrlC.check()  # a Ctrl-C lost in those imports (src/util/cli.py) stops the sweep before this job trains
+        CtrlC.check()  # a Ctrl-C lost in an earlier job or these imports (src/util/cli.py): stop before training
         run_job(cfg)
     except (MeminfError, OSError) as err:
         remove_failed_job_dir(Path(HydraConfig.get().runtime.output_dir))
