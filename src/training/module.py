@@ -106,8 +106,9 @@ class SubsetClassifier(pl.LightningModule):
         for score in self.scores:
             score.on_step(step)
         alive = self.alive.float()
-        means = torch.stack([(member_loss.detach() * alive).sum() / alive.sum(),
-                             (correct.float().mean(1) * alive).sum() / alive.sum()])
+        alive_count = alive.sum()
+        means = torch.stack([(member_loss.detach() * alive).sum(), (correct.float().mean(1) * alive).sum()]) \
+            / alive_count
         # Summed as Lightning's mean reduction sums a per-step self.log (value times its batch size, P here),
         # so that the epoch means logged in on_train_epoch_end are what a self.log per step gave, without its
         # per-step bookkeeping (docs/PERFORMANCE.md, Training at the machine's limit).
