@@ -29,7 +29,7 @@ from src.sweep.done import MODEL_FILE, Wanted, record_state, refuse_foreign
 from src.training.epochs import SubsetDataModule
 from src.training.module import SubsetClassifier
 from src.training.record import member_record
-from src.training.trainer import train_module
+from src.training.trainer import leave_job_together, train_module
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ def run_job(cfg: DictConfig) -> list[Path]:
     validate_config(cfg)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     wanted = Wanted.of(cfg, dataset.fingerprint)
-    exp_hash = wanted.experiment_hash
     requested = job_seeds(cfg)
     seeds = [seed for seed in requested if _trains(seed_record_path(cfg, seed), wanted)]
     if len(seeds) < len(requested):
@@ -65,8 +64,16 @@ def run_job(cfg: DictConfig) -> list[Path]:
     masks = np.stack([subset_mask(subset_seed(seed, cfg.subset.repeats), len(dataset.y_train), cfg.subset.ratio,
                                   cfg.subset.salt, cfg.subset.size_rule) for seed in seeds])
     module = fit(cfg, dataset, seeds, masks)
-    if module.global_rank != 0:  # DDP: the ranks hold the same weights; rank 0 evaluates and writes
-        return []
+    # DDP: the ranks hold the same weights; rank 0 evaluates and writes while the others wait for it.
+    written = write_job(cfg, dataset, seeds, masks, module, wanted.experiment_hash, started) \
+        if module.global_rank == 0 else []
+    leave_job_together()
+    return written
+
+
+def write_job(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray, module: SubsetClassifier,
+              exp_hash: str, started: float) -> list[Path]:
+    """Evaluate every example with the trained members; one record per member whose loss stayed finite."""
     batch = int(cfg.dataset.eval_batch_size)
     train, test = (module.evaluate(split, batch) for split in ("train", "test"))
     wall_time = (time.perf_counter() - started) / len(seeds)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import re
@@ -128,6 +129,25 @@ def fit_interruptibly(trainer: pl.Trainer, module: pl.LightningModule, datamodul
         raise KeyboardInterrupt from exited
 
 
+def leave_job_together() -> None:
+    """DDP: every rank leaves a job when rank 0 has written its records, so that no rank runs ahead into the next
+    job, or out of the process while rank 0 still evaluates (gloo can then abort that rank at exit, "terminate
+    called without an active exception": docs/CLUSTER.md). One process: nothing to wait for."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def end_process_group() -> None:
+    """The process group Lightning started for DDP is destroyed before the interpreter exits, as torch asks,
+    rather than by its destructors during interpreter shutdown (registered by check_ddp)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def check_ddp(trainer: pl.Trainer, pack: int) -> None:
     """DDP (world size > 1) trains one model whose ranks were started outside Lightning (torchrun, SLURM tasks):
     ranks that Lightning starts itself would re-run the whole command line (a sweep) or, when spawned, hand
@@ -143,3 +163,5 @@ def check_ddp(trainer: pl.Trainer, pack: int) -> None:
             not trainer.strategy.cluster_environment.creates_processes_externally:
         raise ConfigError(f"{type(trainer.strategy).__name__} would start the DDP ranks itself here; start "
                           "them with torchrun --nproc_per_node=N -m src.run ... or as SLURM tasks, with strategy=ddp")
+    atexit.unregister(end_process_group)  # registered once however many jobs this process runs
+    atexit.register(end_process_group)
