@@ -17,7 +17,7 @@ import numpy as np
 from src.contracts.estimates import Estimates, Thresholds
 from src.errors import ConfigError
 from src.estimators.base import Estimator, ReduceOptions
-from src.estimators.subsample.load import load_sweep
+from src.estimators.subsample.load import load_notes, load_sweep
 from src.estimators.subsample.memorization import masked_mean
 from src.estimators.subsample.stats import IN, SweepStats
 from src.estimators.subsample.summary import sweep_summary
@@ -38,8 +38,8 @@ class RecordScoreEstimator(Estimator):
 
     def reduce(self, sweep_dir: Path, options: ReduceOptions) -> Estimates:
         stats, problems = load_sweep(sweep_dir, strict=options.strict, progress=options.load_progress)
-        for problem in problems:
-            (options.notify or print)(f"skipped {problem.file}: {problem.reason}")
+        for line in load_notes(stats, problems):
+            (options.notify or print)(line)
         if self.score not in stats.proxy_sums:
             raise ConfigError(f"the records under {sweep_dir} hold no record score {self.score}; train the sweep "
                               f"with record.scores including {self.score}")

@@ -21,7 +21,7 @@ from src.errors import MeminfError
 from src.estimators.base import Estimator, ReduceOptions
 from src.estimators.subsample.cache import CACHE_NAME
 from src.estimators.subsample.influence import estimate
-from src.estimators.subsample.load import load_sweep
+from src.estimators.subsample.load import load_notes, load_sweep
 from src.estimators.subsample.memorization import EstimateConfig, SubsampleEstimates
 from src.estimators.subsample.stats import SweepStats
 from src.estimators.subsample.summary import ESTIMATOR, format_summary, summarize
@@ -93,8 +93,8 @@ class SubsampleEstimator(Estimator):
         stats, problems = load_sweep(sweep_dir, strict=options.strict, progress=options.load_progress,
                                      cache_path=out_dir / CACHE_NAME, use_cache=options.use_cache, notify=notify,
                                      check=check_estimable)
-        for problem in problems:
-            notify(f"skipped {problem.file}: {problem.reason}")
+        for line in load_notes(stats, problems):
+            notify(line)
         est = estimate(stats, config, dense_dir=out_dir, progress=options.reduce_progress)
         try:
             return to_estimates(stats, est, summarize(stats, est, problems))

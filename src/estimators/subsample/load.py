@@ -1,5 +1,7 @@
 """`load_sweep`: every record under a sweep directory, checked and streamed into `SweepStats` (through the stats
-cache when there is one, src/estimators/subsample/cache.py); damaged or foreign files are reported and left out."""
+cache when there is one, src/estimators/subsample/cache.py); damaged or foreign files, and records in another
+seed's directory (`seed=1/record.npz` holding seed 2's), are reported and left out; identical copies of a seed's
+record are used once and named (`SweepStats.identical_duplicates`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
-from src.contracts.records import RecordError, find_records
+from src.contracts.records import RecordError, find_records, misplaced_reason
 from src.errors import MeminfError
 from src.estimators.subsample.cache import (
     CachedSweep,
@@ -48,6 +50,10 @@ def _scan(files: list[Path], strict: bool, cached: CachedSweep | None) -> _Scan:
             except RecordError as err:
                 log.add(path, err.reason)
                 continue
+        misplaced = misplaced_reason(path, info.seed)
+        if misplaced is not None:
+            log.add(path, misplaced)
+            continue
         infos.append(info)
     reference = reference_identity(infos)
     if cached is not None and reference != cached.stats.identity:
@@ -158,3 +164,12 @@ def _stream_records(infos: list[FileInfo], log: ProblemLog, progress: Callable[[
         if progress is not None:
             progress(done, len(infos))
     return stats, digests
+
+
+def load_notes(stats: SweepStats, problems: list[Problem]) -> list[str]:
+    """One line per file a load left out (`skipped <file>: <reason>`) or used once for several copies
+    (`duplicate <file>: ...`), for the command line."""
+    used = {file.seed: file.rel_path for file in stats.files if file.used}
+    return ([f"skipped {problem.file}: {problem.reason}" for problem in problems]
+            + [f"duplicate {file.rel_path}: an identical copy of seed {file.seed}'s record {used.get(file.seed)}; "
+               "used once" for file in stats.files if not file.used])

@@ -110,7 +110,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     fractions = ", ".join(f"{_percent(summary[f'frac_mem_ge_{t}'])} >= {t}" for t in MEM_FRACTION_THRESHOLDS)
     lines = [
         f"{summary['experiment_name']} ({summary['experiment_hash']}): {summary['dataset']}, "
-        f"{summary['model']}, {summary['runs_used']} runs ({summary['problems_excluded']} skipped), "
+        f"{summary['model']}, {summary['runs_used']} runs ({summary['problems_excluded']} skipped"
+        f"{_duplicates(summary)}), "
         f"{summary['n_train']} train x {summary['n_test']} test, ratio {summary['ratio']}",
         f"accuracy: test {_fmt(summary['mean_test_acc'])}, "
         f"in-subset train {_fmt(summary['mean_train_in_acc'])}",
@@ -135,6 +136,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary["train_in_acc_warning"]:
         lines.append(f"warning: {summary['train_in_acc_warning']}")
     return "\n".join(lines)
+
+
+def _duplicates(summary: dict[str, Any]) -> str:
+    count = summary.get("identical_duplicates_skipped") or 0
+    return f", {count} identical cop{'y' if count == 1 else 'ies'} used once" if count else ""
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
