@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from src.contracts.estimates import read_estimates
+from src.estimate import main
 from src.estimators.subsample.cache import CACHE_NAME, EXCLUDING_CACHE_NAME
 from src.estimators.subsample.health import CHANCE_SDS, binomial_sd, check_runs
 from tests.test_estimate import Sweep, aggregate, assert_same_outputs, planted_sweep, rewrite
@@ -113,3 +114,11 @@ def test_exclude_unhealthy_with_every_run_healthy_changes_nothing(tmp_path: Path
     assert not any("runs unhealthy" in line or "left out" in line for line in printed(capsys))
     assert_same_outputs(tmp_path / "a", tmp_path / "b")
 
+
+
+def test_exclude_unhealthy_is_refused_for_an_estimator_with_its_own_job(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    sweep_dir = write_seeds(healthy_sweep(), tmp_path / "sweep", range(2))
+    assert main([str(sweep_dir), "--estimator", "turnover", "--exclude-unhealthy"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --exclude-unhealthy applies to estimators that read a sweep's records, not to turnover; drop it"]
