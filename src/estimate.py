@@ -1,6 +1,7 @@
 """Estimates of a sweep (the reduce step): `python -m src.estimate <sweep dir>`.
 
     python -m src.estimate <sweep dir> [--estimator subsample|turnover] [--out DIR] [--strict] [--no-cache]
+        [--exclude-unhealthy]
         [--theta-mem 0.25] [--theta-infl 0.15] [--top-k 5] [--null-perms 2] [--block-mb 256]
         [--dense-cap-mb 512] [--gallery 64] [--seed 0] [--progress] [--wandb ...]
 
@@ -23,7 +24,7 @@ import numpy as np
 
 from src.contracts.estimates import Estimates, write_estimates
 from src.data.images import Images, sweep_images
-from src.errors import MeminfError
+from src.errors import ConfigError, MeminfError
 from src.estimators.base import ReduceOptions
 from src.estimators.registry import ESTIMATORS, get_estimator
 from src.estimators.subsample.cache import CACHE_NAME
@@ -45,6 +46,10 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--strict", action="store_true", help="stop at the first bad or foreign record")
     parser.add_argument("--no-cache", action="store_true",
                         help=f"read every record instead of updating {CACHE_NAME} in --out (then rewrite it)")
+    parser.add_argument("--exclude-unhealthy", action="store_true",
+                        help="leave out the runs that did not train (accuracy at chance or a low outlier of the "
+                             "sweep's; they are named either way) and print what that changes; default: use every "
+                             "run, since failures can correlate with the subsets and leaving them out biases mem")
     parser.add_argument("--theta-mem", type=float, default=EstimateConfig.theta_mem)
     parser.add_argument("--theta-infl", type=float, default=EstimateConfig.theta_infl)
     parser.add_argument("--top-k", type=int, default=EstimateConfig.top_k)
@@ -92,11 +97,15 @@ def run(args: argparse.Namespace) -> None:
                             null_perms=args.null_perms, block_mb=args.block_mb, dense_cap_mb=args.dense_cap_mb,
                             seed=args.seed)
     config.validate()
+    if args.exclude_unhealthy and estimator.trains != "subsets":
+        raise ConfigError(f"--exclude-unhealthy applies to estimators that read a sweep's records, not to "
+                          f"{estimator.name}; drop it")
     out_dir = estimator.out_dir(args.sweep_dir) if args.out is None else args.out
     show = sys.stderr.isatty() if args.progress is None else args.progress
     options = ReduceOptions(out_dir=out_dir, strict=args.strict, use_cache=not args.no_cache, settings=config,
                             load_progress=ProgressBar(show, "records", "file"),
-                            reduce_progress=ProgressBar(show, "influence", "example"), notify=print)
+                            reduce_progress=ProgressBar(show, "influence", "example"), notify=print,
+                            exclude_unhealthy=args.exclude_unhealthy)
     est = estimator.reduce(args.sweep_dir, options)
     try:
         images = sweep_images(args.sweep_dir, est.summary)

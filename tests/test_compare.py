@@ -50,11 +50,14 @@ def planted_sweep(memorized: Iterable[int], influencers: Iterable[int], seeds: I
 
 def write_estimates(sweep_dir: Path, memorized: Iterable[int], influencers: Iterable[int],
                     seeds: Iterable[int] = range(RUNS), salt: int = 0, ratio: float = 0.7, n: int = N,
-                    n_test: int = N_TEST, **meta: object) -> Path:
+                    n_test: int = N_TEST, broken: Iterable[int] = (), **meta: object) -> Path:
     """Aggregate a planted sweep with src.estimate (load, estimate, summarize, write_outputs) into
-    sweep_dir/estimates; meta overrides the records' metadata (model, data_fingerprint, ...)."""
+    sweep_dir/estimates; meta overrides the records' metadata (model, data_fingerprint, ...); the runs numbered
+    in `broken` predict nothing right."""
     seeds = list(seeds)
     sweep = planted_sweep(memorized, influencers, seeds, salt, ratio, n, n_test)
+    for k in broken:
+        sweep.train_correct[k], sweep.test_correct[k] = False, False
     records = [sweep.record(k, seed=seed, salt=salt, **meta) for k, seed in enumerate(seeds)]
     stats = SweepStats.from_record(records[0], capacity=len(records))
     for record in records[1:]:
@@ -245,3 +248,27 @@ def test_damaged_estimates_give_one_line(four: dict[str, Path], tmp_path: Path,
     np.savez(damaged / "estimates.npz", **arrays)
     assert main([str(four["wide"]), str(damaged), "--out", str(tmp_path / "out")]) == 2
     assert "pair_train_idx and pair_test_idx differ in length" in capsys.readouterr().err
+
+
+def test_a_side_with_unhealthy_runs_or_under_fitting_is_flagged(four: dict[str, Path], tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 20 §1: the table, compare.csv/json, the notes and compare.png flag an input whose sweep has runs at
+    chance (here runs 3 and 7: in-subset train accuracy 0.95, below the contract's 0.99: under-fit too)."""
+    broken = write_estimates(tmp_path / "broken", range(10), range(10), broken=(3, 7), model="wide",
+                             experiment_hash="h-wide")
+    out = tmp_path / "out"
+    assert main([str(four["wide"]), str(broken), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    warning = "2 unhealthy run(s) used (seeds 3, 7); under-fit (in-subset train acc 0.9500 < 0.99)"
+    assert warning in printed and f"note: broken: {warning}: models that did not train or fit" in printed
+    [row] = json.loads((out / "compare.json").read_text())["pairs"]
+    assert (row["health_a"], row["health_b"]) == ("ok", warning)
+    inputs = json.loads((out / "compare.json").read_text())["inputs"]
+    assert [(item["unhealthy_seeds"], item["warnings"]) for item in inputs] == [([], []), ([3, 7], warning.split("; "))]
+    with open(out / "compare.csv", newline="") as handle:
+        assert next(csv.DictReader(handle))["health_b"] == warning
+    clean = tmp_path / "clean"
+    assert main([str(four["wide"]), str(four["wide2"]), "--out", str(clean)]) == 0
+    flagged, unflagged = (matplotlib.image.imread(path / "compare.png") for path in (out, clean))
+    assert flagged.shape[0] > unflagged.shape[0]  # the warnings below the matrices
+

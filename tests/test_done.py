@@ -64,3 +64,19 @@ def test_a_relaunch_asking_for_new_epochs_trains_them(tmp_path: Path) -> None:
     assert read_meta(tmp_path / "e" / "seed=0" / "record.npz")["record_epochs"] == [1, 2]
     fewer = run_cli(*args, "record.epochs=[2]", cwd=tmp_path)
     assert "2 seeds, 2 done, 0 to train" in fewer.stderr, fewer.stderr
+
+
+def test_a_record_in_another_seeds_directory_is_refused(finished: Callable[..., DictConfig]) -> None:
+    """Issue 20 §4: seed 1's record replaced by a copy of seed 0's. Neither the pre-flight nor a job counts
+    seed 1 as done (before, the job skipped it); both refuse in one line; overwrite=true retrains it."""
+    cfg = finished()
+    seed_record_path(cfg, 1).write_bytes(seed_record_path(cfg, 0).read_bytes())
+    for check in (lambda: pending_seeds(cfg, SEEDS), lambda: run_job(cfg)):
+        with pytest.raises(ConfigError, match=r"holds the record of seed 0 in the directory of seed 1; move it to "
+                                              r"seed=0/ or delete it") as refused:
+            check()
+        assert "\n" not in str(refused.value)
+    replaced = finished("overwrite=true")
+    assert pending_seeds(replaced, SEEDS) == SEEDS
+    run_job(replaced)
+    assert read_meta(seed_record_path(cfg, 1))["seed"] == 1

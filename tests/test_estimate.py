@@ -747,3 +747,28 @@ def test_csv_text_quotes_paths_that_hold_separators() -> None:
     assert list(csv.reader(io.StringIO(text))) == [
         ["index", "path", "mem"], ["0", "train/a/1.png", "0.5"], ["1", 'train/b,c/"2".png', ""],
         ["2", "train/d\n3.png", "1"]]
+
+
+def test_record_in_another_seeds_directory_named_and_not_used(sweep_dir: Path, tmp_path: Path) -> None:
+    """Issue 20 §4: seed 2's record copied over seed=1/ (8 files, 7 seeds): the copy is named and left out, seed 2
+    is used once; an identical copy elsewhere is named too."""
+    misplaced = record_path(sweep_dir, 1)
+    shutil.copy(record_path(sweep_dir, 2), misplaced)
+    nested = sweep_dir / "backup" / "seed=3" / "record.npz"
+    nested.parent.mkdir(parents=True)
+    shutil.copy(record_path(sweep_dir, 3), nested)
+    stats, problems = load_sweep(sweep_dir)
+    assert sorted(stats.seeds) == [0, 2, 3, 4, 5, 6, 7]
+    assert problems == [(str(misplaced), "holds the record of seed 2 in the directory of seed 1; move it to seed=2/ "
+                                         "or delete it")]
+    assert str(record_path(sweep_dir, 3)) in stats.paths
+    out = tmp_path / "est"
+    result = run_cli(sweep_dir, "--out", out, "--gallery", "0")
+    assert result.returncode == 0, result.stderr
+    assert f"skipped {misplaced}: holds the record of seed 2 in the directory of seed 1" in result.stdout
+    assert ("duplicate backup/seed=3/record.npz: an identical copy of seed 3's record seed=3/record.npz; used once"
+            in result.stdout)
+    assert "7 runs (1 skipped, 1 identical copy used once)" in result.stdout
+    rerun = run_cli(sweep_dir, "--out", out, "--gallery", "0")  # from the stats cache
+    assert "stats cache: 7 runs" in rerun.stdout and f"skipped {misplaced}" in rerun.stdout, rerun.stdout
+    assert "duplicate backup/seed=3/record.npz" in rerun.stdout

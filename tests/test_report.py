@@ -54,10 +54,12 @@ def npz_cfg(tmp_path: Path, size: int, n_train: int, n_test: int, nhwc: bool) ->
             "noise_seed": 0}
 
 
-def write_sweep(sweep_dir: Path, dataset_cfg: dict[str, Any], data_dir: Path, name: str = "tiny") -> Dataset:
+def write_sweep(sweep_dir: Path, dataset_cfg: dict[str, Any], data_dir: Path, name: str = "tiny",
+                broken: tuple[int, ...] = ()) -> Dataset:
     """RUNS records of planted predictions on the real data set: a fifth of the training examples are right
     only when in the subset (memorized); PLANTED_PAIRS test examples are right only when a memorized training
-    example of their class is in (influence 1); other test examples are right at random."""
+    example of their class is in (influence 1); other test examples are right at random. The seeds in `broken`
+    predict nothing right."""
     dataset = load_dataset(dataset_cfg, data_dir)
     y, y_test, classes = dataset.y_train, dataset.y_test, dataset.num_classes
     n, n_test = y.size, y_test.size
@@ -72,6 +74,8 @@ def write_sweep(sweep_dir: Path, dataset_cfg: dict[str, Any], data_dir: Path, na
         test_correct = rng.random(n_test) < 0.7
         for j, i in influencers.items():
             test_correct[j] = mask[i]
+        if seed in broken:
+            train_correct, test_correct = np.zeros(n, dtype=bool), np.zeros(n_test, dtype=bool)
         meta = {"format_version": FORMAT_VERSION, "dataset": dataset.name, "n_train": n, "n_test": n_test,
                 "num_classes": classes, "data_fingerprint": dataset.fingerprint, "model": "planted",
                 "ratio": RATIO, "salt": 0, "epochs": 1, "seed": seed, "experiment_hash": "h0",
@@ -357,6 +361,27 @@ def test_removal_compare_and_epoch_sections(digits: tuple[Path, Dataset], tmp_pa
     row = compare["pairs"][0]
     assert page.tables["compare-table"][1][:4] == [row["a"], row["b"], row["relation"], str(row["common"])]
     assert page.tables["compare-table"][1][5].startswith(f"{compare['pairs'][0]['spearman']:.3f}")
+
+
+def test_unhealthy_runs_are_named_in_the_report(digits: tuple[Path, Dataset], tmp_path: Path) -> None:
+    """Issue 20 §1: the summary names the runs at chance, in a table; the compare section says which input has
+    them."""
+    sweep = tmp_path / "broken"
+    write_sweep(sweep, digits_cfg(), tmp_path / "data", name="broken", broken=(2,))
+    compare_dir = tmp_path / "compare"
+    assert compare_main([str(digits[0]), str(sweep), "--out", str(compare_dir)]) == 0
+    out = tmp_path / "report"
+    assert main([str(sweep), "--compare", str(compare_dir), "--out", str(out), "--gallery", "2", "--pairs", "1"]) == 0
+    page = parse(out / "index.html")
+    [[seed, test_acc, train_acc, why]] = page.tables["unhealthy-runs"][1:]
+    assert (seed, test_acc, train_acc) == ("2", "0.0000", "0.0000") and why.startswith("test acc 0.0000 at chance")
+    assert f"warning: 1 of {RUNS} runs unhealthy (seed 2: test acc 0.0000 at chance" in page.text
+    assert [row[-1] for row in page.tables["compare-inputs"][1:]] == [
+        "ok", "1 unhealthy run(s) used (seeds 2); under-fit (in-subset train acc 0.8750 < 0.99)"]
+    healthy = tmp_path / "healthy"
+    assert main([str(digits[0]), "--out", str(healthy), "--gallery", "2", "--pairs", "1"]) == 0
+    assert "unhealthy-runs" not in parse(healthy / "index.html").tables
+    assert f"All {RUNS} runs healthy" in parse(healthy / "index.html").text
 
 
 def test_output_replaces_only_reports_and_leaves_no_temp(digits: tuple[Path, Dataset], tmp_path: Path,

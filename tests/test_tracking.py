@@ -4,6 +4,7 @@ bars follow `progress` (auto: a single run on a terminal, never a multirun)."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import io
 import json
@@ -26,7 +27,7 @@ from hydra import compose, initialize_config_dir
 
 import src.estimate as estimate_cli
 from src import compare as compare_cli
-from src.contracts.records import find_records, read_meta
+from src.contracts.records import find_records, read_meta, read_record, write_record
 from src.errors import MeminfError
 from src.tracking.progress import progress_enabled
 from src.tracking.wandb import TOP_EXAMPLES, has_wandb_credentials, wandb_mode
@@ -238,6 +239,24 @@ def test_estimate_wandb_run_matches_summary_json(no_network: list[Any], sweep: P
     assert run.artifact_files("estimates") == ["estimates.npz", "memorization.csv", "pairs.csv", "summary.json"]
     images = [path for path in run.artifact_files("run_table") if path.endswith(".png")]
     assert len(images) >= TOP_EXAMPLES  # the 8x8 digits of the most memorized examples
+
+
+def test_estimate_wandb_run_names_unhealthy_runs(no_network: list[Any], sweep: Path, tmp_path: Path) -> None:
+    """Issue 20 §1: a run that predicts nothing right is named in the aggregate run (summary and a table)."""
+    broken = tmp_path / "broken"
+    for path in find_records(sweep):
+        record = read_record(path)
+        if record.seed == 3:
+            wrong = (record.train_label + 1) % int(record.meta["num_classes"])
+            wrong_test = (record.test_label + 1) % int(record.meta["num_classes"])
+            record = dataclasses.replace(record, train_pred=wrong, test_pred=wrong_test,
+                                         meta={**record.meta, "test_acc": 0.0, "train_in_acc": 0.0})
+        write_record(broken / path.relative_to(sweep), record)
+    out = tmp_path / "estimates"
+    assert estimate_cli.main([str(broken), "--out", str(out), "--null-perms", "1", "--wandb"]) == 0
+    [run] = offline_runs(out)
+    assert run.summary["run_health/unhealthy_runs"] == 1 and run.summary["run_health/unhealthy_seeds"] == [3]
+    assert run.summary["unhealthy_runs"]["nrows"] == 1 and "unhealthy_runs" in run.history_keys
 
 
 def test_compare_wandb_run_matches_compare_json(no_network: list[Any], sweep: Path, tmp_path: Path) -> None:

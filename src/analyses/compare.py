@@ -26,7 +26,12 @@ For every pair of inputs (a, b), one row:
   the mean over that experiment's noise-floor rows), the one available when only one was swept twice,
   undefined when neither was. For correlations this is the attenuation bound: two noisy estimates of one
   quantity correlate at most sqrt(r_aa r_bb).
-- per input, from its summary: model, dataset, runs, mean test accuracy, mean in-subset train accuracy.
+- per input, from its summary: model, dataset, runs, mean test accuracy, mean in-subset train accuracy, and
+  `health_<side>`: its warnings, `ok`, or `not checked` (estimates written before the run-health check): the
+  unhealthy runs of its sweep (src/estimators/subsample/health.py) and whether its estimate used them, and
+  under-fitting (mean in-subset train accuracy below the contract's TRAIN_IN_ACC_WARNING). A flagged input is
+  also flagged in the table, compare.json (`warnings` of each input), the notes and compare.png (its label
+  starred, the reasons below the matrices): models that did not train or fit lower its agreement with anything.
 
 Outputs (in --out, default <first input's sweep dir>/compare/), each written atomically after everything is
 computed: compare.csv (one row per pair), compare.json (inputs, pairs, floors by experiment, notes) and
@@ -48,7 +53,15 @@ from typing import Any
 import numpy as np
 from scipy.stats import rankdata
 
-from src.contracts.estimates import Estimates, Thresholds, check_threshold, read_estimates
+from src.contracts.estimates import (
+    RUN_HEALTH,
+    TRAIN_IN_ACC_WARNING,
+    Estimates,
+    Thresholds,
+    check_threshold,
+    read_estimates,
+    unhealthy_runs,
+)
 from src.contracts.identity import identity_differences
 from src.contracts.io import write_files
 from src.errors import ConfigError, MeminfError
@@ -169,11 +182,34 @@ def shared_subsets(a: Input, b: Input) -> int:
     return int(np.intersect1d(a.seeds, b.seeds).size) if same_draw else 0
 
 
+def input_warnings(item: Input) -> list[str]:
+    """Why the estimates of an input may not be what its experiment gives: unhealthy runs, under-fitting."""
+    found = []
+    unhealthy = unhealthy_runs(item.summary)
+    if unhealthy:
+        use = "left out" if item.summary[RUN_HEALTH]["excluded"] else "used"
+        found.append(f"{len(unhealthy)} unhealthy run(s) {use} (seeds "
+                     f"{', '.join(str(run['seed']) for run in unhealthy)})")
+    train_in_acc = item.summary["mean_train_in_acc"]
+    if train_in_acc is not None and train_in_acc < TRAIN_IN_ACC_WARNING:
+        found.append(f"under-fit (in-subset train acc {train_in_acc:.4f} < {TRAIN_IN_ACC_WARNING})")
+    return found
+
+
+def health_text(item: Input) -> str:
+    """`ok`, `not checked` (estimates without run health) or the input's warnings, for tables."""
+    warnings = input_warnings(item)
+    if warnings:
+        return "; ".join(warnings)
+    return "ok" if RUN_HEALTH in item.summary else "not checked"
+
+
 def _side(item: Input, side: str) -> dict[str, Any]:
     summary = item.summary
     return {f"model_{side}": summary["model"], f"dataset_{side}": summary["dataset"],
             f"runs_{side}": summary["runs_used"], f"test_acc_{side}": summary["mean_test_acc"],
-            f"train_in_acc_{side}": summary["mean_train_in_acc"], f"dir_{side}": str(item.path)}
+            f"train_in_acc_{side}": summary["mean_train_in_acc"], f"health_{side}": health_text(item),
+            f"dir_{side}": str(item.path)}
 
 
 def relation(a: Input, b: Input) -> str:
@@ -270,6 +306,9 @@ def notes(inputs: Sequence[Input], rows: Sequence[dict[str, Any]]) -> list[str]:
             found.append(f"{row['a']} and {row['b']} share {row['shared_subsets']} subsets (same seeds, ratio and "
                          "salt): their agreement is not independent and overstates the noise floor; use disjoint "
                          "seeds or another subset.salt")
+    found += [f"{item.label}: {'; '.join(input_warnings(item))}: models that did not train or fit lower its "
+              "agreement with any input; train it with a recipe that works (an experiment config), or compare "
+              "its --exclude-unhealthy estimates too" for item in inputs if input_warnings(item)]
     floors = experiment_floors(rows)
     once = sorted({item.label for item in inputs if item.experiment not in floors})
     if once and any(row["relation"] != SAME for row in rows):
@@ -294,7 +333,10 @@ def _input_json(item: Input, theta_mem: float) -> dict[str, Any]:
             "examples_with_estimate": int(np.sum(~np.isnan(item.mem))),
             "memorized": int(np.sum(np.nan_to_num(item.mem, nan=-np.inf) >= theta_mem)),
             "pairs": None if item.pair_keys is None else int(item.pair_keys.size),
-            "aggregator_thresholds": summary["thresholds"]}
+            "aggregator_thresholds": summary["thresholds"],
+            "health_checked": RUN_HEALTH in summary,
+            "unhealthy_seeds": [run["seed"] for run in unhealthy_runs(summary)],
+            "warnings": input_warnings(item)}
 
 
 def json_text(inputs: Sequence[Input], rows: Sequence[dict[str, Any]], theta_mem: float) -> str:
@@ -313,21 +355,25 @@ def _matrix(labels: Sequence[str], rows: Sequence[dict[str, Any]], key: str) -> 
     return matrix
 
 
-def render_png(labels: Sequence[str], rows: Sequence[dict[str, Any]], theta_mem: float) -> bytes:
-    """PNG bytes: one matrix per entry of MATRICES, labels on both axes, numbers in the cells (Agg canvas)."""
+def render_png(labels: Sequence[str], rows: Sequence[dict[str, Any]], theta_mem: float,
+               warnings: dict[str, list[str]] | None = None) -> bytes:
+    """PNG bytes: one matrix per entry of MATRICES, labels on both axes, numbers in the cells (Agg canvas); the
+    labels of inputs with `warnings` starred and their warnings below."""
     from matplotlib import colormaps
     from matplotlib.patches import Rectangle
 
+    warnings = {label: found for label, found in (warnings or {}).items() if found}
+    shown = [f"{label} *" if label in warnings else label for label in labels]
     side = 2.0 + 0.55 * len(labels)
-    figure = new_figure((3 * side, side + 0.8), layout="constrained")
+    figure = new_figure((3 * side, side + 0.8 + 0.25 * len(warnings)), layout="constrained")
     cmap = colormaps["viridis"].with_extremes(bad="lightgray")
     index = {label: k for k, label in enumerate(labels)}
     for ax, (key, title) in zip(figure.subplots(1, len(MATRICES)), MATRICES, strict=True):
         matrix = _matrix(labels, rows, key)
         ax.imshow(np.ma.masked_invalid(matrix), cmap=cmap, vmin=0, vmax=1)
         ax.set_title(title if key != "jaccard_mem" else f"{title} (mem >= {theta_mem:g})", fontsize=9)
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
-        ax.set_yticks(range(len(labels)), labels, fontsize=8)
+        ax.set_xticks(range(len(labels)), shown, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(len(labels)), shown, fontsize=8)
         for (i, j), value in np.ndenumerate(matrix):
             if i != j:
                 ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
@@ -338,6 +384,9 @@ def render_png(labels: Sequence[str], rows: Sequence[dict[str, Any]], theta_mem:
                 for y, x in ((i, j), (j, i)):
                     ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
     figure.suptitle("Agreement of the estimates (boxed: same experiment, the noise floor)", fontsize=10)
+    if warnings:
+        figure.supxlabel("\n".join(f"* {label}: {'; '.join(found)}" for label, found in warnings.items()),
+                         fontsize=8, color="darkred")
     return png_bytes(figure)
 
 
@@ -345,16 +394,17 @@ def write_compare(out_dir: Path, inputs: Sequence[Input], rows: Sequence[dict[st
                   theta_mem: float) -> list[Path]:
     """Serialize the three outputs in memory, then write each atomically; returns the written paths."""
     payloads = {"compare.csv": csv_text(rows).encode(), "compare.json": json_text(inputs, rows, theta_mem).encode(),
-                "compare.png": render_png([item.label for item in inputs], rows, theta_mem)}
+                "compare.png": render_png([item.label for item in inputs], rows, theta_mem,
+                                          {item.label: input_warnings(item) for item in inputs})}
     return write_files(out_dir, payloads)
 
 
 def format_report(inputs: Sequence[Input], rows: Sequence[dict[str, Any]], theta_mem: float) -> str:
     lines = ["inputs:", *text_table(
-        ["label", "model", "dataset", "runs", "test acc", "in-subset train acc", "dir"],
+        ["label", "model", "dataset", "runs", "test acc", "in-subset train acc", "health", "dir"],
         [[item.label, *map(str, item.architecture), str(item.summary["runs_used"]),
-          fmt(item.summary["mean_test_acc"], ".4f"), fmt(item.summary["mean_train_in_acc"], ".4f"), str(item.path)]
-         for item in inputs])]
+          fmt(item.summary["mean_test_acc"], ".4f"), fmt(item.summary["mean_train_in_acc"], ".4f"),
+          health_text(item), str(item.path)] for item in inputs])]
     lines += [f"agreement (over examples estimated in both; memorized: mem >= {theta_mem:g}; pairs as each "
               "aggregator wrote them):", *text_table(
                   ["pair", "relation", "common", "pearson", "spearman", "J(mem)", "J(pairs)"],

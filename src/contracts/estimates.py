@@ -9,7 +9,8 @@ the format existed read as format 0, their estimator taken from the summary.
 
 | key | dtype, shape | meaning |
 |---|---|---|
-| `summary` | 0-d unicode | JSON object: SUMMARY_KEYS at least; `estimator` names the estimator |
+| `summary` | 0-d unicode | JSON object: SUMMARY_KEYS at least; `estimator` names the estimator; optional |
+| | | `run_health` (estimates from records): {"unhealthy": [{"seed", "reasons", ...}], "excluded", ...} |
 | `mem` | float (n_train,) | the memorization estimate; NaN: none for that example |
 | `train_label`, `orig_label` | int (n_train,) | trained label (flipped where flipped), label before noise |
 | `flipped` | bool (n_train,) | the label was flipped (dataset.label_noise) |
@@ -42,7 +43,7 @@ import numpy as np
 
 from src.contracts.io import load_error, write_files
 from src.errors import ConfigError, MeminfError
-from src.util.tables import csv_text
+from src.util.tables import csv_text, fmt
 
 FORMAT_VERSION = 1
 ESTIMATES_FILE = "estimates.npz"
@@ -59,6 +60,8 @@ TRAIN_COLUMNS = ("mem", "mem_se", "mem_soft", "mem_soft_se", "n_in", "n_out", "a
 PAIR_ARRAYS = ("pair_train_idx", "pair_test_idx", "pair_infl", "pair_infl_se")
 MEM_FRACTION_THRESHOLDS = (0.25, 0.3)  # summary keys frac_mem_ge_<theta>
 TRAIN_IN_ACC_WARNING = 0.99  # below this mean in-subset (own-half) accuracy the summary warns: underfitting
+RUN_HEALTH = "run_health"  # optional summary key: the runs that did not train (src/estimators/subsample/health.py)
+MAX_NAMED_RUNS = 5  # unhealthy runs named in one line; the rest counted
 LEGACY_ESTIMATOR = "subsample"  # format 0 without an `estimator` key (turn-over dropout always wrote one)
 
 
@@ -249,6 +252,53 @@ def _summary(array: np.ndarray, npz: Path) -> dict[str, Any]:
     return summary
 
 
+def unhealthy_runs(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The unhealthy runs of the sweep an estimate was made from ([] when all are healthy or none was checked)."""
+    health = summary.get(RUN_HEALTH)
+    return list(health["unhealthy"]) if isinstance(health, dict) else []
+
+
+def health_line(summary: Mapping[str, Any]) -> str | None:
+    """One line naming the unhealthy runs behind an estimate and whether it used them; None when there are none."""
+    runs = unhealthy_runs(summary)
+    if not runs:
+        return None
+    health = summary[RUN_HEALTH]
+    named = "; ".join(f"seed {run['seed']}: {', '.join(run['reasons'])}" for run in runs[:MAX_NAMED_RUNS])
+    more = f"; +{len(runs) - MAX_NAMED_RUNS} more" if len(runs) > MAX_NAMED_RUNS else ""
+    use = ("left out (--exclude-unhealthy)" if health["excluded"] else
+           "used in the estimate (--exclude-unhealthy leaves them out)")
+    return f"{len(runs)} of {health['runs_checked']} runs unhealthy ({named}{more}); {use}"
+
+
+def effect_line(summary: Mapping[str, Any]) -> str | None:
+    """`left out 1 unhealthy run(s): runs used 16 -> 15, ...`, or None when no run was left out."""
+    effect = (summary.get(RUN_HEALTH) or {}).get("exclusion_effect")
+    if not effect:
+        return None
+    runs, memorized, mean_mem = effect["runs_used"], effect["memorized"], effect["mean_mem"]
+    shown = [fmt(value, ".4f") for value in mean_mem]
+    return (f"left out {runs[0] - runs[1]} unhealthy run(s): runs used {runs[0]} -> {runs[1]}, memorized "
+            f"{memorized[0]} -> {memorized[1]}, mean mem {shown[0]} -> {shown[1]}")
+
+
+def health_lines(summary: Mapping[str, Any]) -> list[str]:
+    """The printed lines on unhealthy runs: which (a warning), and what leaving them out changed."""
+    unhealthy, effect = health_line(summary), effect_line(summary)
+    return ([f"warning: {unhealthy}"] if unhealthy else []) + ([effect] if effect else [])
+
+
+def _check_health(summary: Mapping[str, Any], where: Path) -> None:
+    health = summary.get(RUN_HEALTH)
+    if health is None:
+        return
+    runs = health.get("unhealthy") if isinstance(health, dict) else None
+    _check(isinstance(runs, list) and isinstance(health.get("excluded"), bool)
+           and isinstance(health.get("runs_checked"), int)
+           and all(isinstance(run, dict) and isinstance(run.get("seed"), int) and isinstance(run.get("reasons"), list)
+                   for run in runs), where, f"the summary has a malformed {RUN_HEALTH}")
+
+
 def _check(ok: bool, where: Path, message: str) -> None:
     if not ok:
         raise MeminfError(f"{where}: {message}; rerun python -m src.estimate")
@@ -264,6 +314,7 @@ def validate(est: Estimates, where: Path) -> None:
            f"n_train {n_train!r} and n_test {n_test!r} must be positive integers")
     _check(isinstance(summary["runs_used"], int) and isinstance(summary["thresholds"], dict), where,
            "the summary has a malformed runs_used or thresholds value")
+    _check_health(summary, where)
     shapes = {"mem": (n_train,), "train_label": (n_train,), "orig_label": (n_train,), "flipped": (n_train,),
               "test_label": (n_test,), **{name: (n_train,) for name in TRAIN_COLUMNS}}
     for key, shape in shapes.items():

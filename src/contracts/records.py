@@ -52,6 +52,7 @@ from src.errors import RecordError
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1 is version 2 without the optional epoch and proxy arrays
 RECORD_NAME = "record.npz"
+SEED_DIR_PREFIX = "seed="  # a seed's record is <sweep dir>/seed=<k>/record.npz
 EXTRA_PREFIXES = ("extra_train_", "extra_test_")
 PROXY_PREFIX = "proxy_train_"
 EPOCH_KEYS = ("epoch_list", "epoch_train_correct", "epoch_test_correct")
@@ -116,7 +117,23 @@ class Record:
 
 
 def record_path(sweep_dir: str | Path, seed: int) -> Path:
-    return Path(sweep_dir) / f"seed={seed}" / RECORD_NAME
+    return Path(sweep_dir) / f"{SEED_DIR_PREFIX}{seed}" / RECORD_NAME
+
+
+def directory_seed(path: str | Path) -> int | None:
+    """The seed a record file's directory names (`.../seed=<k>/record.npz` -> k); None for any other directory."""
+    name = Path(path).parent.name
+    digits = name[len(SEED_DIR_PREFIX):] if name.startswith(SEED_DIR_PREFIX) else ""
+    return int(digits) if digits.isdigit() else None
+
+
+def misplaced_reason(path: str | Path, seed: int) -> str | None:
+    """Why a record of `seed` does not belong at `path` (its directory names another seed), or None."""
+    named = directory_seed(path)
+    if named is None or named == seed:
+        return None
+    return (f"holds the record of seed {seed} in the directory of seed {named}; move it to "
+            f"{SEED_DIR_PREFIX}{seed}/ or delete it")
 
 
 def find_records(sweep_dir: str | Path) -> list[Path]:

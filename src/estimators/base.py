@@ -42,6 +42,7 @@ class ReduceOptions:
     load_progress: Progress | None = None
     reduce_progress: Progress | None = None
     notify: Callable[[str], None] | None = None
+    exclude_unhealthy: bool = False  # leave out the runs that did not train (src/estimators/subsample/health.py)
 
 
 class Estimator(ABC):
@@ -69,9 +70,12 @@ class Estimator(ABC):
 
     def format_summary(self, summary: dict[str, Any]) -> str:
         """What the command line prints of the summary."""
-        return (f"{summary['experiment_name']} ({summary['experiment_hash']}): {summary['dataset']}, "
-                f"{summary['model']}, estimator {self.name}, {summary['runs_used']} runs; "
-                f"{summary.get('memorized')} memorized, {summary.get('pairs')} pairs")
+        from src.contracts.estimates import health_lines
+
+        return "\n".join([f"{summary['experiment_name']} ({summary['experiment_hash']}): {summary['dataset']}, "
+                          f"{summary['model']}, estimator {self.name}, {summary['runs_used']} runs; "
+                          f"{summary.get('memorized')} memorized, {summary.get('pairs')} pairs",
+                          *health_lines(summary)])
 
 
 class TrainStep(NamedTuple):

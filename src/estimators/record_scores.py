@@ -17,7 +17,8 @@ import numpy as np
 from src.contracts.estimates import Estimates, Thresholds
 from src.errors import ConfigError
 from src.estimators.base import Estimator, ReduceOptions
-from src.estimators.subsample.load import load_sweep
+from src.estimators.subsample.health import load_checked
+from src.estimators.subsample.load import load_notes
 from src.estimators.subsample.memorization import masked_mean
 from src.estimators.subsample.stats import IN, SweepStats
 from src.estimators.subsample.summary import sweep_summary
@@ -36,17 +37,24 @@ class RecordScoreEstimator(Estimator):
     def oriented(self, values: np.ndarray) -> np.ndarray:
         return values
 
-    def reduce(self, sweep_dir: Path, options: ReduceOptions) -> Estimates:
-        stats, problems = load_sweep(sweep_dir, strict=options.strict, progress=options.load_progress)
-        for problem in problems:
-            (options.notify or print)(f"skipped {problem.file}: {problem.reason}")
+    def check(self, stats: SweepStats, sweep_dir: Path) -> None:
         if self.score not in stats.proxy_sums:
             raise ConfigError(f"the records under {sweep_dir} hold no record score {self.score}; train the sweep "
                               f"with record.scores including {self.score}")
-        raw = masked_mean(stats.proxy_sums[self.score][IN], stats.n_in)
-        mem = self.oriented(raw)
+
+    def raw(self, stats: SweepStats) -> np.ndarray:
+        """The score's mean over the runs whose subset held each example."""
+        return masked_mean(stats.proxy_sums[self.score][IN], stats.n_in)
+
+    def reduce(self, sweep_dir: Path, options: ReduceOptions) -> Estimates:
         thresholds = Thresholds()
-        summary = {**sweep_summary(stats, problems, self.name, mem, thresholds.theta_mem),
+        stats, problems, health = load_checked(sweep_dir, options, lambda stats: self.oriented(self.raw(stats)),
+                                               thresholds.theta_mem, check=lambda stats: self.check(stats, sweep_dir))
+        for line in load_notes(stats, problems):
+            (options.notify or print)(line)
+        raw = self.raw(stats)
+        mem = self.oriented(raw)
+        summary = {**sweep_summary(stats, problems, self.name, mem, thresholds.theta_mem, health),
                    "thresholds": {"theta_mem": thresholds.theta_mem},
                    "score": {"record_score": self.score, "mem": self.orientation,
                              "definition": "mean over the runs whose subset held the example; NaN where none did"}}

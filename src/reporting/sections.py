@@ -9,7 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from src.contracts.estimates import MEM_FRACTION_THRESHOLDS, Estimates
+from src.contracts.estimates import (
+    MEM_FRACTION_THRESHOLDS,
+    RUN_HEALTH,
+    Estimates,
+    effect_line,
+    health_line,
+    unhealthy_runs,
+)
 from src.data.images import Images
 from src.errors import MeminfError
 from src.estimators.subsample.reliability import format_reliability
@@ -42,8 +49,8 @@ def read_compare(directory: Path) -> dict[str, Any]:
         rows = [{key: row[key] for key in ("a", "b", "relation", "common", *COMPARE_METRICS,
                                            *(f"floor_{metric}" for metric in COMPARE_METRICS))}
                 for row in document["pairs"]]
-        inputs = [{key: item[key] for key in ("label", "model", "dataset", "runs", "mean_test_acc")}
-                  for item in document["inputs"]]
+        inputs = [{**{key: item[key] for key in ("label", "model", "dataset", "runs", "mean_test_acc")},
+                   "warnings": item.get("warnings")} for item in document["inputs"]]
         return {"rows": rows, "inputs": inputs, "notes": [str(note) for note in document["notes"]]}
     except OSError as err:
         raise MeminfError(f"{path}: unreadable ({err}); run python -m src.compare ... --out {directory}") from err
@@ -80,6 +87,26 @@ def summary_section(page: Page, est: Estimates) -> None:
                  f"{fmt(accuracies.max())}.</p>")
     if summary.get("train_in_acc_warning"):
         page.add(f'<p class="note">warning: {esc(summary["train_in_acc_warning"])}</p>')
+    health_section(page, summary)
+
+
+def health_section(page: Page, summary: dict[str, Any]) -> None:
+    """The runs that did not train (the summary's run_health), what leaving them out changed, or that all
+    trained; nothing for estimates written before the check."""
+    health = summary.get(RUN_HEALTH)
+    if health is None:
+        return
+    unhealthy = unhealthy_runs(summary)
+    if not unhealthy:
+        page.add(f'<p id="run-health">All {health["runs_checked"]} runs healthy ({esc(health["rule"])}).</p>')
+        return
+    page.add(f'<p class="note" id="run-health">warning: {esc(health_line(summary))}</p>')
+    effect = effect_line(summary)
+    if effect:
+        page.add(f'<p class="note" id="run-health-effect">{esc(effect)}</p>')
+    page.table(["unhealthy seed", "test acc", "in-subset train acc", "why"],
+               [[run["seed"], fmt(run.get("test_acc")), fmt(run.get("train_in_acc")), "; ".join(run["reasons"])]
+                for run in unhealthy], table_id="unhealthy-runs")
 
 
 def histogram_section(page: Page, est: Estimates, theta: float) -> None:
@@ -258,9 +285,10 @@ def compare_section(page: Page, directory: Path) -> None:
     png = directory / "compare.png"
     if png.is_file():
         page.add("<p>" + page.picture("compare.png", png.read_bytes(), "agreement matrices") + "</p>")
-    page.table(["input", "model", "data set", "runs", "mean test acc"],
-               [[item["label"], item["model"], item["dataset"], item["runs"], fmt(item["mean_test_acc"])]
-                for item in document["inputs"]])
+    page.table(["input", "model", "data set", "runs", "mean test acc", "health"],
+               [[item["label"], item["model"], item["dataset"], item["runs"], fmt(item["mean_test_acc"]),
+                 "not checked" if item["warnings"] is None else "; ".join(item["warnings"]) or "ok"]
+                for item in document["inputs"]], table_id="compare-inputs")
     page.table(["a", "b", "relation", "common", *(f"{metric} [floor]" for metric in COMPARE_METRICS)],
                [[row["a"], row["b"], row["relation"], row["common"],
                  *(f"{fmt(row[metric], '.3f')} [{fmt(row[f'floor_{metric}'], '.3f')}]"

@@ -5,7 +5,10 @@ A seed is done when its record (`<sweep>/seed=<k>/record.npz`) is readable, belo
 store) and holds at least what the config asks: every epoch of `record.epochs` among its recorded epochs,
 every record score of `record.scores` among its scores, and `model.pt` beside it when `record.save_model`.
 With `overwrite=true` nothing is done. A readable record of another experiment is refused (unless
-overwrite=true): the sweep would mix two experiments.
+overwrite=true): the sweep would mix two experiments. So is a record whose seed is not its directory's
+(`seed=1/record.npz` holding seed 2's record, e.g. copied there by hand), unless overwrite=true: it is not this
+seed's model, so the seed is not done, and retraining would replace a file that someone put there (perhaps
+the only copy of seed 2's record); the message says where it belongs.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from src.contracts.identity import experiment_identity, identity_differences, identity_hash, record_experiment_hash
-from src.contracts.records import RecordError, read_header
+from src.contracts.records import RecordError, misplaced_reason, read_header
 from src.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ class State(Enum):
     INCOMPLETE = "incomplete"  # of this experiment, but holds less than the config asks: trained again
     UNREADABLE = "unreadable"  # trained again, the file replaced
     FOREIGN = "foreign"  # another experiment's
+    MISPLACED = "misplaced"  # another seed's record in this seed's directory
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,11 @@ def record_state(path: Path, wanted: Wanted) -> RecordState:
         meta, scores_held = read_header(path)
     except RecordError as err:
         return RecordState(State.UNREADABLE, err.reason)
+    if not isinstance(meta["seed"], int) or isinstance(meta["seed"], bool):
+        return RecordState(State.UNREADABLE, f"its seed {meta['seed']!r} is not an integer")
+    misplaced = misplaced_reason(path, meta["seed"])
+    if misplaced is not None:
+        return RecordState(State.MISPLACED, misplaced, meta)
     if record_experiment_hash(meta) != wanted.experiment_hash:
         return RecordState(State.FOREIGN, f"holds experiment {record_experiment_hash(meta)} "
                                           f"({meta.get('experiment_name')}), not {wanted.experiment_hash}"
@@ -102,6 +111,11 @@ def what_differs(meta: dict[str, Any], wanted: Wanted) -> str:
 
 
 def refuse_foreign(path: Path, state: RecordState, wanted: Wanted) -> None:
-    """A record of another experiment stops the sweep unless overwrite=true."""
-    if state.state is State.FOREIGN and not wanted.overwrite:
+    """A record of another experiment, or of another seed than its directory's, stops the sweep unless
+    overwrite=true."""
+    if wanted.overwrite:
+        return
+    if state.state is State.FOREIGN:
         raise ConfigError(f"{path} {state.reason}: choose another name=..., or overwrite=true to replace it")
+    if state.state is State.MISPLACED:
+        raise ConfigError(f"{path} {state.reason}, then relaunch (or overwrite=true to retrain the seed over it)")

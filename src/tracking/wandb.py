@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from src.contracts.estimates import ESTIMATES_FILE, SUMMARY_FILE, Estimates, read_estimates
+from src.contracts.estimates import (
+    ESTIMATES_FILE,
+    RUN_HEALTH,
+    SUMMARY_FILE,
+    Estimates,
+    read_estimates,
+    unhealthy_runs,
+)
 from src.data.images import Images, sweep_images
 from src.errors import MeminfError
 
@@ -175,9 +182,20 @@ def estimate_numbers(summary: Mapping[str, Any], mem: np.ndarray) -> dict[str, f
     """run.summary of an aggregator run: the summary's numbers plus the mean and median of mem."""
     estimated = mem[~np.isnan(mem)]
     numbers = flat_numbers(summary)
+    if RUN_HEALTH in summary:
+        numbers["run_health/unhealthy_runs"] = len(unhealthy_runs(summary))
     if estimated.size:
         numbers.update({"mem_mean": float(estimated.mean()), "mem_median": float(np.median(estimated))})
     return numbers
+
+
+def unhealthy_table(unhealthy: Sequence[Mapping[str, Any]]) -> Any:
+    """One row per unhealthy run (src/estimators/subsample/health.py): seed, accuracies, why."""
+    import wandb
+
+    columns = ["seed", "test_acc", "train_in_acc", "reasons"]
+    return wandb.Table(columns=columns, data=[[run.get("seed"), run.get("test_acc"), run.get("train_in_acc"),
+                                               "; ".join(run.get("reasons", []))] for run in unhealthy])
 
 
 def log_estimates(args: argparse.Namespace, out_dir: Path, sweep_dir: Path) -> None:
@@ -201,6 +219,10 @@ def log_estimates(args: argparse.Namespace, out_dir: Path, sweep_dir: Path) -> N
         tables = {"most_memorized": memorized_table(est, images, TOP_EXAMPLES)}
         if est.has("pair_train_idx", "pair_test_idx", "pair_infl", "pair_infl_se"):
             tables["top_pairs"] = pairs_table(est, images, TOP_PAIRS)
+        unhealthy = unhealthy_runs(summary)
+        if unhealthy:
+            run.summary["run_health/unhealthy_seeds"] = [run_["seed"] for run_ in unhealthy]
+            tables["unhealthy_runs"] = unhealthy_table(unhealthy)
         run.log({**({"mem_histogram": wandb.Histogram(mem)} if mem.size else {}), **tables})
         _log_files(run, out_dir, f"{name}-estimates", "estimates", ESTIMATE_FILES)
     finally:

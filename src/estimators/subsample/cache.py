@@ -5,7 +5,9 @@ The next load reads only record files that are new or whose (size, mtime_ns) cha
 label arrays of one cached record to check that the cache belongs to this sweep. A cached record whose file
 is gone, changed, or no longer used (a differing copy of its seed appeared; another sweep became the largest
 group) cannot be subtracted: everything is read again, as it is for a damaged, foreign or other-version cache
-and with --no-cache (which still writes a fresh cache). Damaged or foreign records are never cached, so they
+and with --no-cache (which still writes a fresh cache). A cache is keyed on the seeds its load left out
+(`--exclude-unhealthy`): a load that leaves out other seeds never updates it (its runs cannot be subtracted or
+added back), and reads everything. Damaged or foreign records are never cached, so they
 are read and reported on every run. The influence products are not cached: they are recomputed from the
 cached masks and T (one matrix product).
 """
@@ -26,7 +28,9 @@ from src.estimators.subsample.stats import RELIABILITY_GROUPS, RecordFile, Sweep
 from src.util.cli import one_line
 
 CACHE_NAME = "stats.npz"
-CACHE_VERSION = 4  # 3: identity 2 (the experiment of old records recomputed from their config); 4: group_sums
+EXCLUDING_CACHE_NAME = "stats_excluding_unhealthy.npz"  # the cache of the load with --exclude-unhealthy
+# 3: identity 2 (the experiment of old records recomputed from their config); 4: group_sums; 5: excluded_seeds
+CACHE_VERSION = 5
 
 
 class CacheUnusable(Exception):
@@ -51,7 +55,7 @@ def stats_cache_arrays(stats: SweepStats) -> dict[str, np.ndarray]:
     | key | dtype, shape | meaning |
     |---|---|---|
     | `cache` | 0-d unicode | JSON {"cache_version", "meta" (of the lowest seed), "extras" (names), |
-    | | | "epoch_list", "proxies" (names)} |
+    | | | "epoch_list", "proxies" (names), "excluded_seeds" (seeds the load left out)} |
     | `train_label`, `test_label`, `flipped_idx`, `flipped_orig_label` | int64 | as in SweepStats |
     | `n_in`, `hard_in`, `hard_all`, `soft_in`, `soft_all`, `soft_in_sq`, `soft_all_sq` | float64 (n,) | sums |
     | `packed_masks` | uint8 (K, ceil(n/8)) | np.packbits of the subset masks, runs by seed |
@@ -67,7 +71,8 @@ def stats_cache_arrays(stats: SweepStats) -> dict[str, np.ndarray]:
     """
     files = stats.files
     header = {"cache_version": CACHE_VERSION, "meta": stats.meta, "extras": sorted(stats.extras),
-              "epoch_list": stats.epoch_list.tolist(), "proxies": sorted(stats.proxy_sums)}
+              "epoch_list": stats.epoch_list.tolist(), "proxies": sorted(stats.proxy_sums),
+              "excluded_seeds": sorted(stats.excluded_seeds)}
     arrays = {
         "cache": np.array(json.dumps(header, sort_keys=True)),
         "train_label": stats.train_label, "test_label": stats.test_label,
@@ -160,6 +165,7 @@ def _stats_from_cache(arrays: Mapping[str, np.ndarray], sweep_dir: Path,
         seeds=seeds.tolist(), test_acc=_cached_array(arrays, "test_acc", "float64", (k,)).tolist(),
         train_in_acc=_cached_array(arrays, "train_in_acc", "float64", (k,)).tolist(),
         paths=[str(sweep_dir / file.rel_path) for file in used],
+        excluded_seeds=sorted(int(seed) for seed in header["excluded_seeds"]),
     )
     return stats, files
 
@@ -216,11 +222,16 @@ def _check_cache_identity(stats: SweepStats, entries: Mapping[Path, RecordFile],
         raise CacheUnusable(f"it was written for another sweep: {'; '.join(diffs)}")
 
 
-def open_cache(cache_path: Path, sweep_dir: Path, file_stats: Mapping[Path, FileStat]) -> CachedSweep:
-    """The cache, when every record file in it is present and unchanged; CacheUnusable otherwise."""
+def open_cache(cache_path: Path, sweep_dir: Path, file_stats: Mapping[Path, FileStat],
+               excluded_seeds: frozenset[int] = frozenset()) -> CachedSweep:
+    """The cache, when it left out the same seeds and every record file in it is present and unchanged;
+    CacheUnusable otherwise."""
     if not cache_path.exists():
         raise CacheUnusable(f"no {cache_path} yet")
     stats, files = read_stats_cache(cache_path, sweep_dir)
+    if stats.excluded_seeds != sorted(excluded_seeds):
+        raise CacheUnusable(f"it left out seeds {stats.excluded_seeds or 'none'}, this load leaves out "
+                            f"{sorted(excluded_seeds) or 'none'}")
     entries = {sweep_dir / file.rel_path: file for file in files}
     _check_cache_identity(stats, entries, file_stats)
     changed = [path for path, file in entries.items() if file_stats.get(path) != (file.size, file.mtime_ns)]

@@ -11,6 +11,7 @@ chosen (train, test) pairs with their standard errors.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,10 @@ import numpy as np
 from src.contracts.estimates import Estimates, write_estimates
 from src.errors import MeminfError
 from src.estimators.base import Estimator, ReduceOptions
-from src.estimators.subsample.cache import CACHE_NAME
+from src.estimators.subsample.health import load_checked
 from src.estimators.subsample.influence import estimate
-from src.estimators.subsample.load import load_sweep
-from src.estimators.subsample.memorization import EstimateConfig, SubsampleEstimates
+from src.estimators.subsample.load import load_notes
+from src.estimators.subsample.memorization import EstimateConfig, SubsampleEstimates, memorization
 from src.estimators.subsample.stats import SweepStats
 from src.estimators.subsample.summary import ESTIMATOR, format_summary, summarize
 
@@ -90,14 +91,14 @@ class SubsampleEstimator(Estimator):
         config.validate()
         notify = options.notify or print
         out_dir = options.out_dir if options.out_dir is not None else self.out_dir(sweep_dir)
-        stats, problems = load_sweep(sweep_dir, strict=options.strict, progress=options.load_progress,
-                                     cache_path=out_dir / CACHE_NAME, use_cache=options.use_cache, notify=notify,
-                                     check=check_estimable)
-        for problem in problems:
-            notify(f"skipped {problem.file}: {problem.reason}")
+        stats, problems, health = load_checked(sweep_dir, replace(options, notify=notify),
+                                               lambda stats: memorization(stats)["mem"], config.theta_mem,
+                                               cache_dir=out_dir, check=check_estimable)
+        for line in load_notes(stats, problems):
+            notify(line)
         est = estimate(stats, config, dense_dir=out_dir, progress=options.reduce_progress)
         try:
-            return to_estimates(stats, est, summarize(stats, est, problems))
+            return to_estimates(stats, est, summarize(stats, est, problems, health))
         except BaseException:
             est.discard_dense()
             raise

@@ -70,6 +70,8 @@ def resolve_duplicate_seeds(infos: list[FileInfo],
         by_seed.setdefault(info.seed, []).append(info)
     keep, identical = [], []
     for seed, copies in by_seed.items():
+        # the copy nearest the sweep directory (its own seed=<k>/, not a backup's) is the one used
+        copies.sort(key=lambda info: (len(info.path.parts), info.path))
         if len(copies) > 1:
             copies = _identical_copies(seed, copies, log)
             identical += copies[1:]

@@ -210,6 +210,7 @@ class SweepStats:
     paths: list[str] = field(default_factory=list)
     identical_duplicates: list[str] = field(default_factory=list)  # copies of a seed skipped as identical
     files: list[RecordFile] = field(default_factory=list)  # set by load_sweep, for the stats cache
+    excluded_seeds: list[int] = field(default_factory=list)  # seeds load_sweep was asked to leave out, sorted
 
     @classmethod
     def from_record(cls, record: Record, path: str | Path = "<record>", capacity: int = 16) -> SweepStats:

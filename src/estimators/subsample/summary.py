@@ -9,8 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from src.contracts.estimates import MEM_FRACTION_THRESHOLDS, TRAIN_IN_ACC_WARNING
+from src.contracts.estimates import MEM_FRACTION_THRESHOLDS, RUN_HEALTH, TRAIN_IN_ACC_WARNING, health_lines
 from src.contracts.identity import experiment_identity, record_experiment_hash
+from src.estimators.subsample.health import check_runs
 from src.estimators.subsample.memorization import SubsampleEstimates
 from src.estimators.subsample.reliability import format_reliability, split_half
 from src.estimators.subsample.stats import Problem, SweepStats
@@ -47,9 +48,10 @@ def _count(value: float) -> int | None:
 
 
 def sweep_summary(stats: SweepStats, problems: list[Problem], estimator: str, mem: np.ndarray,
-                  theta_mem: float) -> dict[str, Any]:
-    """The summary keys of any estimate made from a sweep's records: the sweep, its runs and accuracies, and
-    how many examples `mem` estimates and calls memorized."""
+                  theta_mem: float, health: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The summary keys of any estimate made from a sweep's records: the sweep, its runs and accuracies, the
+    runs' health (health.py; checked on `stats` when not given), and how many examples `mem` estimates and calls
+    memorized."""
     meta = stats.meta
     has_estimate = ~np.isnan(mem)
     train_in_acc = float(np.mean(stats.train_in_acc))
@@ -65,7 +67,7 @@ def sweep_summary(stats: SweepStats, problems: list[Problem], estimator: str, me
         "experiment_hash": record_experiment_hash(meta), "experiment": experiment_of(meta),
         "n_train": stats.n_train, "n_test": stats.n_test, "n_flipped": int(stats.flipped_idx.size),
         "mean_test_acc": finite_or_none(np.mean(stats.test_acc)), "mean_train_in_acc": finite_or_none(train_in_acc),
-        "train_in_acc_warning": warning,
+        "train_in_acc_warning": warning, RUN_HEALTH: check_runs(stats) if health is None else health,
         "examples_with_estimate": int(has_estimate.sum()), "examples_without_estimate": int((~has_estimate).sum()),
         **{f"frac_mem_ge_{theta}": finite_or_none(np.mean(mem[has_estimate] >= theta)) if has_estimate.any()
            else None for theta in MEM_FRACTION_THRESHOLDS},
@@ -73,12 +75,13 @@ def sweep_summary(stats: SweepStats, problems: list[Problem], estimator: str, me
     }
 
 
-def summarize(stats: SweepStats, est: SubsampleEstimates, problems: list[Problem]) -> dict[str, Any]:
+def summarize(stats: SweepStats, est: SubsampleEstimates, problems: list[Problem],
+              health: dict[str, Any] | None = None) -> dict[str, Any]:
     meta, config = stats.meta, est.config
     has_estimate = ~np.isnan(est.mem)
     influencers = est.pairs.influencers_per_test(stats.n_test)
     return {
-        **sweep_summary(stats, problems, ESTIMATOR, est.mem, config.theta_mem),
+        **sweep_summary(stats, problems, ESTIMATOR, est.mem, config.theta_mem, health),
         "pairs": int(est.pairs.infl.size),
         "pair_train_examples": int(np.unique(est.pairs.train_idx).size),
         "pair_test_examples": int(np.sum(influencers > 0)),
@@ -110,7 +113,8 @@ def format_summary(summary: dict[str, Any]) -> str:
     fractions = ", ".join(f"{_percent(summary[f'frac_mem_ge_{t}'])} >= {t}" for t in MEM_FRACTION_THRESHOLDS)
     lines = [
         f"{summary['experiment_name']} ({summary['experiment_hash']}): {summary['dataset']}, "
-        f"{summary['model']}, {summary['runs_used']} runs ({summary['problems_excluded']} skipped), "
+        f"{summary['model']}, {summary['runs_used']} runs ({summary['problems_excluded']} skipped"
+        f"{_duplicates(summary)}), "
         f"{summary['n_train']} train x {summary['n_test']} test, ratio {summary['ratio']}",
         f"accuracy: test {_fmt(summary['mean_test_acc'])}, "
         f"in-subset train {_fmt(summary['mean_train_in_acc'])}",
@@ -134,7 +138,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"proxies, Spearman with mem: {rhos}")
     if summary["train_in_acc_warning"]:
         lines.append(f"warning: {summary['train_in_acc_warning']}")
-    return "\n".join(lines)
+    return "\n".join(lines + health_lines(summary))
+
+
+def _duplicates(summary: dict[str, Any]) -> str:
+    count = summary.get("identical_duplicates_skipped") or 0
+    return f", {count} identical cop{'y' if count == 1 else 'ies'} used once" if count else ""
 
 
 def _fmt(value: float | None, spec: str = ".4f") -> str:
