@@ -16,6 +16,8 @@ from scipy.stats import spearmanr
 
 from src.analyses.compare import DIFFERS, SAME, SAME_BUT_SALT, SHARES, compare, jaccard
 from src.compare import main
+from src.contracts.estimates import Estimates, read_estimates
+from src.contracts.estimates import write_estimates as write_estimates_dir
 from src.data.subsets import subset_mask
 from src.errors import MeminfError
 from src.estimate import main as estimate_main
@@ -168,6 +170,22 @@ def test_cli_writes_the_three_files(four: dict[str, Path], tmp_path: Path) -> No
     assert image.ndim == 3 and min(image.shape[:2]) > 100
     assert SAME in result.stdout and "agreement [noise floor]" in result.stdout
     assert "w1 vs d: pearson" in result.stdout and "wrote compare.csv, compare.json, compare.png" in result.stdout
+
+
+def test_compare_json_names_the_estimates_of_each_input(four: dict[str, Path], tmp_path: Path) -> None:
+    """Each input's fingerprint (src.report checks an embedded comparison by it): the same for the estimates
+    written again and read back, another for estimates that differ in one value."""
+    est = read_estimates(four["wide"])
+    write_estimates_dir(tmp_path / "again", Estimates(est.summary, est.arrays))
+    changed = {**est.arrays, "mem": est.mem.copy()}
+    changed["mem"][0] += 0.5
+    write_estimates_dir(tmp_path / "changed", Estimates(est.summary, changed))
+    assert main([str(four["wide"]), str(tmp_path / "again"), str(tmp_path / "changed"), "--labels", "w,a,c",
+                 "--out", str(tmp_path / "out")]) == 0
+    document = json.loads((tmp_path / "out" / "compare.json").read_text())
+    fingerprints = [item["estimates_fingerprint"] for item in document["inputs"]]
+    assert fingerprints[0] == fingerprints[1] == est.fingerprint != fingerprints[2]
+    assert [item["runs"] for item in document["inputs"]] == [RUNS] * 3
 
 
 def test_cli_notes_shared_subsets_and_missing_floor(four: dict[str, Path], tmp_path: Path,
