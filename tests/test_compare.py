@@ -18,7 +18,7 @@ from src.analyses.compare import DIFFERS, SAME, SAME_BUT_SALT, SHARES, compare, 
 from src.compare import main
 from src.contracts.estimates import Estimates, read_estimates
 from src.contracts.estimates import write_estimates as write_estimates_dir
-from src.data.subsets import subset_mask
+from src.data.subsets import subset_mask, subset_seed
 from src.errors import MeminfError
 from src.estimate import main as estimate_main
 from src.estimators.subsample.estimator import write_outputs
@@ -35,11 +35,11 @@ PLANTED_CLASSES = 15  # train/test example i < 15 has class i; the others share 
 
 
 def planted_sweep(memorized: Iterable[int], influencers: Iterable[int], seeds: Iterable[int], salt: int = 0,
-                  ratio: float = 0.7, n: int = N, n_test: int = N_TEST) -> Sweep:
+                  ratio: float = 0.7, n: int = N, n_test: int = N_TEST, repeats: int = 1) -> Sweep:
     """mem(i) = 1 exactly for the memorized examples (correct iff in the subset), 0 for the others (always
     correct); test example j < 15 is correct iff train example j is in the subset (infl 1), others always.
     Every memorized example has its own class, so the planted pairs are the only pairs."""
-    masks = np.stack([subset_mask(seed, n, ratio, salt) for seed in seeds])
+    masks = np.stack([subset_mask(subset_seed(seed, repeats), n, ratio, salt) for seed in seeds])
     train_correct = np.ones(masks.shape, dtype=bool)
     memorized = list(memorized)
     train_correct[:, memorized] = masks[:, memorized]
@@ -53,11 +53,11 @@ def planted_sweep(memorized: Iterable[int], influencers: Iterable[int], seeds: I
 
 def write_estimates(sweep_dir: Path, memorized: Iterable[int], influencers: Iterable[int],
                     seeds: Iterable[int] = range(RUNS), salt: int = 0, ratio: float = 0.7, n: int = N,
-                    n_test: int = N_TEST, **meta: object) -> Path:
+                    n_test: int = N_TEST, repeats: int = 1, **meta: object) -> Path:
     """Aggregate a planted sweep with src.estimate (load, estimate, summarize, write_outputs) into
     sweep_dir/estimates; meta overrides the records' metadata (model, data_fingerprint, ...)."""
     seeds = list(seeds)
-    sweep = planted_sweep(memorized, influencers, seeds, salt, ratio, n, n_test)
+    sweep = planted_sweep(memorized, influencers, seeds, salt, ratio, n, n_test, repeats)
     records = [sweep.record(k, seed=seed, salt=salt, **meta) for k, seed in enumerate(seeds)]
     stats = SweepStats.from_record(records[0], capacity=len(records))
     for record in records[1:]:
@@ -198,11 +198,12 @@ def test_cli_notes_shared_subsets_and_missing_floor(four: dict[str, Path], tmp_p
     assert "another subset.salt" not in out
 
 
-def _config(mean: float, salt: int = 0) -> dict:
+def _config(mean: float, salt: int = 0, repeats: int = 1) -> dict:
     """The part of a record's config that the experiment identity reads (one MNIST-5k MLP recipe)."""
     return {"dataset": {"normalize": {"mean": [mean], "std": [0.3081]}}, "batch_size": 128,
             "model": {"timm_name": "meminf_mlp", "kwargs": {"hidden": [512, 256]}},
-            "subset": {"ratio": 0.7, "salt": salt}, "optim": {"_target_": "torch.optim.SGD", "lr": 0.1},
+            "subset": {"ratio": 0.7, "salt": salt, "repeats": repeats},
+            "optim": {"_target_": "torch.optim.SGD", "lr": 0.1},
             "trainer": {"max_epochs": 10}}
 
 
@@ -234,6 +235,20 @@ def test_a_noise_floor_may_differ_in_the_salt_but_not_share_seeds(tmp_path: Path
     assert cross["relation"] == DIFFERS + "data.normalize"
     assert cross["floor_spearman"] == pytest.approx(np.mean([row["spearman"] for row in floors]))
     assert row_of(rows, "s0", "s1")["floor_jaccard_mem"] == pytest.approx(np.mean([r["jaccard_mem"] for r in floors]))
+
+
+def test_disjoint_seeds_of_common_repeat_groups_are_said_to_share_subsets(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With subset.repeats=2, seeds 2k and 2k+1 train one subset: even and odd seeds are disjoint, not independent."""
+    made = [write_estimates(tmp_path / name, range(10), range(10), seeds=seeds, repeats=2, model="mlp",
+                            config=_config(0.1307, repeats=2))
+            for name, seeds in (("even", range(0, 2 * RUNS, 2)), ("odd", range(1, 2 * RUNS, 2)),
+                                ("far", range(1000, 1000 + RUNS)))]
+    rows = compare(made, 0.25)
+    assert row_of(rows, "even", "odd")["relation"] == SAME and row_of(rows, "even", "odd")["shared_subsets"] == RUNS
+    assert row_of(rows, "even", "far")["shared_subsets"] == 0
+    assert main([*map(str, made[:2]), "--out", str(tmp_path / "out")]) == 0
+    assert f"even and odd train {RUNS} common subsets" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

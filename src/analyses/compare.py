@@ -16,7 +16,9 @@ For every pair of inputs (a, b), one row:
 - jaccard_pairs: the same for the high-influence (train, test) pairs as each aggregator wrote them (its own
   thresholds: infl >= theta_infl, mem >= its theta_mem, same class), pairs of common train examples only.
   The Jaccard of two empty sets is undefined.
-- shared_subsets: seeds both sweeps ran with the same ratio and salt, i.e. identical training subsets.
+- shared_subsets: training subsets both sweeps drew (same ratio and salt, and a common subset seed: the seed
+  itself, or with subset.repeats R > 1 the first seed of its group of R, src/data/subsets.py). Disjoint seeds
+  of common groups share subsets: a floor over them overstates the agreement (a note says so).
 - relation, by one rule: a noise floor is two estimates by one estimator of the same experiment (experiment
   identity, src/contracts/identity.py) apart from `subset.salt`, on disjoint seeds. The salt changes only which
   subsets are drawn (so what mem estimates stays the same); the seed fixes each model's initialisation and
@@ -59,6 +61,7 @@ from scipy.stats import rankdata
 from src.contracts.estimates import Estimates, Thresholds, check_threshold, read_estimates
 from src.contracts.identity import identity_differences, identity_hash
 from src.contracts.io import write_files
+from src.data.subsets import DEFAULT_REPEATS
 from src.errors import ConfigError, MeminfError
 from src.util.plotting import new_figure, png_bytes
 from src.util.stats import jaccard_index, pearson
@@ -187,9 +190,16 @@ def pair_jaccard(a: Input, b: Input, common: np.ndarray) -> tuple[int | None, in
     return jaccard(_common_pairs(a, common), _common_pairs(b, common))
 
 
+def subset_seeds(item: Input) -> np.ndarray:
+    """The seeds whose subsets the runs trained on (subset.repeats R: seed s trains that of s - s mod R)."""
+    identity = item.summary.get("experiment")
+    repeats = int(identity.get(REPEATS_KEY, DEFAULT_REPEATS)) if isinstance(identity, dict) else DEFAULT_REPEATS
+    return np.unique(item.seeds - item.seeds % repeats)
+
+
 def shared_subsets(a: Input, b: Input) -> int:
     same_draw = all(a.summary[key] == b.summary[key] for key in ("ratio", "salt"))
-    return int(np.intersect1d(a.seeds, b.seeds).size) if same_draw else 0
+    return int(np.intersect1d(subset_seeds(a), subset_seeds(b)).size) if same_draw else 0
 
 
 def _side(item: Input, side: str) -> dict[str, Any]:
@@ -307,6 +317,10 @@ def notes(inputs: Sequence[Input], rows: Sequence[dict[str, Any]]) -> list[str]:
             found.append(f"{row['a']} and {row['b']} are one experiment apart from the salt over common seeds, "
                          "which fix the models' initialisations and data order: their agreement is not independent "
                          "and gives no noise floor; sweep the experiment again on disjoint seeds")
+        elif is_floor(row) and row["shared_subsets"]:
+            found.append(f"{row['a']} and {row['b']} train {row['shared_subsets']} common subsets (seeds of common "
+                         "subset.repeats groups): their agreement is not independent and overstates the noise floor; "
+                         "sweep seeds of other groups")
     floors = experiment_floors(inputs, rows)
     without = sorted({item.label for item in inputs if item.floor_group not in floors})
     if without and any(not is_floor(row) for row in rows):
