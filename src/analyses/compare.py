@@ -259,9 +259,14 @@ def is_floor(row: dict[str, Any]) -> bool:
     return row["relation"] in FLOOR_RELATIONS
 
 
+def floor_groups(inputs: Sequence[Input]) -> dict[str, str]:
+    """Each input's label -> its floor group (Input.floor_group)."""
+    return {item.label: item.floor_group for item in inputs}
+
+
 def experiment_floors(inputs: Sequence[Input], rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """For each experiment (apart from the salt) with noise-floor rows: their count and mean agreement."""
-    group_of = {item.label: item.floor_group for item in inputs}
+    group_of = floor_groups(inputs)
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if is_floor(row):
@@ -281,7 +286,7 @@ def combine_floors(floors: Sequence[float | None]) -> float | None:
 
 def add_floors(inputs: Sequence[Input], rows: Sequence[dict[str, Any]]) -> None:
     floors = experiment_floors(inputs, rows)
-    group_of = {item.label: item.floor_group for item in inputs}
+    group_of = floor_groups(inputs)
     for row in rows:
         if not is_floor(row):
             sides = [floors.get(group_of[row[side]], {}) for side in "ab"]

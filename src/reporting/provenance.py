@@ -36,7 +36,8 @@ def compare_warning(est: Estimates, directory: Path) -> str | None:
     """None when the comparison in `directory` has these estimates as an input; a warning when it has other
     estimates of this experiment; a MeminfError when it has none of this experiment."""
     inputs = read_compare(directory)["inputs"]
-    if any(item["estimates_fingerprint"] == est.fingerprint for item in inputs):
+    fingerprint = est.fingerprint  # a hash over every array: computed once
+    if any(item["estimates_fingerprint"] == fingerprint for item in inputs):
         return None
     mine = [item for item in inputs if _same_experiment(est, item)]
     if not mine:
