@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
     rows = sorted(retrain(cfg, dataset, jobs), key=lambda row: (*condition_order(row.selection, row.level, row.control),
                                                                  row.draw, row.seed))
     summary = summarize(rows)
-    written = write_outputs(out_dir, rows, summary)
+    written = write_outputs(out_dir, rows, summary, est.provenance())
     print(format_summary(summary))
     print(f"wrote {', '.join(path.name for path in written)} to {out_dir}")
 

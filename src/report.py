@@ -7,7 +7,10 @@
 Inputs: the estimates (`--estimates`, default <sweep dir>/estimates: estimates.npz and summary.json, as
 `python -m src.estimate` wrote them); a `python -m src.compare` output dir (`--compare`: compare.json and
 compare.png); a removal experiment's dir (`--removal`: removal.csv, summarized by `src.removal.summarize`,
-and removal.png when present). A per-epoch section appears when the estimates hold `mem_epoch` (E, n_train)
+and removal.png when present). What those two were made from is checked against the estimates
+(src/reporting/provenance.py): an analysis of another experiment is refused in one line; one made from other
+estimates of this experiment (e.g. fewer runs), or that records none, is shown with a one-line warning, on the
+page and on stderr. A per-epoch section appears when the estimates hold `mem_epoch` (E, n_train)
 with E > 0 (the epochs from `epoch_list` when it has E entries, else 1..E).
 Images come from the data set named by the metadata of the sweep's records (`src.data.dataset_from_meta`);
 when it cannot be loaded here, or holds vectors, the page says so in one line and shows the numbers only.
@@ -33,6 +36,7 @@ from src.contracts.records import RecordError, find_records, read_meta
 from src.data.images import sweep_images
 from src.errors import MeminfError
 from src.reporting.page import check_replaceable, write_report
+from src.reporting.provenance import embedded_warnings
 from src.reporting.sections import build_page
 from src.util.cli import cli_main
 
@@ -72,11 +76,14 @@ def check_same_sweep(sweep_dir: Path, est: Estimates) -> None:
 def run(args: argparse.Namespace) -> None:
     est = read_estimates(args.estimates if args.estimates is not None else args.sweep_dir)
     check_same_sweep(args.sweep_dir, est)
+    warnings = embedded_warnings(est, args.compare, args.removal)
     out = args.out if args.out is not None else args.sweep_dir / "report"
     check_replaceable(out)
     images = sweep_images(args.sweep_dir, est.summary)
-    page = build_page(args.sweep_dir, est, images, args)
+    page = build_page(args.sweep_dir, est, images, args, warnings)
     path = write_report(out, page, f"meminf report: {est.summary['experiment_name']}")
+    for warning in warnings.values():
+        print(f"warning: {warning}", file=sys.stderr)
     if images.problem is not None:
         print(f"images not shown: {images.problem}")
     print(f"wrote {path} ({len(page.files)} images and charts)")

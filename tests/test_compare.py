@@ -14,16 +14,19 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from src.analyses.compare import DIFFERS, SAME, compare, jaccard
+from src.analyses.compare import DIFFERS, SAME, SAME_BUT_SALT, SHARES, compare, jaccard
 from src.compare import main
-from src.data.subsets import subset_mask
+from src.contracts.estimates import Estimates, read_estimates
+from src.contracts.estimates import write_estimates as write_estimates_dir
+from src.data.subsets import subset_mask, subset_seed
 from src.errors import MeminfError
+from src.estimate import main as estimate_main
 from src.estimators.subsample.estimator import write_outputs
 from src.estimators.subsample.influence import estimate
 from src.estimators.subsample.memorization import EstimateConfig
 from src.estimators.subsample.stats import SweepStats
 from src.estimators.subsample.summary import summarize
-from tests.conftest import run_cli
+from tests.conftest import TINY, run_cli
 from tests.test_estimate import Sweep
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +35,11 @@ PLANTED_CLASSES = 15  # train/test example i < 15 has class i; the others share 
 
 
 def planted_sweep(memorized: Iterable[int], influencers: Iterable[int], seeds: Iterable[int], salt: int = 0,
-                  ratio: float = 0.7, n: int = N, n_test: int = N_TEST) -> Sweep:
+                  ratio: float = 0.7, n: int = N, n_test: int = N_TEST, repeats: int = 1) -> Sweep:
     """mem(i) = 1 exactly for the memorized examples (correct iff in the subset), 0 for the others (always
     correct); test example j < 15 is correct iff train example j is in the subset (infl 1), others always.
     Every memorized example has its own class, so the planted pairs are the only pairs."""
-    masks = np.stack([subset_mask(seed, n, ratio, salt) for seed in seeds])
+    masks = np.stack([subset_mask(subset_seed(seed, repeats), n, ratio, salt) for seed in seeds])
     train_correct = np.ones(masks.shape, dtype=bool)
     memorized = list(memorized)
     train_correct[:, memorized] = masks[:, memorized]
@@ -50,12 +53,12 @@ def planted_sweep(memorized: Iterable[int], influencers: Iterable[int], seeds: I
 
 def write_estimates(sweep_dir: Path, memorized: Iterable[int], influencers: Iterable[int],
                     seeds: Iterable[int] = range(RUNS), salt: int = 0, ratio: float = 0.7, n: int = N,
-                    n_test: int = N_TEST, broken: Iterable[int] = (), **meta: object) -> Path:
+                    n_test: int = N_TEST, repeats: int = 1, broken: Iterable[int] = (), **meta: object) -> Path:
     """Aggregate a planted sweep with src.estimate (load, estimate, summarize, write_outputs) into
     sweep_dir/estimates; meta overrides the records' metadata (model, data_fingerprint, ...); the runs numbered
     in `broken` predict nothing right."""
     seeds = list(seeds)
-    sweep = planted_sweep(memorized, influencers, seeds, salt, ratio, n, n_test)
+    sweep = planted_sweep(memorized, influencers, seeds, salt, ratio, n, n_test, repeats)
     for k in broken:
         sweep.train_correct[k], sweep.test_correct[k] = False, False
     records = [sweep.record(k, seed=seed, salt=salt, **meta) for k, seed in enumerate(seeds)]
@@ -79,22 +82,23 @@ def row_of(rows: list[dict], a: str, b: str) -> dict:
 
 @pytest.fixture(scope="module")
 def four(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Two sweeps of 'wide' (disjoint seeds; another salt) and two of 'deep', each memorizing its own set."""
+    """Two sweeps of 'wide' (disjoint seeds) and two of 'deep' (disjoint seeds, another salt), each memorizing its
+    own set."""
     root = tmp_path_factory.mktemp("four")
     return {
         "wide": write_estimates(root / "wide", range(10), range(10), model="wide", experiment_hash="h-wide"),
         "wide2": write_estimates(root / "wide2", range(12), range(12), seeds=range(100, 100 + RUNS), model="wide",
                                  experiment_hash="h-wide"),
         "deep": write_estimates(root / "deep", range(5, 15), range(5, 12), model="deep", experiment_hash="h-deep"),
-        "deep2": write_estimates(root / "deep2", range(4, 15), range(4, 12), salt=1, model="deep",
-                                 experiment_hash="h-deep"),
+        "deep2": write_estimates(root / "deep2", range(4, 15), range(4, 12), seeds=range(200, 200 + RUNS), salt=1,
+                                 model="deep", experiment_hash="h-deep"),
     }
 
 
 def test_identical_inputs_agree_exactly(four: dict[str, Path]) -> None:
     assert not np.isnan(load_mem(four["wide"])).any()
     [row] = compare([four["wide"], four["wide"]], 0.25)
-    assert (row["a"], row["b"], row["relation"]) == ("wide", "wide#2", SAME)
+    assert (row["a"], row["b"], row["relation"]) == ("wide", "wide#2", f"{SHARES}{RUNS} same seeds")
     assert row["common"] == N and row["shared_subsets"] == RUNS
     assert row["pearson"] == pytest.approx(1) and row["spearman"] == pytest.approx(1)
     assert row["jaccard_mem"] == 1 and row["jaccard_pairs"] == 1
@@ -143,7 +147,7 @@ def test_same_architecture_pairs_are_the_noise_floor(four: dict[str, Path]) -> N
         assert cross["floor_spearman"] == floor["spearman"]
     rows = compare([four[name] for name in ("wide", "wide2", "deep", "deep2")], 0.25)
     deep_floor = row_of(rows, "deep", "deep2")
-    assert deep_floor["relation"] == SAME and deep_floor["jaccard_pairs"] == 7 / 8
+    assert deep_floor["relation"] == SAME_BUT_SALT and deep_floor["jaccard_pairs"] == 7 / 8
     both = row_of(rows, "wide", "deep")["floor_jaccard_pairs"]
     assert both == pytest.approx(math.sqrt(row_of(rows, "wide", "wide2")["jaccard_pairs"] * 7 / 8))
 
@@ -171,19 +175,39 @@ def test_cli_writes_the_three_files(four: dict[str, Path], tmp_path: Path) -> No
     assert "w1 vs d: pearson" in result.stdout and "wrote compare.csv, compare.json, compare.png" in result.stdout
 
 
+def test_compare_json_names_the_estimates_of_each_input(four: dict[str, Path], tmp_path: Path) -> None:
+    """Each input's fingerprint (src.report checks an embedded comparison by it): the same for the estimates
+    written again and read back, another for estimates that differ in one value."""
+    est = read_estimates(four["wide"])
+    write_estimates_dir(tmp_path / "again", Estimates(est.summary, est.arrays))
+    changed = {**est.arrays, "mem": est.mem.copy()}
+    changed["mem"][0] += 0.5
+    write_estimates_dir(tmp_path / "changed", Estimates(est.summary, changed))
+    assert main([str(four["wide"]), str(tmp_path / "again"), str(tmp_path / "changed"), "--labels", "w,a,c",
+                 "--out", str(tmp_path / "out")]) == 0
+    document = json.loads((tmp_path / "out" / "compare.json").read_text())
+    fingerprints = [item["estimates_fingerprint"] for item in document["inputs"]]
+    assert fingerprints[0] == fingerprints[1] == est.fingerprint != fingerprints[2]
+    assert [item["runs"] for item in document["inputs"]] == [RUNS] * 3
+
+
 def test_cli_notes_shared_subsets_and_missing_floor(four: dict[str, Path], tmp_path: Path,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
     assert main([str(four["wide"]), str(four["wide"]), "--out", str(tmp_path / "a")]) == 0
-    assert "share 40 subsets" in capsys.readouterr().out
+    assert "common seeds, which fix the models' initialisations and data order" in capsys.readouterr().out
     assert main([str(four["wide"]), str(four["deep"]), "--out", str(tmp_path / "b")]) == 0
-    assert "no noise floor for deep, wide (estimated once)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "no noise floor for deep, wide (no second sweep of its experiment on disjoint seeds)" in out
+    assert "another subset.salt" not in out
 
 
-def _config(mean: float) -> dict:
+def _config(mean: float, salt: int = 0, repeats: int = 1) -> dict:
     """The part of a record's config that the experiment identity reads (one MNIST-5k MLP recipe)."""
     return {"dataset": {"normalize": {"mean": [mean], "std": [0.3081]}}, "batch_size": 128,
-            "model": {"timm_name": "meminf_mlp", "kwargs": {"hidden": [512, 256]}}, "subset": {"ratio": 0.7},
-            "optim": {"_target_": "torch.optim.SGD", "lr": 0.1}, "trainer": {"max_epochs": 10}}
+            "model": {"timm_name": "meminf_mlp", "kwargs": {"hidden": [512, 256]}},
+            "subset": {"ratio": 0.7, "salt": salt, "repeats": repeats},
+            "optim": {"_target_": "torch.optim.SGD", "lr": 0.1},
+            "trainer": {"max_epochs": 10}}
 
 
 def test_a_noise_floor_is_one_experiment_not_one_architecture(tmp_path: Path) -> None:
@@ -196,6 +220,72 @@ def test_a_noise_floor_is_one_experiment_not_one_architecture(tmp_path: Path) ->
     rows = compare([standardised, scaled, again], 0.25)
     assert row_of(rows, "a", "b")["relation"] == DIFFERS + "data.normalize"
     assert row_of(rows, "a", "c")["relation"] == SAME
+
+
+def test_a_noise_floor_may_differ_in_the_salt_but_not_share_seeds(tmp_path: Path) -> None:
+    """Another salt on the same seeds shares the models' initialisations and data order: no floor. On disjoint
+    seeds it is a floor of the experiment, as the same salt is."""
+    made = {name: write_estimates(tmp_path / name, range(10), range(10), seeds=range(first, first + RUNS), salt=salt,
+                                  model="mlp", config=_config(mean, salt))
+            for name, first, salt, mean in (("s0", 0, 0, 0.1307), ("s1", 0, 1, 0.1307), ("s1_far", 100, 1, 0.1307),
+                                            ("other", 200, 0, 0.0))}
+    rows = compare(list(made.values()), 0.25)
+    assert row_of(rows, "s0", "s1")["relation"] == f"{SHARES}{RUNS} same seeds"
+    assert row_of(rows, "s0", "s1_far")["relation"] == SAME_BUT_SALT
+    assert row_of(rows, "s1", "s1_far")["relation"] == SAME
+    floors = [row_of(rows, "s0", "s1_far"), row_of(rows, "s1", "s1_far")]
+    cross = row_of(rows, "s0", "other")
+    assert cross["relation"] == DIFFERS + "data.normalize"
+    assert cross["floor_spearman"] == pytest.approx(np.mean([row["spearman"] for row in floors]))
+    assert row_of(rows, "s0", "s1")["floor_jaccard_mem"] == pytest.approx(np.mean([r["jaccard_mem"] for r in floors]))
+
+
+def test_disjoint_seeds_of_common_repeat_groups_are_said_to_share_subsets(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """With subset.repeats=2, seeds 2k and 2k+1 train one subset: even and odd seeds are disjoint, not independent."""
+    made = [write_estimates(tmp_path / name, range(10), range(10), seeds=seeds, repeats=2, model="mlp",
+                            config=_config(0.1307, repeats=2))
+            for name, seeds in (("even", range(0, 2 * RUNS, 2)), ("odd", range(1, 2 * RUNS, 2)),
+                                ("far", range(1000, 1000 + RUNS)))]
+    rows = compare(made, 0.25)
+    assert row_of(rows, "even", "odd")["relation"] == SAME and row_of(rows, "even", "odd")["shared_subsets"] == RUNS
+    assert row_of(rows, "even", "far")["shared_subsets"] == 0
+    assert main([*map(str, made[:2]), "--out", str(tmp_path / "out")]) == 0
+    assert f"even and odd train {RUNS} common subsets" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def salted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Four 8-seed digits MLP sweeps of one experiment: salt 0 and 1, each on seeds 0..7 (lo) and 8..15 (hi)."""
+    root = tmp_path_factory.mktemp("salted")
+    for part, seeds in (("lo", "0..7"), ("hi", "8..15")):
+        trained = run_cli("src.run", "-m", *TINY, f"paths.output_dir={root}", f"name=s${{subset.salt}}_{part}",
+                          "subset.salt=0,1", f"seed={seeds}", cwd=root)
+        assert trained.returncode == 0, trained.stderr[-2000:]
+    sweeps = {name: root / name for name in ("s0_lo", "s1_lo", "s0_hi", "s1_hi")}
+    for sweep in sweeps.values():
+        assert estimate_main([str(sweep), "--null-perms", "0", "--gallery", "0"]) == 0
+    return sweeps
+
+
+@pytest.mark.slow
+def test_trained_sweeps_give_a_floor_on_disjoint_seeds_only(salted: dict[str, Path], tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    rows = compare(list(salted.values()), 0.25)
+    assert {(row["a"], row["b"]): row["relation"] for row in rows} == {
+        ("s0_lo", "s1_lo"): f"{SHARES}8 same seeds", ("s0_hi", "s1_hi"): f"{SHARES}8 same seeds",
+        ("s0_lo", "s0_hi"): SAME, ("s1_lo", "s1_hi"): SAME,
+        ("s0_lo", "s1_hi"): SAME_BUT_SALT, ("s1_lo", "s0_hi"): SAME_BUT_SALT}
+    capsys.readouterr()
+    out = tmp_path / "out"
+    assert main([*map(str, salted.values()), "--out", str(out)]) == 0
+    document = json.loads((out / "compare.json").read_text())
+    [floor] = document["floors"]
+    assert floor["rows"] == 4 and floor["spearman"] is not None
+    shares = [row for row in document["pairs"] if row["relation"].startswith(SHARES)]
+    assert len(shares) == 2 and all(row["floor_spearman"] == floor["spearman"] for row in shares)
+    printed = capsys.readouterr().out
+    assert printed.count("gives no noise floor") == 2 and "another subset.salt" not in printed
 
 
 INCOMPARABLE: dict[str, Callable[[Path], Path]] = {

@@ -36,6 +36,7 @@ from src.analyses.removal_table import (
     SUMMARY_COLUMNS,
     RemovalRow,
     read_removal_csv,
+    read_removal_source,
     summarize,
     write_outputs,
 )
@@ -188,7 +189,11 @@ def test_summary_means_t_intervals_and_paired_differences_by_hand() -> None:
 
 def test_csv_schema_and_round_trip(tmp_path: Path) -> None:
     rows = planted_rows()
-    write_outputs(tmp_path, rows, summarize(rows))
+    source = {"estimates_dir": "e", "experiment_name": "x", "experiment_hash": "h", "estimator": "subsample",
+              "runs_used": 8, "estimates_fingerprint": "f"}
+    assert read_removal_source(tmp_path) is None  # a removal written before its source was recorded
+    write_outputs(tmp_path, rows, summarize(rows), source)
+    assert read_removal_source(tmp_path) == source
     with (tmp_path / "removal.csv").open() as handle:
         lines = list(csv.reader(handle))
     assert tuple(lines[0]) == COLUMNS == ("selection", "level", "control", "draw", "seed", "n_removed", "test_acc",
@@ -296,6 +301,7 @@ def test_removal_command_on_a_real_sweep(tiny_sweep: Path, tmp_path: Path) -> No
     expected = np.mean([by_seed[("removed", s)] - by_seed[("random", s)] for s in (0, 1)])
     assert float(random["removed_minus_control_test_acc"]) == pytest.approx(expected)
     assert removed["removed_minus_control_test_acc"] == ""
+    assert read_removal_source(out) == est.provenance()
 
 
 @pytest.mark.slow

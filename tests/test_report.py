@@ -20,7 +20,9 @@ from PIL import Image
 import src.data.dataset
 import src.data.images
 from src.analyses.removal_table import COLUMNS as REMOVAL_COLUMNS
+from src.analyses.removal_table import RemovalRow, summarize, write_outputs
 from src.compare import main as compare_main
+from src.contracts.estimates import Estimates, read_estimates
 from src.contracts.records import FORMAT_VERSION, Record, record_path, write_record
 from src.data.dataset import Dataset, load_dataset, split_images
 from src.data.subsets import subset_mask
@@ -382,6 +384,84 @@ def test_unhealthy_runs_are_named_in_the_report(digits: tuple[Path, Dataset], tm
     assert main([str(digits[0]), "--out", str(healthy), "--gallery", "2", "--pairs", "1"]) == 0
     assert "unhealthy-runs" not in parse(healthy / "index.html").tables
     assert f"All {RUNS} runs healthy" in parse(healthy / "index.html").text
+
+
+# ---------------------------------------------------------------------------- what embedded analyses were made from
+
+@pytest.fixture(scope="module")
+def earlier(digits: tuple[Path, Dataset], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Estimates of the digits sweep's experiment from its first half of runs (as before the sweep was extended)."""
+    sweep, _ = digits
+    root = tmp_path_factory.mktemp("earlier")
+    for seed in range(RUNS // 2):
+        target = record_path(root / "sweep", seed)
+        target.parent.mkdir(parents=True)
+        target.write_bytes(record_path(sweep, seed).read_bytes())
+    assert estimate_main([str(root / "sweep"), "--out", str(root / "estimates"), "--gallery", "0",
+                          "--null-perms", "1"]) == 0
+    return root / "estimates"
+
+
+def removal_of(directory: Path, est: Estimates) -> Path:
+    """A removal experiment's outputs, written by its writer as if made from `est`."""
+    rows = [RemovalRow("none", None, "removed", 0, seed, 0, 0.9, None, 0) for seed in range(2)]
+    write_outputs(directory, rows, summarize(rows), est.provenance())
+    return directory
+
+
+def report_warnings(sweep: Path, out: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[str, Parsed]:
+    capsys.readouterr()
+    assert main([str(sweep), *args, "--out", str(out), "--gallery", "1", "--pairs", "0"]) == 0
+    return capsys.readouterr().err, parse(out / "index.html")
+
+
+def test_a_removal_made_from_earlier_estimates_is_shown_with_a_warning(
+        digits: tuple[Path, Dataset], earlier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep, _ = digits
+    current = read_estimates(sweep)
+    err, page = report_warnings(sweep, tmp_path / "own", capsys, "--removal",
+                                str(removal_of(tmp_path / "own_removal", current)))
+    assert err == "" and "removal-provenance" not in (tmp_path / "own" / "index.html").read_text()
+    err, page = report_warnings(sweep, tmp_path / "old", capsys, "--removal",
+                                str(removal_of(tmp_path / "old_removal", read_estimates(earlier))))
+    expected = (f"the removal experiment in {tmp_path / 'old_removal'} selected from other estimates of this "
+                f"experiment ({RUNS // 2} runs; this page: {RUNS} runs)")
+    assert err.startswith(f"warning: {expected}") and err.count("\n") == 1
+    assert expected in page.text and page.tables["removal-table"][1][0] == "none"
+    (tmp_path / "old_removal" / "removal_source.json").unlink()  # as written before src.removal recorded it
+    err, _ = report_warnings(sweep, tmp_path / "old", capsys, "--removal", str(tmp_path / "old_removal"))
+    assert "records no estimates it was made from" in err and err.count("\n") == 1
+
+
+def test_a_comparison_made_from_earlier_estimates_is_shown_with_a_warning(
+        digits: tuple[Path, Dataset], earlier: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep, _ = digits
+    assert compare_main([str(earlier), str(earlier), "--labels", "early,again", "--out", str(tmp_path / "cmp")]) == 0
+    err, page = report_warnings(sweep, tmp_path / "report", capsys, "--compare", str(tmp_path / "cmp"))
+    expected = (f"the comparison in {tmp_path / 'cmp'} used other estimates of this experiment (early: {RUNS // 2} "
+                f"runs, again: {RUNS // 2} runs; this page: {RUNS} runs)")
+    assert err.startswith(f"warning: {expected}") and err.count("\n") == 1 and expected in page.text
+    assert compare_main([str(sweep), str(earlier), "--out", str(tmp_path / "cmp")]) == 0
+    err, page = report_warnings(sweep, tmp_path / "report", capsys, "--compare", str(tmp_path / "cmp"))
+    assert err == "" and "compare-table" in page.tables
+
+
+def test_analyses_of_another_experiment_are_refused(digits: tuple[Path, Dataset], tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.test_compare import write_estimates as planted_estimates
+
+    sweep, _ = digits
+    others = [planted_estimates(tmp_path / name, range(10), range(10), seeds=range(first, first + 8))
+              for name, first in (("x", 0), ("y", 100))]
+    assert compare_main([*map(str, others), "--out", str(tmp_path / "cmp")]) == 0
+    removal = removal_of(tmp_path / "removal", read_estimates(others[0]))
+    for option, directory, message in (("--compare", tmp_path / "cmp", "does not involve this page's estimates"),
+                                       ("--removal", removal, "was made from estimates of planted")):
+        capsys.readouterr()
+        assert main([str(sweep), option, str(directory), "--out", str(tmp_path / "report")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1
+        assert not (tmp_path / "report").exists()
 
 
 def test_output_replaces_only_reports_and_leaves_no_temp(digits: tuple[Path, Dataset], tmp_path: Path,

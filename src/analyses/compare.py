@@ -16,16 +16,24 @@ For every pair of inputs (a, b), one row:
 - jaccard_pairs: the same for the high-influence (train, test) pairs as each aggregator wrote them (its own
   thresholds: infl >= theta_infl, mem >= its theta_mem, same class), pairs of common train examples only.
   The Jaccard of two empty sets is undefined.
-- shared_subsets: seeds both sweeps ran with the same ratio and salt, i.e. identical training subsets.
-- relation: `same experiment (noise floor)` when both are estimates of one experiment (the same experiment
-  identity, src/contracts/identity.py) by the same estimator (two sweeps with disjoint seeds or another
-  subset.salt): their agreement is what estimation noise alone allows, the floor against which other numbers
-  are read. Otherwise `differs: <what>`: the estimator, and the identity keys whose values differ (e.g.
-  `model.kwargs.hidden`, `optimizer.lr`, `data.fingerprint`).
+- shared_subsets: training subsets both sweeps drew (same ratio and salt, and a common subset seed: the seed
+  itself, or with subset.repeats R > 1 the first seed of its group of R, src/data/subsets.py). Disjoint seeds
+  of common groups share subsets: a floor over them overstates the agreement (a note says so).
+- relation, by one rule: a noise floor is two estimates by one estimator of the same experiment (experiment
+  identity, src/contracts/identity.py) apart from `subset.salt`, on disjoint seeds. The salt changes only which
+  subsets are drawn (so what mem estimates stays the same); the seed fixes each model's initialisation and
+  data order (src/training), so sweeps over common seeds are not independent, whatever their salts.
+  - `same experiment (noise floor)`: same salt, disjoint seeds; `same experiment but subset.salt (noise
+    floor)`: another salt, disjoint seeds. Their agreement is what estimation noise alone allows, the floor
+    against which other numbers are read.
+  - `shares initialisations: N same seeds`: the same experiment apart from the salt over N common seeds; it
+    gives no floor (it would overstate the agreement).
+  - otherwise `differs: <what>`: the estimator, and the identity keys whose values differ (e.g.
+    `model.kwargs.hidden`, `optimizer.lr`, `data.fingerprint`).
 - floor_<number> (comparison rows): the geometric mean of the noise floors of a's and b's experiments (each
-  the mean over that experiment's noise-floor rows), the one available when only one was swept twice,
-  undefined when neither was. For correlations this is the attenuation bound: two noisy estimates of one
-  quantity correlate at most sqrt(r_aa r_bb).
+  the mean over the noise-floor rows of that experiment apart from the salt), the one available when only one
+  was swept twice, undefined when neither was. For correlations this is the attenuation bound: two noisy
+  estimates of one quantity correlate at most sqrt(r_aa r_bb).
 - per input, from its summary: model, dataset, runs, mean test accuracy, mean in-subset train accuracy, and
   `health_<side>`: its warnings, `ok`, or `not checked` (estimates written before the run-health check): the
   unhealthy runs of its sweep (src/estimators/subsample/health.py) and whether its estimate used them, and
@@ -35,7 +43,9 @@ For every pair of inputs (a, b), one row:
 
 Outputs (in --out, default <first input's sweep dir>/compare/), each written atomically after everything is
 computed: compare.csv (one row per pair), compare.json (inputs, pairs, floors by experiment, notes) and
-compare.png (matrices of spearman, jaccard_mem and jaccard_pairs; boxed cells are noise-floor pairs).
+compare.png (matrices of spearman, jaccard_mem and jaccard_pairs; boxed cells are noise-floor pairs). Each input
+in compare.json names the estimates it read (dir, experiment_hash, estimator, runs, estimates_fingerprint), so
+that src.report can check a comparison it embeds.
 
 API: `compare(estimates_dirs, theta_mem)` returns the rows as dicts.
 """
@@ -62,8 +72,9 @@ from src.contracts.estimates import (
     read_estimates,
     unhealthy_runs,
 )
-from src.contracts.identity import identity_differences
+from src.contracts.identity import identity_differences, identity_hash
 from src.contracts.io import write_files
+from src.data.subsets import DEFAULT_REPEATS
 from src.errors import ConfigError, MeminfError
 from src.util.plotting import new_figure, png_bytes
 from src.util.stats import jaccard_index, pearson
@@ -71,6 +82,10 @@ from src.util.tables import csv_rows, fmt, text_table
 
 COMPARABLE = ("data_fingerprint", "n_train", "n_test", "num_classes")
 SAME = "same experiment (noise floor)"
+SAME_BUT_SALT = "same experiment but subset.salt (noise floor)"
+FLOOR_RELATIONS = (SAME, SAME_BUT_SALT)
+SHARES = "shares initialisations: "  # the same experiment apart from the salt, on common seeds
+SALT_KEY, REPEATS_KEY = "subset.salt", "subset.repeats"  # identity keys: a floor may differ in the salt
 DIFFERS = "differs: "
 SHOWN_DIFFERENCES = 3  # identity keys named in a relation (the rest as "+N more")
 METRICS = ("pearson", "spearman", "jaccard_mem", "jaccard_pairs")
@@ -96,6 +111,7 @@ class Input:
     pair_keys: np.ndarray | None  # int64, sorted: train_idx * n_test + test_idx of each pair; None: no pairs
     seeds: np.ndarray
     train_label: np.ndarray  # the trained labels
+    fingerprint: str  # Estimates.fingerprint of what was read
 
     @property
     def architecture(self) -> tuple[str, str]:
@@ -103,8 +119,18 @@ class Input:
 
     @property
     def experiment(self) -> str:
-        """What a noise floor shares: the experiment identity and the estimator."""
+        """The experiment identity and the estimator."""
         return f"{self.summary['experiment_hash']}/{self.summary['estimator']}"
+
+    @property
+    def floor_group(self) -> str:
+        """What a noise floor shares: the experiment identity apart from subset.salt, and the estimator (the
+        experiment hash where the summary stores no identity)."""
+        identity = self.summary.get("experiment")
+        if not isinstance(identity, dict):
+            return self.experiment
+        apart = {key: value for key, value in identity.items() if key != SALT_KEY}
+        return f"{identity_hash(apart)}/{self.summary['estimator']}"
 
 
 def input_of(est: Estimates, label: str) -> Input:
@@ -114,7 +140,7 @@ def input_of(est: Estimates, label: str) -> Input:
         train_idx, test_idx = est.arrays["pair_train_idx"], est.arrays["pair_test_idx"]
         pair_keys = np.unique(train_idx.astype(np.int64) * n_test + test_idx)
     return Input(label, est.path or Path("."), est.summary, est.mem.astype(np.float64), pair_keys,
-                 est.arrays["seeds"].astype(np.int64), est.arrays["train_label"])
+                 est.arrays["seeds"].astype(np.int64), est.arrays["train_label"], est.fingerprint)
 
 
 def load_input(path: Path, label: str) -> Input:
@@ -177,9 +203,16 @@ def pair_jaccard(a: Input, b: Input, common: np.ndarray) -> tuple[int | None, in
     return jaccard(_common_pairs(a, common), _common_pairs(b, common))
 
 
+def subset_seeds(item: Input) -> np.ndarray:
+    """The seeds whose subsets the runs trained on (subset.repeats R: seed s trains that of s - s mod R)."""
+    identity = item.summary.get("experiment")
+    repeats = int(identity.get(REPEATS_KEY, DEFAULT_REPEATS)) if isinstance(identity, dict) else DEFAULT_REPEATS
+    return np.unique(item.seeds - item.seeds % repeats)
+
+
 def shared_subsets(a: Input, b: Input) -> int:
     same_draw = all(a.summary[key] == b.summary[key] for key in ("ratio", "salt"))
-    return int(np.intersect1d(a.seeds, b.seeds).size) if same_draw else 0
+    return int(np.intersect1d(subset_seeds(a), subset_seeds(b)).size) if same_draw else 0
 
 
 def input_warnings(item: Input) -> list[str]:
@@ -212,10 +245,18 @@ def _side(item: Input, side: str) -> dict[str, Any]:
             f"dir_{side}": str(item.path)}
 
 
+def shared_seeds(a: Input, b: Input) -> int:
+    """Seeds both sweeps trained: common initialisations and data orders, whatever the salts."""
+    return int(np.intersect1d(a.seeds, b.seeds).size)
+
+
 def relation(a: Input, b: Input) -> str:
-    """SAME for two estimates of one experiment by one estimator; else what differs between them."""
-    if a.experiment == b.experiment:
-        return SAME
+    """A noise floor (FLOOR_RELATIONS) for one experiment apart from the salt on disjoint seeds, SHARES on common
+    seeds; else what differs between them (module docstring)."""
+    if a.floor_group == b.floor_group:
+        if shared := shared_seeds(a, b):
+            return f"{SHARES}{shared} same seeds"
+        return SAME if a.summary["salt"] == b.summary["salt"] else SAME_BUT_SALT
     what = [] if a.summary["estimator"] == b.summary["estimator"] else ["estimator"]
     identities = a.summary.get("experiment"), b.summary.get("experiment")
     if all(isinstance(identity, dict) for identity in identities):
@@ -250,12 +291,22 @@ def _mean(values: list[float | None]) -> float | None:
     return sum(defined) / len(defined) if defined else None
 
 
-def experiment_floors(rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """For each experiment estimated more than once: its noise-floor rows and their mean agreement."""
+def is_floor(row: dict[str, Any]) -> bool:
+    return row["relation"] in FLOOR_RELATIONS
+
+
+def floor_groups(inputs: Sequence[Input]) -> dict[str, str]:
+    """Each input's label -> its floor group (Input.floor_group)."""
+    return {item.label: item.floor_group for item in inputs}
+
+
+def experiment_floors(inputs: Sequence[Input], rows: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """For each experiment (apart from the salt) with noise-floor rows: their count and mean agreement."""
+    group_of = floor_groups(inputs)
     groups: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        if row["relation"] == SAME:
-            groups.setdefault(str(row["experiment_a"]), []).append(row)
+        if is_floor(row):
+            groups.setdefault(group_of[row["a"]], []).append(row)
     return {experiment: {"rows": len(same), "model": same[0]["model_a"], "dataset": same[0]["dataset_a"],
                          **{metric: _mean([row[metric] for row in same]) for metric in METRICS}}
             for experiment, same in groups.items()}
@@ -269,11 +320,12 @@ def combine_floors(floors: Sequence[float | None]) -> float | None:
     return math.prod(defined) ** (1 / len(defined))
 
 
-def add_floors(rows: Sequence[dict[str, Any]]) -> None:
-    floors = experiment_floors(rows)
+def add_floors(inputs: Sequence[Input], rows: Sequence[dict[str, Any]]) -> None:
+    floors = experiment_floors(inputs, rows)
+    group_of = floor_groups(inputs)
     for row in rows:
-        if row["relation"] != SAME:
-            sides = [floors.get(str(row[f"experiment_{s}"]), {}) for s in "ab"]
+        if not is_floor(row):
+            sides = [floors.get(group_of[row[side]], {}) for side in "ab"]
             for metric in METRICS:
                 row[f"floor_{metric}"] = combine_floors([side.get(metric) for side in sides])
 
@@ -281,7 +333,7 @@ def add_floors(rows: Sequence[dict[str, Any]]) -> None:
 def compare_inputs(inputs: Sequence[Input], theta_mem: float) -> list[dict[str, Any]]:
     check_threshold("--theta-mem", theta_mem)
     rows = [compare_pair(a, b, theta_mem) for a, b in combinations(inputs, 2)]
-    add_floors(rows)
+    add_floors(inputs, rows)
     return rows
 
 
@@ -302,18 +354,23 @@ def notes(inputs: Sequence[Input], rows: Sequence[dict[str, Any]]) -> list[str]:
     if len(thresholds) > 1:
         found.append("the aggregators used different pair thresholds: jaccard_pairs also reflects that")
     for row in rows:
-        if row["relation"] == SAME and row["shared_subsets"]:
-            found.append(f"{row['a']} and {row['b']} share {row['shared_subsets']} subsets (same seeds, ratio and "
-                         "salt): their agreement is not independent and overstates the noise floor; use disjoint "
-                         "seeds or another subset.salt")
+        if row["relation"].startswith(SHARES):
+            found.append(f"{row['a']} and {row['b']} are one experiment apart from the salt over common seeds, "
+                         "which fix the models' initialisations and data order: their agreement is not independent "
+                         "and gives no noise floor; sweep the experiment again on disjoint seeds")
+        elif is_floor(row) and row["shared_subsets"]:
+            found.append(f"{row['a']} and {row['b']} train {row['shared_subsets']} common subsets (seeds of common "
+                         "subset.repeats groups): their agreement is not independent and overstates the noise floor; "
+                         "sweep seeds of other groups")
     found += [f"{item.label}: {'; '.join(input_warnings(item))}: models that did not train or fit lower its "
               "agreement with any input; train it with a recipe that works (an experiment config), or compare "
               "its --exclude-unhealthy estimates too" for item in inputs if input_warnings(item)]
-    floors = experiment_floors(rows)
-    once = sorted({item.label for item in inputs if item.experiment not in floors})
-    if once and any(row["relation"] != SAME for row in rows):
-        found.append(f"no noise floor for {', '.join(once)} (estimated once): their comparison rows use the "
-                     "other experiment's floor, or none; add a sweep with disjoint seeds or another subset.salt")
+    floors = experiment_floors(inputs, rows)
+    without = sorted({item.label for item in inputs if item.floor_group not in floors})
+    if without and any(not is_floor(row) for row in rows):
+        found.append(f"no noise floor for {', '.join(without)} (no second sweep of its experiment on disjoint "
+                     "seeds): their comparison rows use the other experiment's floor, or none; sweep the same "
+                     "experiment on disjoint seeds (any subset.salt)")
     return found
 
 
@@ -333,14 +390,14 @@ def _input_json(item: Input, theta_mem: float) -> dict[str, Any]:
             "examples_with_estimate": int(np.sum(~np.isnan(item.mem))),
             "memorized": int(np.sum(np.nan_to_num(item.mem, nan=-np.inf) >= theta_mem)),
             "pairs": None if item.pair_keys is None else int(item.pair_keys.size),
-            "aggregator_thresholds": summary["thresholds"],
+            "aggregator_thresholds": summary["thresholds"], "estimates_fingerprint": item.fingerprint,
             "health_checked": RUN_HEALTH in summary,
             "unhealthy_seeds": [run["seed"] for run in unhealthy_runs(summary)],
             "warnings": input_warnings(item)}
 
 
 def json_text(inputs: Sequence[Input], rows: Sequence[dict[str, Any]], theta_mem: float) -> str:
-    floors = [{"experiment": experiment, **floor} for experiment, floor in experiment_floors(rows).items()]
+    floors = [{"experiment": experiment, **floor} for experiment, floor in experiment_floors(inputs, rows).items()]
     document = {"theta_mem": theta_mem, "inputs": [_input_json(item, theta_mem) for item in inputs],
                 "pairs": list(rows), "floors": floors, "notes": notes(inputs, rows), "definitions": DEFINITIONS}
     return json.dumps(document, indent=2, allow_nan=False) + "\n"
@@ -379,7 +436,7 @@ def render_png(labels: Sequence[str], rows: Sequence[dict[str, Any]], theta_mem:
                 ax.text(j, i, "n/a" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=8,
                         color="black" if np.isnan(value) or value > 0.5 else "white")
         for row in rows:
-            if row["relation"] == SAME:
+            if is_floor(row):
                 i, j = index[row["a"]], index[row["b"]]
                 for y, x in ((i, j), (j, i)):
                     ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2))
@@ -410,7 +467,7 @@ def format_report(inputs: Sequence[Input], rows: Sequence[dict[str, Any]], theta
                   ["pair", "relation", "common", "pearson", "spearman", "J(mem)", "J(pairs)"],
                   [[f"{row['a']} vs {row['b']}", row["relation"], str(row["common"]),
                     *(fmt(row[metric], ".3f") for metric in METRICS)] for row in rows])]
-    cross = [row for row in rows if row["relation"] != SAME]
+    cross = [row for row in rows if not is_floor(row)]
     if cross:
         lines.append("agreement [noise floor]:")
         lines += [f"  {row['a']} vs {row['b']}: " + ", ".join(

@@ -35,7 +35,9 @@ Outputs (in --out, default `<estimates dir>/../removal`), each written atomicall
   (controls averaged over their draws within a seed first), with the half-width of a 95% Student-t interval
   over seeds, and for the controls the paired per-seed difference `removed - control` with its t interval;
 - removal.png: accuracy against theta and q for the three controls (error bars: the t half-widths), the
-  pair removal, and the full-data baseline as a dashed line.
+  pair removal, and the full-data baseline as a dashed line;
+- removal_source.json: the estimates it was made from (`Estimates.provenance()`: directory, experiment,
+  estimator, runs used, fingerprint), which src.report checks against the estimates it shows.
 
 API: `read_removal_csv(path)` returns the rows; `summarize(rows)` the summary rows as dicts.
 """

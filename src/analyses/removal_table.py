@@ -1,10 +1,13 @@
 """The results of a removal experiment: one row per retrained model (removal.csv), the summary over seeds with
-Student-t intervals and paired differences (removal_summary.csv), and the plot (removal.png). src.report and
-src.evaluate read removal.csv through `read_removal_csv`."""
+Student-t intervals and paired differences (removal_summary.csv), the plot (removal.png), and the estimates it
+was made from (removal_source.json: `Estimates.provenance()`, so that a report embedding it can check them).
+src.report and src.evaluate read removal.csv through `read_removal_csv`, src.report the source through
+`read_removal_source`."""
 
 from __future__ import annotations
 
 import csv
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass
@@ -14,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from src.contracts.io import write_files
-from src.errors import DataError
+from src.errors import DataError, MeminfError
 from src.util.plotting import new_figure, png_bytes
 from src.util.stats import mean_ci
 from src.util.tables import csv_rows
@@ -23,6 +26,8 @@ COLUMNS = ("selection", "level", "control", "draw", "seed", "n_removed", "test_a
 SELECTIONS = ("none", "theta", "top_q", "pairs")
 CONTROLS = ("removed", "random", "class_matched")
 REMOVAL_CSV = "removal.csv"
+REMOVAL_SOURCE = "removal_source.json"
+SOURCE_KEYS = ("experiment_name", "experiment_hash", "estimator", "runs_used", "estimates_fingerprint")
 
 
 @dataclass(frozen=True)
@@ -147,12 +152,32 @@ def render_png(summary: Sequence[dict[str, Any]]) -> bytes:
     return png_bytes(figure)
 
 
-def write_outputs(out_dir: Path, rows: Sequence[RemovalRow], summary: Sequence[dict[str, Any]]) -> list[Path]:
+def read_removal_source(directory: Path) -> dict[str, Any] | None:
+    """The provenance of the estimates a removal experiment was made from; None for one written before
+    removal_source.json existed."""
+    path = directory / REMOVAL_SOURCE
+    if not path.exists():
+        return None
+    try:
+        source = json.loads(path.read_text())
+        return {key: source[key] for key in SOURCE_KEYS} | {"estimates_dir": source.get("estimates_dir")}
+    except OSError as err:
+        raise MeminfError(f"{path}: unreadable ({err}); rerun python -m src.removal") from err
+    except (ValueError, KeyError, TypeError) as err:
+        raise MeminfError(f"{path}: not a {REMOVAL_SOURCE} of this meminf version ({err!r}); rerun "
+                          "python -m src.removal") from err
+
+
+def write_outputs(out_dir: Path, rows: Sequence[RemovalRow], summary: Sequence[dict[str, Any]],
+                  source: dict[str, Any]) -> list[Path]:
+    """removal.csv, removal_summary.csv, removal.png and removal_source.json (`source`: the estimates'
+    provenance), each written atomically."""
     payloads = {
         REMOVAL_CSV: csv_rows(COLUMNS, (astuple(row) for row in rows), exact=True).encode(),
         "removal_summary.csv": csv_rows(SUMMARY_COLUMNS, ([e[c] for c in SUMMARY_COLUMNS] for e in summary),
                                         exact=True).encode(),
         "removal.png": render_png(summary),
+        REMOVAL_SOURCE: (json.dumps(source, indent=2, allow_nan=False) + "\n").encode(),
     }
     return write_files(out_dir, payloads)
 

@@ -26,7 +26,8 @@ the format existed read as format 0, their estimator taken from the summary.
 | `extra_train_<c>`, `extra_test_<c>` | numeric | optional: per-example columns of the data set |
 | `train_path` | unicode (n_train,) | optional: each training example's image file (image folders) |
 
-In the CSV files a missing value (NaN) is an empty field and booleans are 0/1.
+In the CSV files a missing value (NaN) is an empty field and booleans are 0/1. `Estimates.fingerprint` hashes the
+arrays (computed, not stored): analyses record it with `Estimates.provenance()` beside what they made.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from src.contracts.io import load_error, write_files
+from src.contracts.io import content_hash, load_error, write_files
 from src.errors import ConfigError, MeminfError
 from src.util.tables import csv_text, fmt
 
@@ -131,6 +132,21 @@ class Estimates:
 
     def has(self, *keys: str) -> bool:
         return all(key in self.arrays for key in keys)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of every array (names, dtypes, shapes, bytes; the summary aside): equal iff the estimates are, the
+        same as written and as read back. Analyses record it so that a page embedding them can check that they
+        were made from the estimates it shows."""
+        names = sorted(self.arrays)
+        return content_hash([np.array(names), *(self.arrays[name] for name in names)])
+
+    def provenance(self) -> dict[str, Any]:
+        """What an analysis records about the estimates it was made from."""
+        summary = self.summary
+        return {"estimates_dir": None if self.path is None else str(self.path),
+                **{key: summary.get(key) for key in ("experiment_name", "experiment_hash", "estimator", "runs_used")},
+                "estimates_fingerprint": self.fingerprint}
 
     def require(self, keys: Iterable[str], why: str) -> None:
         missing = [key for key in keys if key not in self.arrays]

@@ -49,7 +49,9 @@ def read_compare(directory: Path) -> dict[str, Any]:
         rows = [{key: row[key] for key in ("a", "b", "relation", "common", *COMPARE_METRICS,
                                            *(f"floor_{metric}" for metric in COMPARE_METRICS))}
                 for row in document["pairs"]]
-        inputs = [{**{key: item[key] for key in ("label", "model", "dataset", "runs", "mean_test_acc")},
+        inputs = [{**{key: item[key] for key in ("label", "model", "dataset", "runs", "mean_test_acc",
+                                                 "experiment_name", "experiment_hash", "estimator")},
+                   "estimates_fingerprint": item.get("estimates_fingerprint"),  # None: an older src.compare
                    "warnings": item.get("warnings")} for item in document["inputs"]]
         return {"rows": rows, "inputs": inputs, "notes": [str(note) for note in document["notes"]]}
     except OSError as err:
@@ -257,11 +259,18 @@ def epoch_section(page: Page, est: Estimates, theta: float) -> None:
                [[fmt(cell) for cell in row] for row in rows], table_id="epoch-table")
 
 
-def removal_section(page: Page, directory: Path) -> None:
+def provenance_note(page: Page, anchor: str, warning: str | None) -> None:
+    """The one-line warning about what an embedded analysis was made from (src/reporting/provenance.py)."""
+    if warning is not None:
+        page.add(f'<p class="note" id="{anchor}-provenance">warning: {esc(warning)}</p>')
+
+
+def removal_section(page: Page, directory: Path, warning: str | None = None) -> None:
     from src.analyses.removal_table import read_removal_csv, summarize
 
     summary = summarize(read_removal_csv(directory / "removal.csv"))
     page.heading("removal", "Removal experiment")
+    provenance_note(page, "removal", warning)
     png = directory / "removal.png"
     if png.is_file():
         page.add("<p>" + page.picture("removal.png", png.read_bytes(), "removal curves") + "</p>")
@@ -279,9 +288,10 @@ def removal_section(page: Page, directory: Path) -> None:
                table_id="removal-table")
 
 
-def compare_section(page: Page, directory: Path) -> None:
+def compare_section(page: Page, directory: Path, warning: str | None = None) -> None:
     document = read_compare(directory)
     page.heading("compare", "Cross-architecture agreement")
+    provenance_note(page, "compare", warning)
     png = directory / "compare.png"
     if png.is_file():
         page.add("<p>" + page.picture("compare.png", png.read_bytes(), "agreement matrices") + "</p>")
@@ -306,7 +316,10 @@ def sections(est: Estimates, options: argparse.Namespace) -> list[tuple[str, str
             *((anchor, title) for anchor, title, shown in optional if shown)]
 
 
-def build_page(sweep_dir: Path, est: Estimates, images: Images, options: argparse.Namespace) -> Page:
+def build_page(sweep_dir: Path, est: Estimates, images: Images, options: argparse.Namespace,
+               warnings: dict[str, str] | None = None) -> Page:
+    """The page; `warnings`: per embedded section's anchor, what it was made from (src/reporting/provenance.py)."""
+    warnings = warnings or {}
     summary = est.summary
     theta = float(summary["thresholds"]["theta_mem"])
     page = Page(images)
@@ -327,7 +340,7 @@ def build_page(sweep_dir: Path, est: Estimates, images: Images, options: argpars
     if "epochs" in shown:  # mem_epoch with E = 0: the sweep recorded no epochs
         epoch_section(page, est, theta)
     if "removal" in shown:
-        removal_section(page, options.removal)
+        removal_section(page, options.removal, warnings.get("removal"))
     if "compare" in shown:
-        compare_section(page, options.compare)
+        compare_section(page, options.compare, warnings.get("compare"))
     return page
