@@ -83,7 +83,8 @@ class MeminfSweeper(Sweeper):
         except BaseException:
             end_launches(sweeps)  # a job's error stopped the sweep: what it did
             raise
-        end_launches(sweeps)
+        if not getattr(self.launcher, "submit_only", False):  # else the jobs go on: src.status follows them
+            end_launches(sweeps)
         for job_return in returns:
             _ = job_return.return_value  # raises the job's error, as Hydra's basic sweeper does
         return returns
