@@ -188,6 +188,8 @@ def test_packed_array_sweep_writes_the_records_of_a_local_sweep(
     out = tmp_path / "out"
     output = finish_sweep(slurm, start_sweep(slurm, out), out)
     assert "4 to train in 2 job(s) of up to 2 model(s)" in output
+    assert "progress s: 4/4 models (2/2 jobs), 0 in flight, 0 failed; " in output  # printed while it waits
+    assert "sweep " in output and ": trained 4 of 4 model(s) in " in output  # the closing summary
     scripts = list((out / "s" / ".submitit").glob("*/*_submission.sh"))
     assert len(scripts) == 1 and "#SBATCH --array=0-1%" in scripts[0].read_text()  # one array of 2 tasks
     assert_complete_sweep(out, reference)

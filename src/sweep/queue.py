@@ -27,7 +27,8 @@ def queued_states(task_ids: Sequence[str]) -> dict[str, str] | None:
         return None
     if shown.returncode != 0 and "Invalid job id" not in shown.stderr:  # every array has left the queue
         return None
-    return dict(line.split(None, 1) for line in shown.stdout.splitlines() if len(line.split()) == 2)
+    rows = [line.split() for line in shown.stdout.splitlines() if line.strip()]
+    return {row[0]: row[1] if len(row) > 1 else "queued" for row in rows}
 
 
 def ended_states(task_ids: Sequence[str]) -> dict[str, str]:
