@@ -34,6 +34,9 @@ def test_recent_rate_takes_the_latest_jobs_and_states_its_basis() -> None:
     assert every.seconds_per_model == pytest.approx((140 - 100) / 6)
     assert every.basis == "from all 3 jobs (6 models) of this launch"
     assert recent_rate([50.0], since=100.0, pack=2) is None
+    # A launch that ended at 135 s: the records modified after it (copied, touched) are not its pace.
+    ended = recent_rate(finished, since=100.0, pack=2, until=135.0)
+    assert ended.seconds_per_model == pytest.approx((130 - 100) / 4)
 
 
 def dead_pid() -> int:

@@ -8,7 +8,9 @@
   with its records written. A job that fails with an error rewrites it as failed, with its one-line error. A job
   killed from outside (SIGKILL, out of memory, a node lost) leaves it as running: the status command checks
   whether its process still lives (on this host) or its task is still in the queue (SLURM), and reads it as
-  died if not. A seed is in flight when a live job's file names it and its record is not written yet.
+  died if not (a job on another host, outside SLURM, cannot be checked from here and reads as in flight; a pid
+reused by another process reads as alive). A seed is in flight when a live job's file names it and its record is
+not written yet.
 
 A job's record is written before its file is removed, so a seed is never both missing and out of flight while its
 job succeeds. Both files are JSON, never pickled; a damaged one is read as absent.

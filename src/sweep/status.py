@@ -44,11 +44,11 @@ class Rate:
 
 
 def recent_rate(finished: list[float], since: float, pack: int, jobs: int = RECENT_JOBS,
-                launch: str = "this launch") -> Rate | None:
+                launch: str = "this launch", until: float = math.inf) -> Rate | None:
     """Wall-clock seconds per model over the latest `jobs` jobs' models (`jobs * pack`), from the times models
-    finished (those before `since`, the launch's start, are not counted); None before the first one. `launch`
-    names the launch in the basis."""
-    times = sorted(t for t in finished if t >= since)
+    finished between `since` (the launch's start) and `until` (its end: a record modified later, e.g. copied,
+    says nothing of its pace); None before the first one. `launch` names the launch in the basis."""
+    times = sorted(t for t in finished if since <= t <= until)
     if not times:
         return None
     window = min(len(times), jobs * pack)
@@ -73,7 +73,8 @@ def planned_rate(status: SweepStatus, records: list[tuple[dict[str, Any], float]
     launch = status.launch
     if launch is not None and launch.pack == pack and device_kind(launch.accelerator) == device_kind(accelerator):
         rate = recent_rate([status.finished[seed] for seed in status.trained], launch.started, pack,
-                           launch=f"the launch of {when(launch.started)} (pack {pack}, {launch.accelerator})")
+                           launch=f"the launch of {when(launch.started)} (pack {pack}, {launch.accelerator})",
+                           until=launch.ended or math.inf)
         if rate is not None:
             return Rate(rate.seconds_per_model, f"elapsed, {rate.basis}")
     comparable = sorted((record for record in records if record[0].get("pack") == pack
@@ -136,7 +137,8 @@ class SweepStatus:
     def rate(self) -> Rate | None:
         if not self.launch:
             return None
-        return recent_rate([self.finished[seed] for seed in self.trained], self.launch.started, self.launch.pack)
+        return recent_rate([self.finished[seed] for seed in self.trained], self.launch.started, self.launch.pack,
+                           until=self.launch.ended or math.inf)
 
     @property
     def state(self) -> str:
