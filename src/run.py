@@ -73,9 +73,15 @@ def limit_threads_under_joblib() -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def hydra_entry(cfg: DictConfig) -> None:
+    from src.config.paths import sweep_dir
     from src.estimators.registry import get_estimator
+    from src.sweep.jobstate import job_marked
+    from src.sweep.plan import runs_remotely
+    from src.tracking.progress import in_multirun, per_seed_lines_to_job_log
 
     limit_threads_under_joblib()
+    multirun = in_multirun()
+    per_seed_lines_to_job_log(multirun and not HydraConfig.get().verbose)
     try:
         estimator = get_estimator(str(cfg.estimator.name))
         if estimator.trains == "own":
@@ -83,7 +89,10 @@ def hydra_entry(cfg: DictConfig) -> None:
         else:
             from src.training.job import run_job  # torch and Lightning load in the job, not before Hydra starts
         CtrlC.check()  # a Ctrl-C lost in an earlier job or these imports (src/util/cli.py): stop before training
-        run_job(cfg)
+        with job_marked(sweep_dir(cfg), cfg.seed, cfg.get("seeds"), keep_failure=multirun):
+            run_job(cfg)
+        if multirun and not runs_remotely(str(HydraConfig.get().launcher.get("_target_", ""))):
+            print_progress(sweep_dir(cfg))
     except (MeminfError, OSError) as err:
         remove_failed_job_dir(Path(HydraConfig.get().runtime.output_dir))
         log.error("seed=%s: %s", cfg.get("seed"), err)
@@ -95,13 +104,24 @@ def hydra_entry(cfg: DictConfig) -> None:
         raise
 
 
+def print_progress(sweep: Path) -> None:
+    """The sweep's progress line as a job on this machine ends (a SLURM launcher prints it as it waits)."""
+    from src.sweep.status import progress_line, sweep_status
+
+    print(progress_line(sweep_status(sweep)), file=sys.stderr, flush=True)
+
+
 def remove_failed_job_dir(job_dir: Path) -> None:
     """A failed job leaves no directory that holds no record (its log goes with it: the error was printed), and
-    a sweep directory left holding only Hydra's multirun.yaml goes too."""
+    a sweep directory left holding no record, only Hydra's multirun.yaml and the launch's files (its launch file,
+    job files), goes too."""
+    from src.sweep.jobstate import JOBS_DIR, LAUNCH_FILE
+
     if job_dir.is_dir() and not any(job_dir.rglob(RECORD_NAME)):
         shutil.rmtree(job_dir, ignore_errors=True)
     sweep = job_dir.parent
-    if sweep.is_dir() and {path.name for path in sweep.iterdir()} <= {MULTIRUN_FILE}:
+    if sweep.is_dir() and {path.name for path in sweep.iterdir()} <= {MULTIRUN_FILE, LAUNCH_FILE, JOBS_DIR} \
+            and not any(sweep.rglob(RECORD_NAME)):
         shutil.rmtree(sweep, ignore_errors=True)
 
 

@@ -24,11 +24,13 @@ import numpy as np
 import pytest
 
 from src.contracts.estimates import Estimates, read_estimates
-from src.contracts.records import find_records, read_record
+from src.contracts.records import find_records, read_record, record_path
+from src.sweep.jobstate import read_launch
 from src.training.trainer import SRUN_HINT
 from src.util.cli import USER_ERROR
 from tests.conftest import ROOT, TINY, run_cli
 from tests.slurm_cluster import (
+    COMMAND_TIMEOUT_S,
     MAX_ARRAY_SIZE,
     LocalSlurm,
     probe_trainer,
@@ -186,6 +188,8 @@ def test_packed_array_sweep_writes_the_records_of_a_local_sweep(
     out = tmp_path / "out"
     output = finish_sweep(slurm, start_sweep(slurm, out), out)
     assert "4 to train in 2 job(s) of up to 2 model(s)" in output
+    assert "progress s: 4/4 models (2/2 jobs), 0 in flight, 0 failed; " in output  # printed while it waits
+    assert "sweep " in output and ": trained 4 of 4 model(s) in " in output  # the closing summary
     scripts = list((out / "s" / ".submitit").glob("*/*_submission.sh"))
     assert len(scripts) == 1 and "#SBATCH --array=0-1%" in scripts[0].read_text()  # one array of 2 tasks
     assert_complete_sweep(out, reference)
@@ -381,3 +385,40 @@ def test_a_task_killed_without_a_result_ends_the_sweep_with_one_error_line_in_bo
     errors = [line for line in output.splitlines() if line.startswith("error:")]
     assert process.returncode == 1 and len(errors) == 1, output[-3000:]
     assert f"left the queue without a result ({job}" in errors[0]
+
+
+def status_of(cluster: LocalSlurm, sweep: Path) -> dict[str, str]:
+    """`python -m src.status` in another process, with the cluster's squeue."""
+    shown = run_cli("src.status", str(sweep), cwd=ROOT, timeout=COMMAND_TIMEOUT_S, **cluster.env)
+    assert shown.returncode == 0, shown.stderr
+    return dict(re.split(r"\s{2,}", line, maxsplit=1) for line in shown.stdout.splitlines())
+
+
+def test_status_follows_a_submitted_sweep_through_the_queue(slurm: LocalSlurm, tmp_path: Path) -> None:
+    """A sweep submitted without waiting: its launch file holds the array's task ids and seeds, and
+    `python -m src.status` tells from another process the paused task running, the other task's records, the time
+    left; after the paused task is cancelled (it never started its job), that it left the queue without its
+    records."""
+    out, markers = tmp_path / "out", tmp_path / "markers"
+    process = start_sweep(slurm, out, "hydra.launcher.submit_only=true", *pause_first_attempt(markers))
+    finish_sweep(slurm, process, out)
+    sweep = out / "s"
+    tasks = read_launch(sweep).slurm_tasks
+    assert sorted(tasks.values()) == [[0, 1], [2, 3]], tasks
+    paused = next(task for task, seeds in tasks.items() if seeds == [0, 1])
+    wait_until(lambda: (markers.is_dir() and any(markers.iterdir()))
+               and all(record_path(sweep, seed).is_file() for seed in (2, 3)), SWEEP_TIMEOUT_S,
+               "seed 0's task to pause and seeds 2, 3 to be written", details=lambda: job_logs(out)[-2000:])
+    running = status_of(slurm, sweep)
+    assert running["trained"] == "2/4 models (1/2 jobs)"
+    assert running["in flight"] == f"1 job(s), 2 seed(s): task {paused}: running"
+    assert running["failed"] == "none" and running["state"] == "running"
+    assert re.fullmatch(r"about .+ \([0-9.]+ s/model from its first job \(2 models\) of this launch\)",
+                        running["time left"]), running["time left"]
+
+    slurm.run("scancel", paused)
+    wait_until(lambda: all(line.split()[0] != paused for line in slurm.queued()), COMMAND_TIMEOUT_S * 2,
+               f"task {paused} to leave the queue")
+    stopped = status_of(slurm, sweep)
+    assert stopped["failed"] == f"1 job(s), 2 seed(s): task {paused}: left the queue without its records"
+    assert stopped["in flight"] == "none" and stopped["state"].startswith("stopped: 2 seed(s) without a record")

@@ -328,7 +328,9 @@ def test_progress_bar_on_a_terminal_for_one_run_never_in_a_multirun(tmp_path: Pa
     code, multi = run_on_terminal("src.run", "-m", *base, "name=multi", "seed=0..1", "pack=1", cwd=ROOT)
     assert code == 0, multi
     assert "Epoch 0" not in multi and "it/s" not in multi
-    assert "job seeds 1: 1 model(s), mean in-subset acc" in multi
+    assert "progress multi: 2/2 models (2/2 jobs), 0 in flight, 0 failed; " in multi  # per-seed lines: run.log
+    job_log = (tmp_path / "out" / "multi" / "seed=1" / "run.log").read_text()
+    assert "job seeds 1: 1 model(s), mean in-subset acc" in job_log and "job seeds 1:" not in multi
     assert [read_meta(path)["seed"] for path in find_records(tmp_path / "out" / "multi")] == [0, 1]
 
 

@@ -17,9 +17,14 @@ def sweep_dir(cfg: Any) -> Path:
     return Path(cfg.paths.output_dir) / str(cfg.name)
 
 
+def job_seed_list(seed: int, seeds: Any = None) -> list[int]:
+    """A job's seeds from its config's `seed` and `seeds` (a packed job's, set by the launcher)."""
+    return [int(k) for k in seeds] if seeds else [int(seed)]
+
+
 def job_subdir(seed: int, seeds: Any = None) -> str:
     """A job's directory under the sweep: `seed=<k>`, or `pack=<first>-<last>` for a packed job."""
-    seeds = list(seeds) if seeds else [seed]
+    seeds = job_seed_list(seed, seeds)
     return f"seed={seeds[0]}" if len(seeds) == 1 else f"pack={seeds[0]}-{seeds[-1]}"
 
 

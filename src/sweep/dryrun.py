@@ -5,8 +5,11 @@ once, data loaded, the output directory's nearest existing ancestor writable, re
 refused); then one table: seeds done and missing, jobs at the resolved pack, storage and compute.
 
 Storage: a record of this sweep, zero-filled but of the real shapes and metadata, serialised by the record
-contract's own writer (src/contracts/records.py `record_arrays`, `np.savez`) in memory. Compute: the mean
-`wall_time_s` (per model) of the records already written, times the seeds missing.
+contract's own writer (src/contracts/records.py `record_arrays`, `np.savez`) in memory. Compute: seconds per
+model from recent, comparable jobs, times the seeds to train, with the basis stated (src/sweep/status.py
+`planned_rate`): the wall-clock pace of the sweep's latest launch when it ran at the same pack and accelerator,
+else the mean `wall_time_s` (training only) of the latest records at that pack and device. Seeds that a job of
+another launch is training now (src/sweep/jobstate.py) are shown in flight, not as missing.
 """
 
 from __future__ import annotations
@@ -26,10 +29,9 @@ from src.errors import ConfigError
 from src.estimators.registry import get_estimator
 from src.sweep.plan import plan_sweep
 from src.sweep.seeds import expand_seed_ranges
+from src.sweep.status import planned_rate, sweep_status
 from src.training.record import MemberOutputs, member_record
-
-SECONDS_PER_MINUTE = 60
-SECONDS_PER_HOUR = 3600
+from src.util.tables import duration_text
 
 
 def record_bytes(cfg: DictConfig, dataset: Dataset, seed: int) -> int:
@@ -57,14 +59,6 @@ def _size(n_bytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def _duration(seconds: float) -> str:
-    if seconds < SECONDS_PER_MINUTE:
-        return f"{seconds:.1f} s"
-    if seconds < SECONDS_PER_HOUR:
-        return f"{seconds:.0f} s ({seconds / SECONDS_PER_MINUTE:.1f} min)"
-    return f"{seconds:.0f} s ({seconds / SECONDS_PER_HOUR:.2f} h)"
-
-
 def dry_run_report(args: list[str]) -> list[tuple[str, str]]:
     """The rows of the dry-run table for this command line (as `python -m src.run` gets it)."""
     plan = plan_sweep(expand_seed_ranges(args))
@@ -82,24 +76,30 @@ def dry_run_report(args: list[str]) -> list[tuple[str, str]]:
                 ("jobs", f"{len(plan.pending)} run(s), one per seed ({plan.why})")]
     pending = set(plan.pending)
     done_paths = [record_path(sweep, seed) for seed in plan.seeds if seed not in pending]
-    wall_times = [float(read_meta(path)["wall_time_s"]) for path in done_paths]
     per_record = record_bytes(cfg, dataset, plan.seeds[0])
     storage = f"{_size(per_record)} per record (the record writer on a zero-filled record)"
     if done_paths:
         storage += f", measured {_size(np.mean([path.stat().st_size for path in done_paths]))} " \
                    f"({len(done_paths)} records)"
     missing = len(plan.pending)
-    compute = "unknown: no finished record"
-    if wall_times:
-        mean = float(np.mean(wall_times))
-        compute = (f"{mean:.2f} s/model (mean wall_time_s of {len(wall_times)} records) x {missing} = "
-                   f"{_duration(mean * missing)} of training, one job at a time")
+    status = sweep_status(sweep)
+    flying = [job for job in status.in_flight if set(job.seeds) & pending]
+    n_flying = len(status.seeds_of(flying) & pending)
+    in_flight = f", {n_flying} in flight ({'; '.join(job.what for job in flying)})" if flying else ""
+    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
+    rate = planned_rate(status, [(read_meta(path), path.stat().st_mtime) for path in done_paths], plan.pack,
+                        accelerator)
+    compute = f"unknown: no finished record at pack {plan.pack} on {accelerator}"
+    if rate is not None:
+        to_train = missing - n_flying
+        compute = f"{rate.text()} x {to_train} = {duration_text(rate.seconds_per_model * to_train)}"
     return [
         ("dry run", "nothing launched, nothing written"),
         ("sweep", f"{sweep}" + ("" if Path(sweep).exists() else " (not created yet)")),
         ("experiment", experiment),
-        ("seeds", f"{len(plan.seeds)} requested: {len(done_paths)} done, {missing} to train"),
-        ("jobs", f"{plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})"),
+        ("seeds", f"{len(plan.seeds)} requested: {len(done_paths)} done{in_flight}, {missing - n_flying} to train"),
+        ("jobs", f"{plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})"
+                 + (f"; a launch now would train the {n_flying} in flight again" if flying else "")),
         ("storage", f"{storage}; {_size(per_record * missing)} for the {missing} missing"),
         ("compute", compute),
     ]

@@ -224,20 +224,31 @@ def plan_line(plan: SweepPlan) -> str:
             f"{len(plan.pending)} to train in {plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})")
 
 
-def job_overrides(plan: SweepPlan) -> list[str]:
-    """One override per job of the plan: `seed=<k>`, or `seeds=[a,b,...]` for a packed job."""
-    if plan.pack == 1:
-        return [f"seed={seed}" for seed in plan.pending]
-    groups = [plan.pending[start:start + plan.pack] for start in range(0, len(plan.pending), plan.pack)]
-    return ["seeds=[" + ",".join(map(str, group)) + "]" for group in groups]
+@dataclass(frozen=True)
+class PlannedJob:
+    """One job of a -m sweep: its combination's plan, its seeds and its overrides."""
+
+    plan: SweepPlan
+    seeds: list[int]
+    overrides: list[str]
+
+
+def job_groups(plan: SweepPlan) -> list[list[int]]:
+    """The seeds of each job of the plan: its pending seeds in packs of `plan.pack`."""
+    return [plan.pending[start:start + plan.pack] for start in range(0, len(plan.pending), plan.pack)]
+
+
+def job_override(seeds: list[int], pack: int) -> str:
+    """A job's seeds as an override: `seed=<k>` at pack 1, else `seeds=[a,b,...]`."""
+    return f"seed={seeds[0]}" if pack == 1 else "seeds=[" + ",".join(map(str, seeds)) + "]"
 
 
 def plan_jobs(combinations: list[list[str]], seeds: list[int] | None, compose: Callable[[list[str]], DictConfig],
-              local: bool) -> list[list[str]]:
-    """Every job of a -m sweep, as the overrides of each: per combination of the other keys' values, its config
-    composed and planned once (`plan_seeds`; `seeds` None: the config's own seed) and its pending seeds packed.
-    Prints each combination's notes and line before anything launches."""
-    jobs: list[list[str]] = []
+              local: bool) -> list[PlannedJob]:
+    """Every job of a -m sweep: per combination of the other keys' values, its config composed and planned once
+    (`plan_seeds`; `seeds` None: the config's own seed) and its pending seeds packed. Prints each combination's
+    notes and line before anything launches."""
+    jobs: list[PlannedJob] = []
     for combination in combinations:
         cfg = compose(combination)
         plan = plan_seeds(cfg, seeds if seeds else [int(cfg.seed)], True, local)
@@ -245,5 +256,5 @@ def plan_jobs(combinations: list[list[str]], seeds: list[int] | None, compose: C
             print(note, file=sys.stderr)
         print(plan_line(plan), file=sys.stderr)
         fixed = [override for override in combination if not SEED_ARG.match(override)]  # the job names its seeds
-        jobs += [[*fixed, job] for job in job_overrides(plan)]
+        jobs += [PlannedJob(plan, group, [*fixed, job_override(group, plan.pack)]) for group in job_groups(plan)]
     return jobs

@@ -49,3 +49,15 @@ def expand_seed_ranges(args: list[str]) -> list[str]:
         expanded.append(seed_override(seeds, match["key"]))
     return expanded
 
+
+
+def seed_ranges(seeds: list[int]) -> str:
+    """Seeds as the command line writes them: `0..15,32,40..47` (sorted, contiguous runs as a..b)."""
+    ordered = sorted(seeds)
+    runs: list[list[int]] = []
+    for seed in ordered:
+        if runs and seed == runs[-1][1] + 1:
+            runs[-1][1] = seed
+        else:
+            runs.append([seed, seed])
+    return ",".join(f"{low}..{high}" if high > low else str(low) for low, high in runs)

@@ -1,8 +1,10 @@
-"""Progress: whether bars show (`progress=auto|true|false`; auto: a single run attached to a terminal), and the
-tqdm bar of the aggregator's record loading and influence blocks."""
+"""Progress: whether bars show (`progress=auto|true|false`; auto: a single run attached to a terminal), the tqdm
+bar of the aggregator's record loading and influence blocks, and which job lines reach the console in a sweep
+(the sweep's own progress line: src/sweep/status.py)."""
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import IO, Any
 
@@ -14,6 +16,17 @@ def in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def per_seed_lines_to_job_log(quiet: bool) -> None:
+    """In a -m sweep (`quiet`), a job's informational lines (one per seed, one per job) go to its run.log only:
+    the console's handlers (those that are not files) pass warnings and errors. Hydra configures a job's logging
+    afresh as each job starts, so this holds for the job that calls it; `hydra.verbose=...` shows them again."""
+    if not quiet:
+        return
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(max(handler.level, logging.WARNING))
 
 
 def progress_enabled(setting: bool | str, stream: IO[str], multirun: bool) -> bool:

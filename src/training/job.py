@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from src.config.checks import validate_config
-from src.config.paths import job_subdir, seed_record_path, sweep_dir
+from src.config.paths import job_seed_list, job_subdir, seed_record_path, sweep_dir
 from src.contracts.io import remove_stale_temps, write_atomic
 from src.contracts.records import Record, write_record
 from src.data.dataset import Dataset, load_dataset
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def job_seeds(cfg: DictConfig) -> list[int]:
     """The seeds this job trains: `seeds` (a packed job, grouped at launch) or the single `seed`."""
-    seeds = [int(seed) for seed in cfg.seeds] if cfg.get("seeds") else [int(cfg.seed)]
+    seeds = job_seed_list(cfg.seed, cfg.get("seeds"))
     for seed in seeds:
         check_seed(seed)
     if len(set(seeds)) != len(seeds):

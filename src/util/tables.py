@@ -61,3 +61,16 @@ def fmt(value: Any, spec: str = ".4f") -> str:
     if isinstance(value, (bool, str)):
         return str(value)
     return str(value) if isinstance(value, (int, np.integer)) else format(float(value), spec)
+
+
+SECONDS_PER_MINUTE = 60
+SECONDS_PER_HOUR = 3600
+
+
+def duration_text(seconds: float) -> str:
+    """`12.3 s`, `95 s (1.6 min)`, `7300 s (2.03 h)`."""
+    if seconds < SECONDS_PER_MINUTE:
+        return f"{seconds:.1f} s"
+    if seconds < SECONDS_PER_HOUR:
+        return f"{seconds:.0f} s ({seconds / SECONDS_PER_MINUTE:.1f} min)"
+    return f"{seconds:.0f} s ({seconds / SECONDS_PER_HOUR:.2f} h)"

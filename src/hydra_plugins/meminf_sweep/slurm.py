@@ -7,6 +7,9 @@ and submitting it as job arrays of at most the cluster's MaxArraySize tasks, eve
   `show qos` tells it): arrays are submitted while they fit under it, the rest as earlier tasks finish.
 - `submit_only`: submit, print the array ids and how to follow the sweep, and return without waiting (records
   make waiting unnecessary: relaunching the same command trains only what is missing).
+- Each array task's id and seeds go into its sweep's launch file as it is submitted (src/sweep/jobstate.py), so
+  that `python -m src.status <sweep>` finds the tasks in the queue from any shell; while waiting, a progress line
+  is printed whenever more models are trained (src/sweep/status.py).
 - Waiting is bounded: a task that has left the queue (`squeue`) without a result for `lost_after_s` is reported
   as lost, instead of being polled for ever (submitit reads a failed `sacct`, as on a cluster without
   accounting, as "still running"); `wait_hours` bounds the whole wait.
@@ -67,15 +70,10 @@ def cluster_max_array_size() -> int:
 def queued_task_ids(job_ids: Sequence[str]) -> set[str] | None:
     """The array tasks of these arrays still pending or running (one id per task, `squeue -r`); None when
     squeue cannot answer (then nothing is declared lost)."""
-    arrays = sorted({job_id.split("_")[0] for job_id in job_ids})
-    try:
-        shown = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", ",".join(arrays)], capture_output=True,
-                               text=True, timeout=SCONTROL_TIMEOUT_S)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if shown.returncode != 0 and "Invalid job id" not in shown.stderr:
-        return None
-    return set(shown.stdout.split())
+    from src.sweep.queue import queued_states
+
+    states = queued_states(list(job_ids))
+    return None if states is None else set(states)
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -125,8 +123,9 @@ class MeminfSlurmLauncher(SlurmLauncher):
                 rest = len(arguments) - len(jobs)
                 print(("" if not rest else f"the other {rest} would exceed hydra.launcher.max_submit_jobs="
                        f"{self.max_submit_jobs}: relaunch the same command when these have finished; ")
-                      + f"not waiting (hydra.launcher.submit_only=true): follow with `squeue -j {','.join(arrays)}` "
-                      "and the same command with --dry-run (seeds done and missing)", flush=True)
+                      + "not waiting (hydra.launcher.submit_only=true): follow with `python -m src.status "
+                      f"{sweep_dir}` (seeds done, tasks queued and running, failed, time left) or `squeue -j "
+                      f"{','.join(arrays)}`; the same command with --dry-run plans a relaunch", flush=True)
                 return []
             self.wait_for(jobs)
         except SweepFailed as err:
@@ -145,9 +144,36 @@ class MeminfSlurmLauncher(SlurmLauncher):
                 break
             self.wait_for_room(jobs, len(chunk))
             submitted = executor.map_array(self, *zip(*chunk, strict=True))
+            self.record_tasks(chunk, submitted)
             jobs.extend(submitted)
             ids.append(str(submitted[0].job_id).split("_")[0])
         return jobs, ids
+
+    def record_tasks(self, chunk: Sequence[Any], submitted: list[Any]) -> None:
+        """Each submitted task's id and seeds in its sweep's launch file. The sweeper sets `planned_jobs`
+        (src/sweep/plan.py `PlannedJob`, by job index); without it there is nothing to record."""
+        from src.config.paths import sweep_dir
+        from src.sweep.jobstate import add_slurm_tasks
+
+        planned = getattr(self, "planned_jobs", None)
+        if not planned:
+            return
+        by_sweep: dict[Path, dict[str, list[int]]] = {}
+        for (_overrides, _key, index, *_rest), job in zip(chunk, submitted, strict=True):
+            by_sweep.setdefault(sweep_dir(planned[index].plan.cfg), {})[str(job.job_id)] = list(planned[index].seeds)
+        for sweep, tasks in by_sweep.items():
+            add_slurm_tasks(sweep, tasks)
+
+    def print_progress(self, shown: dict[Path, int]) -> None:
+        """Each sweep's progress line when more of its models are trained than last shown."""
+        from src.config.paths import sweep_dir
+        from src.sweep.status import progress_line, sweep_status
+
+        for sweep in dict.fromkeys(sweep_dir(job.plan.cfg) for job in getattr(self, "planned_jobs", None) or []):
+            status = sweep_status(sweep)
+            if shown.get(sweep) != len(status.trained):
+                shown[sweep] = len(status.trained)
+                print(progress_line(status), file=sys.stderr, flush=True)
 
     def fits(self, jobs: list[Any], needed: int) -> bool:
         unfinished = sum(not job.paths.result_pickle.exists() for job in jobs)
@@ -167,8 +193,10 @@ class MeminfSlurmLauncher(SlurmLauncher):
         """Until every task has a result; a task that left the queue without one is lost (module docstring)."""
         deadline = time.monotonic() + self.wait_hours * SECONDS_PER_HOUR
         missing_since: dict[str, float] = {}
+        shown: dict[Path, int] = {}
         while True:
             waiting = [job for job in jobs if not job.paths.result_pickle.exists()]
+            self.print_progress(shown)
             if not waiting:
                 return
             queued = queued_task_ids([job.job_id for job in waiting])

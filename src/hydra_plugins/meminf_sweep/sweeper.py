@@ -9,6 +9,9 @@ combination composes the config once (the command line's own config when nothing
 and the data, drops the seeds that are done and groups the rest into packs (src/sweep/plan.py `plan_jobs`): a bad
 sweep is one `error:` line and exit 2 before anything launches. Every job composes its own config as it starts.
 A launcher with `takes_whole_sweep` gets every job at once; others get batches of `max_batch_size`, in order.
+Before launching, each combination's sweep directory gets its launch file (src/sweep/jobstate.py: what the
+progress lines, `python -m src.status` and `--dry-run` read); when the launcher returns, or a job's error stops
+the sweep, each prints its closing summary (src/sweep/status.py `closing_lines`).
 
 Hydra imports every module under `hydra_plugins` when it starts (without `sys.modules`, so no `from __future__
 import annotations` here: dataclasses would not find the module), so this one imports only Hydra at the top and
@@ -19,6 +22,7 @@ meminf's planning when it sweeps.
 import copy
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -57,25 +61,37 @@ class MeminfSweeper(Sweeper):
 
     def sweep(self, arguments: list[str]) -> list[JobReturn]:
         from src.config.paths import MULTIRUN_FILE
+        from src.sweep.status import begin_launches, end_launches
 
         assert self.config is not None and self.launcher is not None
-        jobs = self.plan(arguments)
-        if not jobs:
+        planned = self.plan(arguments)
+        if not planned:
             return []  # every seed is done: nothing launches, nothing is written
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / MULTIRUN_FILE)
+        jobs = [job.overrides for job in planned]
+        self.launcher.planned_jobs = planned  # the SLURM launcher records its array tasks' seeds (slurm.py)
+        sweeps = begin_launches(planned, type(self.launcher).__name__)
         size = len(jobs) if getattr(self.launcher, "takes_whole_sweep", False) else self.max_batch_size
         returns: list[JobReturn] = []
-        for start in range(0, len(jobs), size):
-            returns.extend(self.launcher.launch(jobs[start:start + size], initial_job_idx=start))
+        try:
+            for start in range(0, len(jobs), size):
+                returns.extend(self.launcher.launch(jobs[start:start + size], initial_job_idx=start))
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            end_launches(sweeps)  # a job's error stopped the sweep: what it did
+            raise
+        if not getattr(self.launcher, "submit_only", False):  # else the jobs go on: src.status follows them
+            end_launches(sweeps)
         for job_return in returns:
             _ = job_return.return_value  # raises the job's error, as Hydra's basic sweeper does
         return returns
 
-    def plan(self, arguments: list[str]) -> list[list[str]]:
-        """The overrides of every job; a bad sweep prints one `error:` line and exits 2 (Hydra would print a
-        traceback for an exception raised here)."""
+    def plan(self, arguments: list[str]) -> list[Any]:
+        """Every job (src/sweep/plan.py `PlannedJob`); a bad sweep prints one `error:` line and exits 2 (Hydra
+        would print a traceback for an exception raised here)."""
         import sys
 
         from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -93,7 +109,7 @@ class MeminfSweeper(Sweeper):
             if seed_sweeps else None
         swept = any(o.is_sweep_override() for o in others)
         launcher = str(self.config.hydra.launcher.get("_target_", ""))
-        jobs: list[list[str]] = []
+        jobs: list[Any] = []
         code = cli_exit_code(lambda: jobs.extend(plan_jobs(
             combinations, seeds, self.compose if swept else lambda _: without_hydra(self.config),
             local=not runs_remotely(launcher))))
