@@ -69,9 +69,12 @@ class Estimator(ABC):
 
     def format_summary(self, summary: dict[str, Any]) -> str:
         """What the command line prints of the summary."""
+        theta_mem = summary.get("thresholds", {}).get("theta_mem")
+        pairs = summary.get("pairs")
         return (f"{summary['experiment_name']} ({summary['experiment_hash']}): {summary['dataset']}, "
                 f"{summary['model']}, estimator {self.name}, {summary['runs_used']} runs; "
-                f"{summary.get('memorized')} memorized, {summary.get('pairs')} pairs")
+                f"{summary.get('memorized')} memorized (mem >= {theta_mem}), "
+                + (f"{pairs} pairs" if pairs is not None else "no influence pairs (this estimator estimates none)"))
 
 
 class TrainStep(NamedTuple):
