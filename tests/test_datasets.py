@@ -305,6 +305,29 @@ def test_a_cifar_copy_smaller_than_the_real_split_loads_with_one_warning(
         in note
 
 
+def test_cifar_download_unpacks_the_archive_and_a_failed_one_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dataset.download=true fetches torchvision's archive (stood in for here: no network in tests)."""
+    import torchvision.datasets.utils
+
+    fetched: list[str] = []
+
+    def unpack(url: str, root: str, filename: str, md5: str) -> None:
+        fetched.append(filename)
+        write_cifar_source("cifar10", Path(root))
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", unpack)
+    raw = load_raw(dataset_config("cifar10", download=True, verify_checksums=False), tmp_path / "fetched")
+    assert fetched == ["cifar-10-python.tar.gz"] and raw.x_train.shape == (10, 3, CIFAR_SIDE, CIFAR_SIDE)
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", unreachable)
+    assert_one_line_data_error(dataset_config("cifar10", download=True), tmp_path / "none",
+                               "could not download CIFAR-10", "Network is unreachable", "dataset.download=false")
+
+
 def test_damaged_files_are_a_data_error(tmp_path: Path, no_network: list[tuple]) -> None:
     write_fake_mnist(tmp_path, np.random.default_rng(0))
     (tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").write_bytes(b"not an idx file")
