@@ -15,11 +15,11 @@ from pathlib import Path
 from src.analyses.compare import compare_inputs, format_report, load_inputs, write_compare
 from src.contracts.estimates import Thresholds
 from src.tracking.wandb import add_wandb_arguments, log_compare
-from src.util.cli import cli_main
+from src.util.cli import cli_main, command_parser
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.compare", description=__doc__.splitlines()[0])
+    parser = command_parser("python -m src.compare", __doc__)
     parser.add_argument("inputs", type=Path, nargs="+",
                         help="estimates directories (or sweep directories holding estimates/)")
     parser.add_argument("--labels", default=None, help="comma-separated labels, one per input")

@@ -15,11 +15,11 @@ from src.analyses.convergence import OUTPUT_FILES, check_independent, convergenc
 from src.contracts.io import write_files
 from src.estimators.subsample.load import load_sweep
 from src.estimators.subsample.memorization import EstimateConfig
-from src.util.cli import cli_main
+from src.util.cli import cli_main, command_parser
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.convergence", description=__doc__.splitlines()[0])
+    parser = command_parser("python -m src.convergence", __doc__)
     parser.add_argument("sweep_dir", type=Path, help="directory holding seed=<k>/record.npz")
     parser.add_argument("--against", type=Path, default=None, help="an independent sweep of the same data")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default <sweep dir>/convergence)")

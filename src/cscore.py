@@ -14,11 +14,11 @@ from pathlib import Path
 from src.analyses.cscore import OUTPUT_FILES, cscore_outputs
 from src.contracts.io import write_files
 from src.estimators.subsample.load import load_sweep
-from src.util.cli import cli_main
+from src.util.cli import cli_main, command_parser
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.cscore", description=__doc__.splitlines()[0])
+    parser = command_parser("python -m src.cscore", __doc__)
     parser.add_argument("sweep_dirs", type=Path, nargs="+", help="sweep directories, one per subset ratio")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default <first sweep dir>/cscore)")
     parser.add_argument("--mem", type=Path, default=None,

@@ -15,12 +15,12 @@ from pathlib import Path
 from src.analyses.dynamics import DEFAULT_HARD_FRACTION, NEEDS, dynamics, format_report, render_png
 from src.contracts.estimates import read_estimates
 from src.contracts.io import write_files
-from src.util.cli import cli_main
+from src.util.cli import cli_main, command_parser
 from src.util.tables import csv_text
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.dynamics", description=__doc__.splitlines()[0])
+    parser = command_parser("python -m src.dynamics", __doc__)
     parser.add_argument("input", type=Path, help="estimates directory, or a sweep directory holding estimates/")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default <estimates dir>/dynamics)")
     parser.add_argument("--hard-fraction", type=float, default=DEFAULT_HARD_FRACTION,

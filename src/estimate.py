@@ -31,13 +31,13 @@ from src.estimators.subsample.cache import CACHE_NAME
 from src.estimators.subsample.memorization import EstimateConfig
 from src.tracking.progress import ProgressBar
 from src.tracking.wandb import add_wandb_arguments, log_estimates
-from src.util.cli import cli_main
+from src.util.cli import cli_main, command_parser
 
 DEFAULT_GALLERY = 64
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.estimate", description=__doc__.splitlines()[0])
+    parser = command_parser("python -m src.estimate", __doc__)
     parser.add_argument("sweep_dir", type=Path, help="directory holding seed=<k>/record.npz")
     parser.add_argument("--estimator", choices=list(ESTIMATORS), default="subsample",
                         help="the estimator that reduces the sweep (default subsample)")
@@ -50,12 +50,18 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="leave out the runs that did not train (accuracy at chance or a low outlier of the "
                              "sweep's; they are named either way) and print what that changes; default: use every "
                              "run, since failures can correlate with the subsets and leaving them out biases mem")
-    parser.add_argument("--theta-mem", type=float, default=EstimateConfig.theta_mem)
-    parser.add_argument("--theta-infl", type=float, default=EstimateConfig.theta_infl)
-    parser.add_argument("--top-k", type=int, default=EstimateConfig.top_k)
-    parser.add_argument("--null-perms", type=int, default=EstimateConfig.null_perms)
-    parser.add_argument("--block-mb", type=float, default=EstimateConfig.block_mb)
-    parser.add_argument("--dense-cap-mb", type=float, default=EstimateConfig.dense_cap_mb)
+    parser.add_argument("--theta-mem", type=float, default=EstimateConfig.theta_mem,
+                        help="an example is memorized when mem >= this (the train side of a pair too)")
+    parser.add_argument("--theta-infl", type=float, default=EstimateConfig.theta_infl,
+                        help="a (train, test) pair is high-influence when infl >= this")
+    parser.add_argument("--top-k", type=int, default=EstimateConfig.top_k,
+                        help="most influential training examples kept per test example")
+    parser.add_argument("--null-perms", type=int, default=EstimateConfig.null_perms,
+                        help="shuffles of the runs for the pairs expected by chance (0: none)")
+    parser.add_argument("--block-mb", type=float, default=EstimateConfig.block_mb,
+                        help="memory of one block of the influence pass, in MB")
+    parser.add_argument("--dense-cap-mb", type=float, default=EstimateConfig.dense_cap_mb,
+                        help="largest influence matrix written as influence.npy, in MB (0: never)")
     parser.add_argument("--gallery", type=int, default=DEFAULT_GALLERY, help="examples in gallery.png (0: none)")
     parser.add_argument("--seed", type=int, default=EstimateConfig.seed, help="seed of the permutation null")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,

@@ -88,11 +88,11 @@ from pathlib import Path
 
 from src.analyses.evaluation.evaluate import PARTS, evaluate, one_line, write_evaluation
 from src.estimators.subsample.memorization import EstimateConfig
-from src.util.cli import cli_main
+from src.util.cli import cli_main, command_parser
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.evaluate", description=__doc__.splitlines()[0])
+    parser = command_parser("python -m src.evaluate", __doc__)
     parser.add_argument("sweep_dir", type=Path, help="directory holding seed=<k>/record.npz")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default <sweep dir>/evaluation)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
@@ -105,7 +105,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="estimates dir whose per-example columns get a noise AUROC (repeatable)")
     parser.add_argument("--infl", type=Path, action="append", default=[],
                         help="(n_train, n_test) influence .npy to score by LDS as well (repeatable)")
-    parser.add_argument("--lira-variance", choices=("auto", "global", "per-example"), default="auto")
+    parser.add_argument("--lira-variance", choices=("auto", "global", "per-example"), default="auto",
+                        help="LiRA's Gaussians: one pooled variance per side, or each example's own (auto: "
+                             "per-example from enough shadow runs on)")
     parser.add_argument("--dense-cap-mb", type=float, default=EstimateConfig.dense_cap_mb,
                         help="largest influence matrix held in memory")
     parser.add_argument("--removal", type=Path, default=None,

@@ -16,19 +16,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from src.analyses.lastlayer import DEFAULT_THETAS, make_features, run_compare
-from src.util.cli import cli_exit_code
+from src.util.cli import DefaultsHelpFormatter, cli_exit_code, command_parser
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.lastlayer", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    features = commands.add_parser("features", help="train the full-data model, write its features")
+    parser = command_parser("python -m src.lastlayer", __doc__)
+    commands = parser.add_subparsers(dest="command", required=True, help="features, then compare")
+    features = commands.add_parser("features", help="train the full-data model, write its features",
+                                   formatter_class=DefaultsHelpFormatter)
     features.add_argument("overrides", nargs="*", help="config overrides, as for python -m src.run")
     features.add_argument("--out", type=Path, default=None, help="default <paths.output_dir>/<name>_features")
-    compare = commands.add_parser("compare", help="full-network vs last-layer estimates")
+    compare = commands.add_parser("compare", help="full-network vs last-layer estimates",
+                                  formatter_class=DefaultsHelpFormatter)
     compare.add_argument("full", type=Path, help="estimates of the full network")
     compare.add_argument("lastlayer", type=Path, help="estimates of the last-layer sweep")
-    compare.add_argument("--theta", type=float, nargs="+", default=list(DEFAULT_THETAS))
+    compare.add_argument("--theta", type=float, nargs="+", default=list(DEFAULT_THETAS),
+                        help="mem thresholds at which the memorized sets are compared")
     compare.add_argument("--out", type=Path, default=None, help="default: the last-layer estimates directory")
     return parser.parse_args(argv)
 

@@ -19,13 +19,14 @@ from src.analyses.removal import NEEDS, conditions, plan_jobs, retrain, retrain_
 from src.analyses.removal_table import condition_order, format_summary, summarize, write_outputs
 from src.contracts.estimates import read_estimates
 from src.errors import ConfigError, DataError
-from src.util.cli import cli_exit_code, parse_seeds
+from src.util.cli import cli_exit_code, command_parser, parse_seeds
 
 
 def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     """Options, and the `key=value` overrides of the training recipe (any argument holding '=' that is no option)."""
     overrides = [arg for arg in argv if "=" in arg and not arg.startswith("-")]
-    parser = argparse.ArgumentParser(prog="python -m src.removal", description=__doc__.splitlines()[0])
+    parser = command_parser("python -m src.removal", __doc__)
+    parser.epilog = "Any key=value argument overrides the training recipe of the retrained models (as for src.run)."
     parser.add_argument("estimates", type=Path, help="estimates directory, or a sweep directory holding estimates/")
     parser.add_argument("--theta", type=float, nargs="+", default=[], help="remove mem >= theta, per value")
     parser.add_argument("--top-q", type=float, nargs="+", default=[], help="remove the top fraction q by mem")

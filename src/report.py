@@ -38,11 +38,11 @@ from src.errors import MeminfError
 from src.reporting.page import check_replaceable, write_report
 from src.reporting.provenance import embedded_warnings
 from src.reporting.sections import build_page
-from src.util.cli import cli_main
+from src.util.cli import cli_main, command_parser
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.report", description=__doc__.splitlines()[0])
+    parser = command_parser("python -m src.report", __doc__)
     parser.add_argument("sweep_dir", type=Path, help="directory holding the sweep's records")
     parser.add_argument("--estimates", type=Path, default=None, help="estimates dir (default <sweep dir>/estimates)")
     parser.add_argument("--compare", type=Path, default=None, help="a python -m src.compare --out dir")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import socket
@@ -277,6 +278,54 @@ def test_partly_present_cifar_names_the_missing_file(tmp_path: Path) -> None:
     assert_one_line_data_error(
         dataset_config("cifar10", verify_checksums=False), tmp_path, "missing: data_batch_3"
     )
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_with_bytes_keys_load(tmp_path: Path, protocol: int) -> None:
+    """Copies re-pickled with bytes keys (as the official files read with encoding='bytes'), at any protocol."""
+    x_train, y_train, x_test, y_test = write_cifar_source("cifar10", tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    for path in folder.iterdir():
+        entry = pickle.loads(path.read_bytes())
+        path.write_bytes(pickle.dumps({key.encode(): [name.encode() for name in value] if key == "label_names"
+                                       else value for key, value in entry.items()}, protocol=protocol))
+    raw = load_raw(dataset_config("cifar10", verify_checksums=False), tmp_path)
+    assert np.array_equal(raw.x_train, x_train) and np.array_equal(raw.y_train, y_train)
+    assert np.array_equal(raw.x_test, x_test) and np.array_equal(raw.y_test, y_test)
+    assert raw.class_names == tuple(f"class_{k}" for k in range(10))
+
+
+def test_a_cifar_copy_smaller_than_the_real_split_loads_with_one_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write_cifar_source("cifar10", tmp_path)
+    with caplog.at_level(logging.WARNING):
+        raw = load_raw(dataset_config("cifar10", verify_checksums=False), tmp_path)
+    [note] = [record.getMessage() for record in caplog.records if "fewer than the real" in record.getMessage()]
+    assert f"holds {len(raw.y_train)} train and {len(raw.y_test)} test examples, fewer than the real 50,000/10,000" \
+        in note
+
+
+def test_cifar_download_unpacks_the_archive_and_a_failed_one_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """dataset.download=true fetches torchvision's archive (stood in for here: no network in tests)."""
+    import torchvision.datasets.utils
+
+    fetched: list[str] = []
+
+    def unpack(url: str, root: str, filename: str, md5: str) -> None:
+        fetched.append(filename)
+        write_cifar_source("cifar10", Path(root))
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", unpack)
+    raw = load_raw(dataset_config("cifar10", download=True, verify_checksums=False), tmp_path / "fetched")
+    assert fetched == ["cifar-10-python.tar.gz"] and raw.x_train.shape == (10, 3, CIFAR_SIDE, CIFAR_SIDE)
+
+    def unreachable(*args: object, **kwargs: object) -> None:
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", unreachable)
+    assert_one_line_data_error(dataset_config("cifar10", download=True), tmp_path / "none",
+                               "could not download CIFAR-10", "Network is unreachable", "dataset.download=false")
 
 
 def test_damaged_files_are_a_data_error(tmp_path: Path, no_network: list[tuple]) -> None:

@@ -56,6 +56,18 @@ def test_another_training_length_is_another_experiment(finished: Callable[..., D
         pending_seeds(finished("trainer.max_epochs=2", "record.epochs=[1,2]"), SEEDS)
 
 
+def test_a_refused_relaunch_proposes_a_free_name_that_launches(finished: Callable[..., DictConfig]) -> None:
+    """The name the refusal proposes is derived from the change, and the next free one when that is taken."""
+    changed = ("trainer.max_epochs=2", "record.epochs=[1,2]")
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs: 1 → 2: choose another name, e.g. "
+                                          r"name=done_max_epochs2 \(free under "):
+        pending_seeds(finished(*changed), SEEDS)
+    assert pending_seeds(finished(*changed, "name=done_max_epochs2"), SEEDS) == SEEDS
+    (Path(str(finished().paths.output_dir)) / "done_max_epochs2").mkdir()
+    with pytest.raises(ConfigError, match=r"e.g. name=done_2 "):
+        pending_seeds(finished(*changed), SEEDS)
+
+
 def test_a_relaunch_asking_for_new_epochs_trains_them(tmp_path: Path) -> None:
     args = ["src.run", "-m", *TINY, "trainer.max_epochs=2", f"paths.output_dir={tmp_path}", "name=e", "seed=0..1"]
     assert run_cli(*args, cwd=tmp_path).returncode == 0

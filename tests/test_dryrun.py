@@ -131,3 +131,23 @@ def test_dry_run_refuses_an_unwritable_output_dir(tmp_path: Path) -> None:
     result = run_cli("src.run", "-m", *TINY, f"paths.output_dir={blocker / 'out'}", "seed=0..3", "--dry-run",
                      cwd=tmp_path)
     assert result.returncode == 2 and "is not a writable directory" in result.stderr
+
+
+def test_dry_run_plans_each_combination_of_a_multi_key_sweep_as_the_sweeper_does(tmp_path: Path) -> None:
+    """A sweep over two models launched, then dry-run with one more seed: each combination's table counts the
+    records the sweeper wrote for it (same experiment), and a sweep with nothing left says so."""
+    sweep = [*TINY, "trainer.max_epochs=1", f"paths.output_dir={tmp_path / 'out'}", "model=mlp,linear"]
+    launched = run_cli("src.run", "-m", *sweep, "seed=0..1", cwd=tmp_path)
+    assert launched.returncode == 0, launched.stderr
+    result = run_cli("src.run", "-m", *sweep, "seed=0..2", "pack=16", "--dry-run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    tables = [dict(line.split(None, 1) for line in table.splitlines()) for table in result.stdout.split("\n\n")]
+    assert [table["combination"] for table in tables] == ["model=mlp", "model=linear"]
+    assert [table["seeds"] for table in tables] == ["3 requested: 2 done, 1 to train"] * 2
+    assert tables[0]["jobs"] == "1 job(s) of up to 1 model(s) (pack=16 clamped to the 1 seed(s) to train)"
+    done = run_cli("src.run", "-m", *sweep, "seed=0..1", "pack=16", "--dry-run", cwd=tmp_path)
+    assert [line.split(None, 1)[1] for line in done.stdout.splitlines() if line.startswith("jobs")] == \
+        ["none: every seed is done"] * 2
+    relaunched = run_cli("src.run", "-m", *sweep, "seed=0..1", "pack=16", cwd=tmp_path)
+    assert relaunched.returncode == 0 and relaunched.stderr.count("2 done, 0 to train: nothing launches") == 2
+    assert "clamped" not in relaunched.stderr

@@ -65,6 +65,19 @@ def test_every_estimator_has_a_producer() -> None:
     assert set(PRODUCE) == set(ESTIMATORS)
 
 
+@pytest.mark.parametrize("name", ["learn_speed", "loss", "margin"])
+def test_a_score_estimators_summary_says_it_has_no_pairs(name: str, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from src.estimate import main
+
+    sweep = small_sweep().write(tmp_path / "sweep")
+    main([str(sweep), "--estimator", name, "--gallery", "0"])
+    printed = capsys.readouterr().out
+    assert "None" not in printed and "no influence pairs (this estimator estimates none)" in printed
+    theta_mem = read_estimates(get_estimator(name).out_dir(sweep)).summary["thresholds"]["theta_mem"]
+    assert f"memorized (mem >= {theta_mem})" in printed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
 def test_estimator_through_every_reader(name: str, reference: Path, tmp_path: Path) -> None:

@@ -72,6 +72,30 @@ def test_the_readme_shows_commands() -> None:
     assert len(blocks("python")) >= 1 and len(commands) > 10
 
 
+def test_the_readme_names_every_data_switch_an_error_proposes() -> None:
+    """A data error that says `set dataset.<key>=true|false` points at a setting the README explains."""
+    source = "".join(path.read_text() for path in (ROOT / "src" / "data").glob("*.py"))
+    proposed = set(re.findall(r"(dataset\.\w+)=(?:true|false)", source))
+    assert {"dataset.download", "dataset.verify_checksums"} <= proposed
+    assert sorted(key for key in proposed if f"`{key}" not in README.read_text()) == []
+
+
+def test_the_readme_names_the_columns_of_a_packed_jobs_metrics(tmp_path: Path) -> None:
+    """A packed job writes one metrics.csv with one column set (the members' means), as the README says."""
+    from src.config.compose import compose_config
+    from src.training.job import run_job
+
+    cfg = compose_config(["dataset=digits", "model=mlp", "trainer.max_epochs=1", "logger=csv", "seeds=[0,1]",
+                          f"paths.output_dir={tmp_path}", "name=packed"])
+    run_job(cfg)
+    [metrics] = (tmp_path / "packed").rglob("metrics.csv")
+    assert metrics.parent.name == "pack=0-1"
+    columns = metrics.read_text().splitlines()[0].split(",")
+    logged = [column for column in columns if column not in ("epoch", "step")]
+    sentence = next(line for line in " ".join(README.read_text().split()).split(". ") if "packed one" in line)
+    assert logged and all(f"`{column}`" in sentence for column in logged), (logged, sentence)
+
+
 def test_every_python_block_runs(workspace: Path) -> None:
     for block in blocks("python"):
         result = subprocess.run([sys.executable, "-c", block], cwd=workspace, env=ENV, capture_output=True,

@@ -14,7 +14,13 @@ from src.estimators.subsample.influence import estimate
 from src.estimators.subsample.load import load_sweep
 from src.estimators.subsample.memorization import EstimateConfig, memorization
 from src.estimators.subsample.projection import runs_for, spearman_brown
-from src.estimators.subsample.reliability import HALVINGS, half_estimates, split_half
+from src.estimators.subsample.reliability import (
+    HALVINGS,
+    PROJECTION_REACH,
+    format_reliability,
+    half_estimates,
+    split_half,
+)
 from src.estimators.subsample.stats import RELIABILITY_GROUPS, SweepStats
 from src.util.stats import pearson
 from tests.test_estimate import Sweep, null_sweep, planted_sweep
@@ -104,6 +110,27 @@ def test_se_calibration_near_nominal_on_planted_truth() -> None:
 def test_too_few_runs_for_halves_gives_no_projection() -> None:
     reliability = split_half(planted(3).stats(), EstimateConfig(null_perms=0))
     assert reliability["halvings"] == [] and reliability["projection"] is None
+
+
+def test_a_sweep_too_small_for_halves_says_why_it_has_no_reliability() -> None:
+    line = format_reliability(split_half(planted(2).stats(), EstimateConfig(null_perms=0)))
+    assert line.startswith("split-half reliability: none (2 runs:") and "at least 4 runs" in line
+
+
+def test_projections_print_reasons_not_absurd_or_missing_numbers() -> None:
+    """A "runs for 0.9" beyond PROJECTION_REACH times the sweep is said to be beyond it; a projection without a
+    fit says why, never `about n/a runs`."""
+    reliability = split_half(planted(16).stats(), EstimateConfig(null_perms=0))
+    projection = reliability["projection"]
+    projection["jaccard_memorized"].update(with_independent_sweep=0.436, runs_for_target=3718474)
+    projection["spearman_non_trivial"].update(with_independent_sweep=None, runs_for_target=None)
+    line = format_reliability(reliability)
+    print(line)
+    assert "3718474" not in line and "n/a runs" not in line
+    assert f"Jaccard memorized 0.436 (0.9 beyond {PROJECTION_REACH * 16} runs" in line
+    assert "Spearman not projected (its agreements at K/8, K/4, K/2 do not grow within (0, 1))" in line
+    projection["pearson"]["runs_for_target"] = PROJECTION_REACH * 16
+    assert f"(about {PROJECTION_REACH * 16} runs for 0.9)" in format_reliability(reliability)
 
 
 def test_reliability_reaches_the_printed_summary_the_report_and_wandb(tmp_path: Path) -> None:

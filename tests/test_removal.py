@@ -35,6 +35,7 @@ from src.analyses.removal_table import (
     COLUMNS,
     SUMMARY_COLUMNS,
     RemovalRow,
+    format_summary,
     read_removal_csv,
     read_removal_source,
     summarize,
@@ -185,6 +186,21 @@ def test_summary_means_t_intervals_and_paired_differences_by_hand() -> None:
     assert random["removed_minus_control_influenced_acc_ci95"] == pytest.approx(
         t.ppf(0.975, 1) * influenced.std(ddof=1) / math.sqrt(2))
     assert summary[0]["test_acc_ci95"] is None and removed["removed_minus_control_test_acc"] is None
+
+
+def test_the_printed_table_says_why_a_cell_is_undefined() -> None:
+    rows = [*planted_rows(), RemovalRow("top_q", 0.1, "removed", 0, 0, 5, 0.9, None, 0),
+            RemovalRow("top_q", 0.1, "random", 0, 0, 5, 0.92, None, 0)]
+    lines = format_summary(summarize(rows)).splitlines()
+    print("\n".join(lines))
+    assert not any("n/a" in line for line in lines)
+    baseline, theta_removed, theta_random, top_removed, top_random = lines[1:]
+    assert baseline == ("none - removed 0 | 0.9500 (one seed: no interval) | no influenced test examples | none: "
+                        "nothing removed")
+    assert theta_removed.endswith("| none: this row is the removed set") and top_removed.endswith("removed set")
+    assert theta_random.endswith("| -0.0867 +- 0.0143, -0.1850 +- 0.0635")
+    assert top_random.endswith("| no influenced test examples | -0.0200 (one seed: no interval), none (no "
+                               "influenced test examples)")
 
 
 def test_csv_schema_and_round_trip(tmp_path: Path) -> None:

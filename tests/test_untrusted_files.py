@@ -1,4 +1,5 @@
-"""Records, estimates, the stats cache and checkpoints load without pickle.
+"""Records, estimates, the stats cache and checkpoints load without pickle; CIFAR batches (pickles by format)
+through one unpickler that loads arrays only.
 
 Each crafted file holds an object whose unpickling calls `Path.touch(marker)`: harmless, and visible. The
 payload is shown to run when pickle is allowed; every documented way the project (or a user) loads these
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 
 from src.contracts.records import read_meta, read_record, record_arrays, record_path
-from src.errors import RecordError
+from src.errors import DataError, RecordError
 from src.estimate import main
 from src.estimators.subsample.cache import CACHE_NAME
 from src.estimators.subsample.load import load_sweep
@@ -223,6 +224,23 @@ def test_project_checkpoint_loads_with_weights_only(tmp_path: Path) -> None:
         assert torch.equal(loaded[name], tensor), name
 
 
+def test_crafted_cifar_batch_rejected_without_running_code(tmp_path: Path) -> None:
+    """A CIFAR batch whose unpickling would run code is a one-line DataError (torchvision's loader would run it)."""
+    from src.data.sources import load_raw
+    from tests.test_datasets import dataset_config, write_cifar_source
+
+    write_cifar_source("cifar10", tmp_path)
+    marker = tmp_path / "ran"
+    batch = tmp_path / "cifar-10-batches-py" / "data_batch_2"
+    batch.write_bytes(pickle.dumps({"data": TouchOnUnpickle(marker), "labels": [0, 1]}))
+    with pytest.raises(DataError, match=r"could not read CIFAR-10 from .*data_batch_2 .*is not allowed") as info:
+        load_raw(dataset_config("cifar10", verify_checksums=False), tmp_path)
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
+    pickle.loads(batch.read_bytes())
+    assert marker.exists()  # the payload does run when pickle is allowed
+
+
 # ---------------------------------------------------------------------------------------- static check
 
 NP_LOADS = {"np.load", "numpy.load"}
@@ -265,6 +283,20 @@ def test_every_load_in_src_refuses_pickle() -> None:
         if name in PICKLE_LOADS:
             bad.append(f"{where}: {name}")
     assert not bad, "\n".join(bad)
+
+
+# The one unpickler in src/: it refuses every global but numpy's array reconstruction (tested above).
+RESTRICTED_UNPICKLERS = {"src/data/torchvision_sources.py:ArraysOnlyUnpickler"}
+
+
+def test_every_unpickler_in_src_is_the_restricted_one() -> None:
+    found = set()
+    for path in sorted(SRC.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.ClassDef) and any("Unpickler" in dotted(base) for base in node.bases):
+                assert any(isinstance(item, ast.FunctionDef) and item.name == "find_class" for item in node.body)
+                found.add(f"{path.relative_to(PROJECT_ROOT)}:{node.name}")
+    assert found == RESTRICTED_UNPICKLERS
 
 
 def test_loaders_are_not_imported_under_other_names() -> None:

@@ -43,6 +43,8 @@ RUN_CASES = {
     "DDP with packing": (["trainer=ddp", "trainer.accelerator=cpu", "pack=2"], "packing and DDP do not combine"),
     "a model too large for 8 px digits": (["model=inception_v3"], "cannot run on inputs of shape"),
     "a seed twice": (["seed=0,0,1"], "names a seed twice"),
+    "a seed range with a dash": (["seed=0-31"], "seed=0-31: a range of seeds is written a..b (inclusive): -m "
+                                                "seed=0..31"),
     "seed and seeds": (["seeds=[0,1]"], "seed=... and seeds=[...] both given"),
     "unknown record score": (["record.scores=[bogus]"], "record.scores=['bogus'] must name each of"),
     "hydra setting of the wrong type": (["hydra.sweeper.max_batch_size=abc"],

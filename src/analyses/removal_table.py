@@ -183,16 +183,33 @@ def write_outputs(out_dir: Path, rows: Sequence[RemovalRow], summary: Sequence[d
 
 
 def format_summary(summary: Sequence[dict[str, Any]]) -> str:
-    def fmt(value: float | None, spec: str = ".4f") -> str:
-        return "n/a" if value is None else format(value, spec)
-
+    """The printed table: each undefined cell says why (one seed, nothing influenced, the removed set itself)."""
     lines = ["selection level control n_removed | test acc (+-95% t) | influenced acc (n) | removed - control: "
              "test, influenced"]
     for e in summary:
-        lines.append(f"{e['selection']} {fmt(e['level'], 'g')} {e['control']} {e['n_removed']} | "
-                     f"{fmt(e['test_acc'])} +- {fmt(e['test_acc_ci95'])} | {fmt(e['influenced_acc'])} +- "
-                     f"{fmt(e['influenced_acc_ci95'])} ({e['n_influenced']}) | "
-                     f"{fmt(e['removed_minus_control_test_acc'])} +- {fmt(e['removed_minus_control_test_acc_ci95'])}, "
-                     f"{fmt(e['removed_minus_control_influenced_acc'])} +- "
-                     f"{fmt(e['removed_minus_control_influenced_acc_ci95'])}")
+        level = "-" if e["level"] is None else format(e["level"], "g")
+        influenced = (f"{_interval(e['influenced_acc'], e['influenced_acc_ci95'])} ({e['n_influenced']})"
+                      if e["n_influenced"] else "no influenced test examples")
+        lines.append(f"{e['selection']} {level} {e['control']} {e['n_removed']} | "
+                     f"{_interval(e['test_acc'], e['test_acc_ci95'])} | {influenced} | {_differences(e)}")
     return "\n".join(lines)
+
+
+def _interval(value: float | None, half: float | None) -> str:
+    if value is None:
+        return "none"
+    return f"{value:.4f} (one seed: no interval)" if half is None else f"{value:.4f} +- {half:.4f}"
+
+
+def _differences(e: dict[str, Any]) -> str:
+    """The removed - control cell of one summary entry (removed, random or class-matched)."""
+    if e["selection"] == "none":
+        return "none: nothing removed"
+    if e["control"] == "removed":
+        return "none: this row is the removed set"
+    test, influenced = (e[f"removed_minus_control_{field}"] for field in ("test_acc", "influenced_acc"))
+    if test is None:
+        return "none: no seed in common with the removed set"
+    influenced_text = "none (no influenced test examples)" if influenced is None else \
+        _interval(influenced, e["removed_minus_control_influenced_acc_ci95"])
+    return f"{_interval(test, e['removed_minus_control_test_acc_ci95'])}, {influenced_text}"

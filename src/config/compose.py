@@ -25,6 +25,16 @@ CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "conf"
 OmegaConf.register_new_resolver("meminf_job_dir", job_subdir, replace=True)
 
 
+def config_groups() -> str:
+    """`group: option, ...` for each group of conf/ a user chooses from (conf/hydra/default.yaml's help)."""
+    groups = sorted(path for path in CONFIG_DIR.iterdir() if path.is_dir() and path.name != "hydra")
+    return "\n".join(f"{group.name}: {', '.join(sorted(option.stem for option in group.glob('*.yaml')))}"
+                     for group in groups)
+
+
+OmegaConf.register_new_resolver("meminf_config_groups", config_groups, replace=True)
+
+
 def compose_config(overrides: list[str]) -> DictConfig:
     """conf/ composed with command-line overrides (no Hydra job); a bad override is a one-line ConfigError."""
     try:

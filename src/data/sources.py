@@ -17,14 +17,18 @@ Sources and the files they read:
     ``torchvision.datasets.MNIST`` on its raw IDX files, uncompressed:
     ``<data_dir>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``.
 ``cifar10``
-    ``torchvision.datasets.CIFAR10`` on the python-pickle batches:
+    The python-pickle batches in torchvision's layout (``torchvision.datasets.CIFAR10``'s files):
     ``<data_dir>/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``.
 ``cifar100``
-    ``torchvision.datasets.CIFAR100`` (fine labels): ``<data_dir>/cifar-100-python/{train,test,meta}``.
+    The same for CIFAR-100 (fine labels): ``<data_dir>/cifar-100-python/{train,test,meta}``.
+    The batches are read by meminf's own reader (src/data/torchvision_sources.py ``ArraysOnlyUnpickler``):
+    it loads only dicts, lists, numbers, text and numpy arrays and refuses any other class or function, so a
+    file runs no code; keys may be text or bytes (a copy re-pickled with bytes keys reads).
 
     For these three, nothing is downloaded unless ``download: true``; absent files give a DataError naming
     them. torchvision knows md5 sums of the CIFAR files; ``verify_checksums: false`` skips that check
-    (for re-packed files). MNIST's raw files carry no checksums, so the key does not apply there.
+    (for re-packed files). MNIST's raw files carry no checksums, so the key does not apply there. A copy
+    smaller than the real split (60,000/10,000 for MNIST, 50,000/10,000 for CIFAR) loads with one warning.
 ``npz``
     ``np.load(path)`` of an archive with arrays ``x_train, y_train, x_test, y_test`` (``np.savez``); a
     relative ``path`` is relative to the working directory. ``x`` may be (N, D) vectors, (N, H, W)

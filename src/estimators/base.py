@@ -72,9 +72,13 @@ class Estimator(ABC):
         """What the command line prints of the summary."""
         from src.contracts.estimates import health_lines
 
+        theta_mem = summary.get("thresholds", {}).get("theta_mem")
+        pairs = summary.get("pairs")
         return "\n".join([f"{summary['experiment_name']} ({summary['experiment_hash']}): {summary['dataset']}, "
                           f"{summary['model']}, estimator {self.name}, {summary['runs_used']} runs; "
-                          f"{summary.get('memorized')} memorized, {summary.get('pairs')} pairs",
+                          f"{summary.get('memorized')} memorized (mem >= {theta_mem}), "
+                          + (f"{pairs} pairs" if pairs is not None
+                             else "no influence pairs (this estimator estimates none)"),
                           *health_lines(summary)])
 
 

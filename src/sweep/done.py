@@ -13,7 +13,9 @@ the only copy of seed 2's record); the message says where it belongs.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import re
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -99,23 +101,46 @@ def record_state(path: Path, wanted: Wanted) -> RecordState:
     return RecordState(State.DONE, meta=meta)
 
 
-def what_differs(meta: dict[str, Any], wanted: Wanted) -> str:
-    """`: batch_size: 128 → 64, ...` (the record's value, then the config's), or nothing when the record stores
-    no config."""
+def differences(meta: dict[str, Any], wanted: Wanted) -> list[str]:
+    """`batch_size: 128 → 64`, ... (the record's value, then the config's); none when the record stores no
+    config."""
     config = meta.get("config")
     if not isinstance(config, dict):
-        return ""
-    differences = identity_differences(wanted.identity,
-                                       experiment_identity(config, str(meta.get("data_fingerprint"))))
-    return f": {', '.join(differences)}" if differences else ""
+        return []
+    return identity_differences(wanted.identity, experiment_identity(config, str(meta.get("data_fingerprint"))))
+
+
+def what_differs(meta: dict[str, Any], wanted: Wanted) -> str:
+    """`: batch_size: 128 → 64, ...`, or nothing when the record stores no config."""
+    changes = differences(meta, wanted)
+    return f": {', '.join(changes)}" if changes else ""
+
+
+NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")  # what a name derived from a value drops (paths, Hydra syntax)
+
+
+def free_name(sweep: Path, changes: list[str]) -> str:
+    """A name that no directory beside `sweep` has: `<name>_<key><new value>` from the first change (e.g.
+    `fz_mnist_max_epochs10`), else, or when that is taken, the first free `<name>_2`, `<name>_3`, ..."""
+    base, candidates = sweep.name, []
+    if changes:
+        key, change = changes[0].split(": ", 1)
+        value = NAME_UNSAFE.sub("", change.rsplit(" → ", 1)[-1])
+        if value and value != "-":
+            candidates.append(f"{base}_{NAME_UNSAFE.sub('', key.rsplit('.', 1)[-1])}{value}")
+    numbered = (f"{base}_{k}" for k in itertools.count(2))
+    return next(name for name in itertools.chain(candidates, numbered) if not (sweep.parent / name).exists())
 
 
 def refuse_foreign(path: Path, state: RecordState, wanted: Wanted) -> None:
     """A record of another experiment, or of another seed than its directory's, stops the sweep unless
-    overwrite=true."""
+    overwrite=true; for another experiment the message proposes a free name."""
     if wanted.overwrite:
         return
     if state.state is State.FOREIGN:
-        raise ConfigError(f"{path} {state.reason}: choose another name=..., or overwrite=true to replace it")
+        sweep = path.parent.parent  # <sweep>/seed=<k>/record.npz
+        name = free_name(sweep, differences(state.meta or {}, wanted))
+        raise ConfigError(f"{path} {state.reason}: choose another name, e.g. name={name} (free under "
+                          f"{sweep.parent}), or overwrite=true to replace it")
     if state.state is State.MISPLACED:
         raise ConfigError(f"{path} {state.reason}, then relaunch (or overwrite=true to retrain the seed over it)")

@@ -27,7 +27,7 @@ from src.contracts.records import read_meta, record_arrays, record_path
 from src.data.dataset import Dataset, load_dataset
 from src.errors import ConfigError
 from src.estimators.registry import get_estimator
-from src.sweep.plan import plan_sweep
+from src.sweep.plan import SweepPlan, plan_combinations
 from src.sweep.seeds import expand_seed_ranges
 from src.sweep.status import planned_rate, sweep_status
 from src.training.record import MemberOutputs, member_record
@@ -59,12 +59,17 @@ def _size(n_bytes: float) -> str:
     raise AssertionError("unreachable")
 
 
-def dry_run_report(args: list[str]) -> list[tuple[str, str]]:
-    """The rows of the dry-run table for this command line (as `python -m src.run` gets it)."""
-    plan = plan_sweep(expand_seed_ranges(args))
-    if plan is None:
-        raise ConfigError("--dry-run plans a sweep over seeds (or one run); drop --cfg/--help and sweeps over "
-                          "other keys, or dry-run each value separately")
+def dry_run_reports(args: list[str]) -> list[list[tuple[str, str]]]:
+    """The rows of the dry-run table of each combination of the swept keys other than the seed (one table when
+    only seeds are swept), for this command line (as `python -m src.run` gets it)."""
+    plans = plan_combinations(expand_seed_ranges(args))
+    if plans is None:
+        raise ConfigError("--dry-run plans a sweep (or one run) and does not combine with --cfg/--help: drop them")
+    return [([("combination", label)] if label else []) + dry_run_report(plan) for label, plan in plans]
+
+
+def dry_run_report(plan: SweepPlan) -> list[tuple[str, str]]:
+    """The rows of the dry-run table of one plan."""
     cfg, sweep = plan.cfg, sweep_dir(plan.cfg)
     estimator = get_estimator(str(cfg.estimator.name))
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
@@ -98,7 +103,8 @@ def dry_run_report(args: list[str]) -> list[tuple[str, str]]:
         ("sweep", f"{sweep}" + ("" if Path(sweep).exists() else " (not created yet)")),
         ("experiment", experiment),
         ("seeds", f"{len(plan.seeds)} requested: {len(done_paths)} done{in_flight}, {missing - n_flying} to train"),
-        ("jobs", f"{plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})"
+        ("jobs", (f"{plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})" if missing else
+                  "none: every seed is done")
                  + (f"; a launch now would train the {n_flying} in flight again" if flying else "")),
         ("storage", f"{storage}; {_size(per_record * missing)} for the {missing} missing"),
         ("compute", compute),
@@ -106,6 +112,6 @@ def dry_run_report(args: list[str]) -> list[tuple[str, str]]:
 
 
 def print_dry_run(args: list[str]) -> None:
-    rows = dry_run_report(args)
-    width = max(len(key) for key, _ in rows)
-    print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))
+    tables = dry_run_reports(args)
+    width = max(len(key) for rows in tables for key, _ in rows)
+    print("\n\n".join("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows) for rows in tables))

@@ -53,8 +53,8 @@ def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int, ddp:
         raise ConfigError(f"pack={requested} must be a positive integer or auto")
     if pack > 1 and not packable(str(model_cfg.timm_name)):
         return 1, f"model {model_cfg.name} is not in the packing whitelist (no equivalence test): pack=1"
-    if pack > n_seeds:
-        return max(1, n_seeds), f"pack={pack} clamped to the {n_seeds} seeds of this sweep"
+    if 0 < n_seeds < pack:  # (no seed to train: no job, so nothing to clamp)
+        return n_seeds, f"pack={pack} clamped to the {n_seeds} seed(s) to train"
     return pack, why
 
 
@@ -171,6 +171,38 @@ def plan_sweep(args: list[str]) -> SweepPlan | None:
                       local=not runs_remotely(launcher_name(fixed)))
 
 
+def plan_combinations(args: list[str]) -> list[tuple[str, SweepPlan]] | None:
+    """For --dry-run: the plan of each combination of the swept keys other than the seed, as meminf's sweeper
+    plans them (`plan_jobs`), each with its overrides of swept keys as a label ("" when only seeds are swept);
+    None when the command line is Hydra's business alone (--cfg, --help)."""
+    if any(arg.startswith("-") and arg not in MULTIRUN_FLAGS for arg in args):
+        return None
+    overrides = [arg for arg in args if arg not in MULTIRUN_FLAGS]
+    other = [arg for arg in overrides if not SEED_ARG.match(arg) and not _is_hydra_override(arg)]
+    if not _sweeps_other_keys(other):
+        plan = plan_sweep(args)
+        return None if plan is None else [("", plan)]
+    if not any(arg in MULTIRUN_FLAGS for arg in args):
+        raise ConfigError(f"{' '.join(other)} sweeps over several values: add -m")
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    parsed = OverridesParser.create().parse_overrides(other)
+    swept = {override.key_or_group for override in parsed if override.is_sweep_override()}
+    seed_args = [arg for arg in overrides if SEED_ARG.match(arg)]
+    seeds = seeds_of(SEED_ARG.match(seed_args[-1])["value"]) if seed_args else None
+    if seed_args and not seeds:
+        return None
+    check_seed_keys(bool(seed_args), [override.key_or_group for override in parsed])
+    hydra_args = [arg for arg in overrides if _is_hydra_override(arg)]
+    local = not runs_remotely(launcher_name(hydra_args))
+    plans = []
+    for [combination] in BasicSweeper.split_arguments(parsed, 1):
+        cfg = compose_config([*combination, *hydra_args, *([f"seed={seeds[0]}"] if seeds else [])])
+        label = " ".join(override for override in combination if override.split("=", 1)[0].lstrip("+~") in swept)
+        plans.append((label, plan_seeds(cfg, seeds or [int(cfg.seed)], True, local)))
+    return plans
+
+
 def _sweeps_other_keys(fixed: list[str]) -> bool:
     parsed = OverridesParser.create().parse_overrides([arg for arg in fixed if not _is_hydra_override(arg)])
     return any(override.is_sweep_override() for override in parsed)
@@ -220,8 +252,10 @@ def plan_seeds(cfg: DictConfig, seeds: list[int], multirun: bool, local: bool) -
 
 def plan_line(plan: SweepPlan) -> str:
     """The line a sweep prints per combination before it launches."""
-    return (f"sweep {sweep_dir(plan.cfg)}: {len(plan.seeds)} seeds, {len(plan.seeds) - len(plan.pending)} done, "
-            f"{len(plan.pending)} to train in {plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})")
+    counts = f"sweep {sweep_dir(plan.cfg)}: {len(plan.seeds)} seeds, {len(plan.seeds) - len(plan.pending)} done"
+    if not plan.pending:
+        return f"{counts}, 0 to train: nothing launches"
+    return f"{counts}, {len(plan.pending)} to train in {plan.jobs} job(s) of up to {plan.pack} model(s) ({plan.why})"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from src.util.cli import parse_seeds
 
 MULTIRUN_FLAGS = ("-m", "--multirun")
 SEED_ARG = re.compile(r"^(?P<key>[+~]{0,2}seed)=(?P<value>.*)$")
+# A range in another tool's syntax (`0-31`, `0:31`): refused with the a..b form rather than a type error.
+FOREIGN_RANGE = re.compile(r"^\s*(?P<start>\d+)\s*[-:]\s*(?P<end>\d+)\s*$")
 HYDRA_RANGE = re.compile(r"^range\((?P<start>-?\d+),\s*(?P<stop>-?\d+)(?:,\s*(?P<step>-?\d+))?\)$")
 
 
@@ -38,6 +40,10 @@ def expand_seed_ranges(args: list[str]) -> list[str]:
     expanded = []
     for arg in args:
         match = SEED_ARG.match(arg)
+        foreign = FOREIGN_RANGE.match(match["value"]) if match else None
+        if foreign:
+            raise ConfigError(f"{arg}: a range of seeds is written a..b (inclusive): -m {match['key']}="
+                              f"{foreign['start']}..{foreign['end']}")
         seeds = seeds_of(match["value"]) if match else None
         if seeds is None or (len(seeds) == 1 and ".." not in match["value"]):
             expanded.append(arg)

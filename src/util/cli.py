@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import re
@@ -127,3 +128,22 @@ def parse_seeds(spec: str, option: str = "seeds") -> list[int]:
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"{shown} names a seed twice; give each seed once")
     return seeds
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, where it has one that says something (not None, False or [])
+    and the help does not name it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text, default = action.help or "", action.default
+        if not action.option_strings or default in (None, False, [], argparse.SUPPRESS) or "default" in text:
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else str(default)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """The argument parser of an entry point: its description is the first paragraph of the module's docstring
+    (whole sentences), each option's help shows its default."""
+    description = " ".join(doc.split("\n\n", 1)[0].split())
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=DefaultsHelpFormatter)

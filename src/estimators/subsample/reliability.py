@@ -53,6 +53,9 @@ from src.util.stats import CONFIDENCE, finite_or_none, jaccard_index, pearson, s
 NON_TRIVIAL = 0.05  # mem at or above which an example counts as non-trivially memorized (issue 12)
 Z_95 = NormalDist().inv_cdf(0.5 + CONFIDENCE / 2)  # the two-sided 95% normal quantile (no scipy import at start)
 PROJECTION_TARGET = 0.9  # the agreement of two independent sweeps that the "runs for" figures aim at
+# The projections are validated up to 10 times the runs they come from (docs/EXPERIMENTS.md section 9: from 100
+# runs to K = 1,000); a "runs for" figure further out is printed as beyond that reach, not as a number.
+PROJECTION_REACH = 10
 HALVINGS = (  # groups of half A (seed mod RELIABILITY_GROUPS); half B is the rest
     frozenset(g for g in range(RELIABILITY_GROUPS) if g % 2 == 0),
     frozenset(g for g in range(RELIABILITY_GROUPS) if g // 2 % 2 == 0),
@@ -136,7 +139,7 @@ def split_half(stats: SweepStats, config: EstimateConfig) -> dict[str, Any]:
         half_runs = float(np.mean([sum(h["runs"]) / 2 for h in halvings]))
         projection = {"pearson": _pearson_projection(means["pearson"], half_runs, stats.n_runs),
                       **_empirical_projection(stats, config, means, half_runs)}
-    return {"halvings": halvings, **means, "projection": projection, "non_trivial": NON_TRIVIAL,
+    return {"halvings": halvings, **means, "projection": projection, "non_trivial": NON_TRIVIAL, "runs": stats.n_runs,
             "target": PROJECTION_TARGET,
             "method": "halves by seed mod 8 (even/odd seeds, and by the seed's second and third bit); Pearson "
                       "projected by Spearman-Brown, Spearman and Jaccard by a logit fit over K/8, K/4, K/2"}
@@ -187,10 +190,13 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def format_reliability(reliability: dict[str, Any]) -> str | None:
-    """The printed summary's line; None when no halving had two usable halves."""
+def format_reliability(reliability: dict[str, Any]) -> str:
+    """The printed summary's line (a reason in place of the numbers when no halving had two usable halves)."""
     if not reliability["halvings"]:
-        return None
+        runs = reliability.get("runs")
+        return (f"split-half reliability: none ({'' if runs is None else f'{runs} runs: '}no halving of the seeds "
+                f"by their last three bits gives both halves {MIN_HALF_RUNS} runs or more: at least "
+                f"{2 * MIN_HALF_RUNS} runs are needed, e.g. seeds 0..{2 * MIN_HALF_RUNS - 1})")
     shown = {metric: _shown(reliability[metric]) for metric in METRICS}
     line = (f"split-half reliability ({len(reliability['halvings'])} halvings): Spearman (mem >= "
             f"{reliability['non_trivial']}) {shown['spearman_non_trivial']}, Jaccard memorized "
@@ -199,12 +205,29 @@ def format_reliability(reliability: dict[str, Any]) -> str | None:
             "(0.95 if honest)")
     projection = reliability["projection"]
     if projection:
-        parts = [f"{label} {_shown(projection[key]['with_independent_sweep'])}"
-                 f" (about {_shown(projection[key]['runs_for_target'])} runs for {reliability['target']})"
-                 for key, label in (("pearson", "Pearson"), ("spearman_non_trivial", "Spearman"),
-                                    ("jaccard_memorized", "Jaccard memorized"))]
+        runs = reliability.get("runs") or sum(reliability["halvings"][0]["runs"])
+        parts = [f"{label} {_projected(projection[key], reliability['target'], runs, why)}"
+                 for key, label, why in PROJECTED]
         line += f"\nprojected agreement with an independent sweep of this size: {', '.join(parts)}"
     return line
+
+
+# The projected metrics as printed, and why each can have no projection (projection.py).
+PROJECTED = (("pearson", "Pearson", "the halves do not correlate"),
+             ("spearman_non_trivial", "Spearman", "its agreements at K/8, K/4, K/2 do not grow within (0, 1)"),
+             ("jaccard_memorized", "Jaccard memorized", "its agreements at K/8, K/4, K/2 do not grow within (0, 1)"))
+
+
+def _projected(projection: dict[str, Any], target: float, runs: int, why_none: str) -> str:
+    """One projection as printed: its agreement and the runs for `target`, or why there is no such figure."""
+    agreement, needed = projection["with_independent_sweep"], projection["runs_for_target"]
+    if needed is None:
+        return f"{_shown(agreement)} (not projected: {why_none})" if agreement is not None \
+            else f"not projected ({why_none})"
+    if needed > PROJECTION_REACH * runs:
+        return (f"{_shown(agreement)} ({target} beyond {PROJECTION_REACH * runs} runs, {PROJECTION_REACH}x this "
+                "sweep: further than the projection is validated)")
+    return f"{_shown(agreement)} (about {needed} runs for {target})"
 
 
 def _shown(value: float | int | None) -> str:
