@@ -53,8 +53,9 @@ SINGLE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Metadata that may differ between two runs of one experiment: where, when and by which process and commit.
 RUN_META = {"git", "created_utc", "wall_time_s", "host", "pid", "sweep_dir", "experiment_hash",
             "experiment_identity_version", "config"}
-# Summary keys that identity 2, the estimates contract and the split-half reliability added or recompute.
-NEW_SUMMARY = {"experiment_hash", "experiment", "estimator", "estimates_format", "reliability"}
+# Summary keys that identity 2, the estimates contract, the split-half reliability and the run-health check
+# (issue 20) added or recompute.
+NEW_SUMMARY = {"experiment_hash", "experiment", "estimator", "estimates_format", "reliability", "run_health"}
 
 LONGEST_SUM = 512  # products in the longest dot product of the golden MLP 64-512-256-10 (its second layer)
 FLOAT_TOLERANCE = LONGEST_SUM * float(np.finfo(np.float32).eps)  # of max(1, |value|): see the module docstring

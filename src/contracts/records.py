@@ -128,9 +128,10 @@ def directory_seed(path: str | Path) -> int | None:
 
 
 def misplaced_reason(path: str | Path, seed: int) -> str | None:
-    """Why a record of `seed` does not belong at `path` (its directory names another seed), or None."""
+    """Why a record of `seed` does not belong at `path` (its directory names another seed), or None. A negative
+    seed belongs in no directory (their names are digits): the record's own checks say what is wrong with it."""
     named = directory_seed(path)
-    if named is None or named == seed:
+    if named is None or named == seed or seed < 0:
         return None
     return (f"holds the record of seed {seed} in the directory of seed {named}; move it to "
             f"{SEED_DIR_PREFIX}{seed}/ or delete it")
