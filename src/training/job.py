@@ -29,7 +29,7 @@ from src.sweep.done import MODEL_FILE, Wanted, record_state, refuse_foreign
 from src.training.epochs import SubsetDataModule
 from src.training.module import SubsetClassifier
 from src.training.record import member_record
-from src.training.trainer import leave_job_together, train_module
+from src.training.trainer import train_module
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,11 @@ def run_job(cfg: DictConfig) -> list[Path]:
     masks = np.stack([subset_mask(subset_seed(seed, cfg.subset.repeats), len(dataset.y_train), cfg.subset.ratio,
                                   cfg.subset.salt, cfg.subset.size_rule) for seed in seeds])
     module = fit(cfg, dataset, seeds, masks)
-    # DDP: the ranks hold the same weights; rank 0 evaluates and writes while the others wait for it.
+    # DDP: the ranks hold the same weights; rank 0 evaluates and writes while the others wait for it, so that no
+    # rank runs ahead into the next job or out of the process (docs/CLUSTER.md). One device: the barrier is a no-op.
     written = write_job(cfg, dataset, seeds, masks, module, wanted.experiment_hash, started) \
         if module.global_rank == 0 else []
-    leave_job_together()
+    module.trainer.strategy.barrier("job end")
     return written
 
 

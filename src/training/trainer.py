@@ -110,6 +110,9 @@ def train_module(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.Lig
     try:
         trainer = make_trainer(cfg, directory, logger)
         check_ddp(trainer, pack)
+        if trainer.world_size > 1:  # for the process group fit starts; once however many jobs this process runs
+            atexit.unregister(end_process_group)
+            atexit.register(end_process_group)
         fit_interruptibly(trainer, module, datamodule)
     finally:
         finish_logger(logger)
@@ -129,19 +132,10 @@ def fit_interruptibly(trainer: pl.Trainer, module: pl.LightningModule, datamodul
         raise KeyboardInterrupt from exited
 
 
-def leave_job_together() -> None:
-    """DDP: every rank leaves a job when rank 0 has written its records, so that no rank runs ahead into the next
-    job, or out of the process while rank 0 still evaluates (gloo can then abort that rank at exit, "terminate
-    called without an active exception": docs/CLUSTER.md). One process: nothing to wait for."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def end_process_group() -> None:
     """The process group Lightning started for DDP is destroyed before the interpreter exits, as torch asks,
-    rather than by its destructors during interpreter shutdown (registered by check_ddp)."""
+    rather than by its destructors during interpreter shutdown, where gloo could abort a rank ("terminate called
+    without an active exception": docs/CLUSTER.md). Lightning registers the same for NCCL only."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -163,5 +157,3 @@ def check_ddp(trainer: pl.Trainer, pack: int) -> None:
             not trainer.strategy.cluster_environment.creates_processes_externally:
         raise ConfigError(f"{type(trainer.strategy).__name__} would start the DDP ranks itself here; start "
                           "them with torchrun --nproc_per_node=N -m src.run ... or as SLURM tasks, with strategy=ddp")
-    atexit.unregister(end_process_group)  # registered once however many jobs this process runs
-    atexit.register(end_process_group)
