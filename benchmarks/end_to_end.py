@@ -57,6 +57,7 @@ EVENTS = os.environ["MEMINF_BENCH_EVENTS"]
 
 
 IMPORTS = ("torch", "timm", "pytorch_lightning")  # a timestamp when each has been imported
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher"  # its launch: the sweeper hands over the first jobs
 
 
 def emit(name):
@@ -87,6 +88,9 @@ def instrument(module):
     if module.__name__ in IMPORTS:
         emit("imported_" + module.__name__)
         return
+    if module.__name__ == BASIC_LAUNCHER:
+        module.BasicLauncher.launch = stamp("launch", module.BasicLauncher.launch)
+        return
     if module.__name__ == "src.training.job":
         module.run_job = stamp("job", module.run_job)
         module.build_members = stamp("build_members", module.build_members)
@@ -108,7 +112,7 @@ class Hook(importlib.abc.MetaPathFinder):
     """Instruments src.training.job and .module right after each is imported (inside the first job, as without
     the hook), and stamps the end of the IMPORTS. A name stays pending until it executes: libraries probe
     `importlib.util.find_spec` for optional packages without importing them."""
-    pending = {"src.training.job", "src.training.module", *IMPORTS}
+    pending = {"src.training.job", "src.training.module", BASIC_LAUNCHER, *IMPORTS}
     looking_up = set()
 
     def find_spec(self, name, path, target=None):
@@ -327,7 +331,7 @@ STARTUP_MILESTONES = (
     ("torch imported", lambda run: run.first("imported_torch")),
     ("timm imported (the plan builds the model once)", lambda run: run.first("imported_timm")),
     ("plan printed (the 'sweep ...: N seeds' line)", lambda run: run.first_line("to train in")),
-    ("the sweeper hands the launcher its first jobs ('Launching')", lambda run: run.first_line("Launching")),
+    ("the sweeper hands the launcher its first jobs (BasicLauncher.launch)", lambda run: run.first("launch_start")),
     ("pytorch_lightning imported (the job module)", lambda run: run.first("imported_pytorch_lightning")),
     ("first run_job starts", lambda run: run.first("job_start")),
     ("its models are built (seeded, initialised, packed)", lambda run: run.first("build_members_end")),

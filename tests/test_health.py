@@ -13,7 +13,7 @@ import pytest
 from src.contracts.estimates import read_estimates
 from src.estimate import main
 from src.estimators.subsample.cache import CACHE_NAME, EXCLUDING_CACHE_NAME
-from src.estimators.subsample.health import CHANCE_SDS, binomial_sd, check_runs
+from src.estimators.subsample.health import CHANCE_SDS, MAD_TO_SD, MIN_DROP, OUTLIER_Z, binomial_sd, check_runs
 from tests.test_estimate import Sweep, aggregate, assert_same_outputs, planted_sweep, rewrite
 
 BROKEN = 5  # the seed planted at chance
@@ -66,6 +66,25 @@ def test_chance_and_outlier_limits() -> None:
     assert sorted(flagged) == [BROKEN, BROKEN + 1]
     assert flagged[BROKEN + 1] == [f"test acc 0.5500 an outlier (< {health['limits']['test_acc']['outlier']:.4f}; "
                                    f"median {health['limits']['test_acc']['median']:.4f})"]
+
+
+def test_a_small_drop_is_no_outlier_however_tight_the_others() -> None:
+    """A run below median - OUTLIER_Z robust SDs of a tight sweep, but less than MIN_DROP of the way from the median
+    to chance, is healthy: a few runs' MAD underestimates the spread of runs that trained (the golden digits sweep's
+    seed 6, tests/test_golden.py)."""
+    sweep = healthy_sweep()
+    sweep.test_correct[BROKEN] = sweep.test_correct[0]
+    sweep.train_correct[BROKEN] = sweep.train_correct[0]
+    stats = sweep.stats()
+    accuracies = np.asarray(stats.test_acc)
+    median, chance = float(np.median(accuracies)), np.bincount(sweep.test_label).max() / 100
+    scale = max(MAD_TO_SD * float(np.median(np.abs(accuracies - median))), binomial_sd(median, 100))
+    low = int(np.ceil(100 * (median - MIN_DROP * (median - chance)))) + 1  # correct answers: just above the drop
+    assert low / 100 < median - OUTLIER_Z * scale  # an outlier by the MAD rule alone
+    sweep.test_correct[BROKEN + 1] = np.arange(100) < low
+    health = check_runs(sweep.stats())
+    assert health["unhealthy"] == []
+    assert health["limits"]["test_acc"]["outlier"] == pytest.approx(median - MIN_DROP * (median - chance), abs=0.01)
 
 
 def test_exclude_unhealthy_prints_its_effect_and_the_cache_keys_on_it(tmp_path: Path,

@@ -120,6 +120,7 @@ def test_a_sweep_prints_progress_lines_and_a_closing_summary_not_per_seed_lines(
     assert result.returncode == 0, result.stderr
     console = result.stdout + result.stderr
     assert not re.search(r"seed=\d+ in-subset acc", console), "a per-seed line reached the console"
+    assert not re.search(r"#\d+ : ", console), "a launcher's per-job line reached the console"
     progress = [line for line in console.splitlines() if line.startswith("progress followed: ")]
     assert [line.split(": ")[1].split(",")[0] for line in progress] == ["2/6 models (1/3 jobs)",
                                                                          "4/6 models (2/3 jobs)",
@@ -140,6 +141,7 @@ def test_a_sweep_prints_progress_lines_and_a_closing_summary_not_per_seed_lines(
     assert rows["trained"] == "6/6 models (3/3 jobs)"
     assert (rows["in flight"], rows["failed"], rows["time left"]) == ("none", "none", "none")
     assert rows["state"].startswith("finished ")
+    assert not (sweep / JOBS_DIR).exists()  # every job ended: the sweep removed the empty folder
 
 
 def status_table(printed: str) -> dict[str, str]:
@@ -164,6 +166,7 @@ def test_a_failed_job_is_in_the_summary_and_the_status(tmp_path: Path) -> None:
     rows = status_table(status.stdout)
     assert rows["failed"].startswith("1 job(s), 1 seed(s): pack=2-3: RecordError: "), status.stdout
     assert rows["state"].startswith("stopped: 3 seed(s) without a record"), status.stdout
+    assert [path.name for path in (sweep / JOBS_DIR).iterdir()] == ["pack=2-3.json"]
 
 
 def test_status_of_a_missing_directory_is_one_error_line(tmp_path: Path) -> None:

@@ -23,7 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 from src.config.paths import job_subdir, sweep_dir
 from src.contracts.records import RecordError, find_records, read_meta, record_path
-from src.sweep.jobstate import FAILED, JobMarker, Launch, read_launch, read_markers, update_launch, write_launch
+from src.sweep.jobstate import (
+    FAILED,
+    JOBS_DIR,
+    JobMarker,
+    Launch,
+    read_launch,
+    read_markers,
+    update_launch,
+    write_launch,
+)
 from src.sweep.queue import LEFT_QUEUE, ended_states, queued_states
 from src.sweep.seeds import seed_ranges
 from src.util.tables import duration_text
@@ -324,11 +333,14 @@ def begin_launches(planned: list[PlannedJob], launcher: str) -> list[Path]:
 
 def end_launches(sweeps: list[Path]) -> None:
     """The end of each launch in its file, and its closing summary on stderr (a sweep directory that a failed job
-    removed, having trained nothing, has none)."""
+    removed, having trained nothing, has none). Called once every job has ended: an empty `jobs/` goes (a failed
+    job's file keeps it)."""
     for sweep in sweeps:
         launch = read_launch(sweep)
         if launch is None:
             continue
+        with contextlib.suppress(OSError):
+            (sweep / JOBS_DIR).rmdir()  # only when empty
         ended = time.time()
         update_launch(sweep, ended=ended)
         for line in closing_lines(sweep_status(sweep, ended), ended - launch.started):
