@@ -379,7 +379,7 @@ def test_unhealthy_runs_are_named_in_the_report(digits: tuple[Path, Dataset], tm
     assert (seed, test_acc, train_acc) == ("2", "0.0000", "0.0000") and why.startswith("test acc 0.0000 at chance")
     assert f"warning: 1 of {RUNS} runs unhealthy (seed 2: test acc 0.0000 at chance" in page.text
     assert [row[-1] for row in page.tables["compare-inputs"][1:]] == [
-        "ok", "1 unhealthy run(s) used (seeds 2); under-fit (in-subset train acc 0.8750 < 0.99)"]
+        "ok", "1 unhealthy run(s) used (seed 2); under-fit (in-subset train acc 0.8750 < 0.99)"]
     healthy = tmp_path / "healthy"
     assert main([str(digits[0]), "--out", str(healthy), "--gallery", "2", "--pairs", "1"]) == 0
     assert "unhealthy-runs" not in parse(healthy / "index.html").tables

@@ -64,6 +64,7 @@ import numpy as np
 from scipy.stats import rankdata
 
 from src.contracts.estimates import (
+    MAX_NAMED_RUNS,
     RUN_HEALTH,
     TRAIN_IN_ACC_WARNING,
     Estimates,
@@ -221,8 +222,10 @@ def input_warnings(item: Input) -> list[str]:
     unhealthy = unhealthy_runs(item.summary)
     if unhealthy:
         use = "left out" if item.summary[RUN_HEALTH]["excluded"] else "used"
-        found.append(f"{len(unhealthy)} unhealthy run(s) {use} (seeds "
-                     f"{', '.join(str(run['seed']) for run in unhealthy)})")
+        seeds = [str(run["seed"]) for run in unhealthy]
+        more = f", +{len(seeds) - MAX_NAMED_RUNS} more" if len(seeds) > MAX_NAMED_RUNS else ""
+        found.append(f"{len(unhealthy)} unhealthy run(s) {use} (seed{'s' if len(seeds) > 1 else ''} "
+                     f"{', '.join(seeds[:MAX_NAMED_RUNS])}{more})")
     train_in_acc = item.summary["mean_train_in_acc"]
     if train_in_acc is not None and train_in_acc < TRAIN_IN_ACC_WARNING:
         found.append(f"under-fit (in-subset train acc {train_in_acc:.4f} < {TRAIN_IN_ACC_WARNING})")
