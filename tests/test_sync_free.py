@@ -1,6 +1,6 @@
 """No host round trip in a training step (issue 21 §3): the subset job with each record score, and turn-over
 dropout's job, call none of the torch.Tensor methods that copy a device value to the host inside
-`training_step`.
+`training_step`; curvature's epoch end draws its directions where it trains.
 
 On a GPU each such call (`.item()`, `.cpu()`, `.numpy()`, `.tolist()`, `.to("cpu")`, `bool`/`float`/`int`/`index`
 of a tensor, a Python branch on a device value) waits for every queued kernel: one per step keeps the device idle
@@ -16,16 +16,16 @@ Calls inside `training_step`, per step, on the tiny jobs below (digits, 8 steps 
     subset job, every record score        2, the same                                               0
     turn-over dropout                     6: .cpu() and .numpy() of the batch's indices for its     0
                                           masks, .to(device) of its 2 masks and of the 2 epoch sums
-Outside the steps, before and after: 3 an epoch at its end (the divergence check, the epoch's log), and 3
+Curvature's epoch end (its directions): before, 1 `.to(device)` a batch of its subset; after, 0.
+Outside those, before and after: 3 an epoch at its end (the divergence check, the epoch's log), and 3
 `.to(device)` a step (Lightning's copy of the batch to the device: host to device, no sync on a GPU).
 """
 
 from __future__ import annotations
 
 import functools
-from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections import Counter, defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ import torch
 from pytorch_lightning.strategies import Strategy
 
 from src.data.dataset import load_dataset
+from src.estimators.curvature import InputCurvature
 from src.estimators.registry import RECORD_SCORES
 from src.estimators.turnover import network
 from src.estimators.turnover.job import fit_turnover
@@ -48,24 +49,34 @@ TURNOVER_JOB = ["estimator=turnover", "trainer.max_epochs=2", "batch_size=192", 
 
 
 class HostCopies:
-    """Calls of the host-copying Tensor methods, per training step and outside the steps."""
+    """Calls of the host-copying Tensor methods in each call of the marked functions, and outside them."""
 
     def __init__(self) -> None:
-        self.steps: list[Counter[str]] = []
+        self.calls: dict[str, list[Counter[str]]] = defaultdict(list)  # marked function -> per call
         self.outside: Counter[str] = Counter()
-        self._in_step = False
+        self._current: Counter[str] | None = None
 
     def hit(self, name: str) -> None:
-        (self.steps[-1] if self._in_step else self.outside)[name] += 1
+        (self.outside if self._current is None else self._current)[name] += 1
 
-    @contextmanager
-    def step(self) -> Iterator[None]:
-        self.steps.append(Counter())
-        self._in_step = True
-        try:
-            yield
-        finally:
-            self._in_step = False
+    def mark(self, monkeypatch: pytest.MonkeyPatch, owner: type, name: str) -> None:
+        """Count the host copies of every call of `owner.name` apart."""
+        function = getattr(owner, name)
+
+        @functools.wraps(function)
+        def marked(*args: Any, **kwargs: Any) -> Any:
+            self._current = Counter()
+            self.calls[name].append(self._current)
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self._current = None
+        monkeypatch.setattr(owner, name, marked)
+
+    def assert_none_in(self, name: str, calls: int) -> None:
+        assert len(self.calls[name]) == calls
+        inside = sum(self.calls[name], Counter())
+        assert not inside, f"host copies inside {name}: {dict(inside)} over {calls} calls"
 
 
 def _to_host(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -89,20 +100,12 @@ def host_copies(monkeypatch: pytest.MonkeyPatch) -> HostCopies:
 
     for name in (*HOST_COPIES, "to"):
         monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
-    step = Strategy.training_step
-
-    def marked_step(self: Strategy, *args: Any, **kwargs: Any) -> Any:
-        with copies.step():
-            return step(self, *args, **kwargs)
-
-    monkeypatch.setattr(Strategy, "training_step", marked_step)
+    copies.mark(monkeypatch, Strategy, "training_step")
     return copies
 
 
 def assert_no_host_copy_in_a_step(copies: HostCopies, epochs: int) -> None:
-    assert len(copies.steps) == epochs * STEPS_PER_EPOCH
-    in_steps = sum(copies.steps, Counter())
-    assert not in_steps, f"host copies inside training steps: {dict(in_steps)} over {len(copies.steps)} steps"
+    copies.assert_none_in("training_step", epochs * STEPS_PER_EPOCH)
 
 
 def test_a_subset_job_step_with_every_record_score_copies_nothing_to_the_host(
@@ -110,6 +113,15 @@ def test_a_subset_job_step_with_every_record_score_copies_nothing_to_the_host(
     scores = ",".join(RECORD_SCORES)
     assert run_job(compose_cfg(*SUBSET_JOB, f"record.scores=[{scores}]", "record.curvature.directions=2"))
     assert_no_host_copy_in_a_step(host_copies, epochs=2)
+
+
+def test_curvature_draws_its_directions_where_it_trains(compose_cfg: Callable[..., Any], host_copies: HostCopies,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21's trap: the directions were drawn on the host and copied to the device at every epoch end (~126
+    MB per 1,024 CIFAR images); now from a generator on the training device."""
+    host_copies.mark(monkeypatch, InputCurvature, "on_epoch_end")
+    assert run_job(compose_cfg(*SUBSET_JOB, "record.scores=[curvature]", "record.curvature.directions=2"))
+    host_copies.assert_none_in("on_epoch_end", calls=2)
 
 
 def test_an_augmented_packed_convnet_step_copies_nothing_to_the_host(compose_cfg: Callable[..., Any],
@@ -129,5 +141,5 @@ def test_a_turnover_step_copies_nothing_to_the_host(tmp_path: Path, host_copies:
         cfg = compose("config", overrides=[*TINY, *TURNOVER_JOB, f"paths.output_dir={tmp_path}",
                                            f"paths.data_dir={tmp_path / 'data'}"])
     module = fit_turnover(cfg, load_dataset(cfg.dataset, cfg.paths.data_dir), Path(cfg.estimator.out_dir))
-    assert (module.train_halves is None) == (table_bytes == 0)
     assert_no_host_copy_in_a_step(host_copies, epochs=2)
+    assert (module.train_halves is None) == (table_bytes == 0)
