@@ -1,4 +1,4 @@
-"""The half of every example: splitmix64 of (seed, domain, index, mask point, unit), nothing stored
+"""The half of every example: splitmix64 of (seed, domain, index, mask point, unit), nothing written
 (the algorithm: src/estimators/turnover/__init__.py). Computed with torch on the indices' device, so that a
 training step draws its examples' halves there without copying the batch to the host (issue 21)."""
 
