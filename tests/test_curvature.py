@@ -66,7 +66,7 @@ def test_bad_settings_are_refused(setting: str) -> None:
 
 def naive_epoch(epoch: EpochEnd, directions: int) -> dict[int, dict[int, float]]:
     """Member k's curvature of each of its examples, one example and one direction at a time."""
-    generators = [directions_generator(seed, epoch.epoch) for seed in epoch.seeds]
+    generators = [directions_generator(seed, epoch.epoch, epoch.subset_idx.device) for seed in epoch.seeds]
     pack, subset = epoch.subset_idx.shape
     out: dict[int, dict[int, float]] = {k: {} for k in range(pack)}
     for start in range(0, subset, epoch.batch_size):

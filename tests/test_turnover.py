@@ -50,21 +50,42 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DictConfig, Turno
 
 def test_mask_is_a_function_of_seed_domain_index_and_halves_exactly() -> None:
     widths = [512, 7, 64]
-    batch = half_masks(0, TRAIN_DOMAIN, np.array([5, 9, 5, 1000]), widths)
+    batch = half_masks(0, TRAIN_DOMAIN, torch.tensor([5, 9, 5, 1000]), widths)
     for point, width in enumerate(widths):
-        alone = half_masks(0, TRAIN_DOMAIN, np.array([9]), widths)[point][0]
-        assert np.array_equal(batch[point][1], alone)  # recomputed from the index alone
-        assert np.array_equal(batch[point][0], batch[point][2])
-        assert not np.array_equal(batch[point][0], batch[point][3])
-        assert (batch[point].sum(axis=1) == width // 2).all()  # exactly half of the units
-    other_seed = half_masks(1, TRAIN_DOMAIN, np.array([5]), widths)[0][0]
-    other_domain = half_masks(0, 1, np.array([5]), widths)[0][0]
-    assert not np.array_equal(other_seed, batch[0][0]) and not np.array_equal(other_domain, batch[0][0])
-    many = half_masks(0, TRAIN_DOMAIN, np.arange(4000), [256, 256])
-    per_unit = many[0].mean(axis=0)  # each unit is in about half of the examples' halves ...
+        alone = half_masks(0, TRAIN_DOMAIN, torch.tensor([9]), widths)[point][0]
+        assert torch.equal(batch[point][1], alone)  # recomputed from the index alone
+        assert torch.equal(batch[point][0], batch[point][2])
+        assert not torch.equal(batch[point][0], batch[point][3])
+        assert (batch[point].sum(dim=1) == width // 2).all()  # exactly half of the units
+    other_seed = half_masks(1, TRAIN_DOMAIN, torch.tensor([5]), widths)[0][0]
+    other_domain = half_masks(0, 1, torch.tensor([5]), widths)[0][0]
+    assert not torch.equal(other_seed, batch[0][0]) and not torch.equal(other_domain, batch[0][0])
+    many = half_masks(0, TRAIN_DOMAIN, torch.arange(4000), [256, 256])
+    per_unit = many[0].double().mean(dim=0)  # each unit is in about half of the examples' halves ...
     assert per_unit.min() > 0.44 and per_unit.max() < 0.56
-    agreement = (many[0] == many[1]).mean()  # ... and the points draw independently
+    agreement = (many[0] == many[1]).double().mean()  # ... and the points draw independently
     assert 0.48 < agreement < 0.52
+
+
+def _splitmix64(z: np.ndarray) -> np.ndarray:
+    """splitmix64 as src/estimators/turnover/__init__.py writes it, on numpy's uint64 (wrapping)."""
+    z = z + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def test_masks_are_the_documented_uint64_algorithm() -> None:
+    """The torch masks (int64 bits, computed on the training device) equal the algorithm in uint64 arithmetic,
+    for indices and seeds that set the top bit of the keys."""
+    seed, domain, widths = 4_000_000_000, TRAIN_DOMAIN, [512, 7, 2, 1]
+    indices = np.array([0, 1, 2, 3, 1436, 2**40 + 7, 2**62 + 1], dtype=np.uint64)
+    example = _splitmix64(_splitmix64(_splitmix64(np.array([seed], np.uint64)) + np.uint64(domain)) + indices)
+    masks = half_masks(seed, domain, torch.from_numpy(indices.astype(np.int64)), widths)
+    for point, (mask, width) in enumerate(zip(masks, widths, strict=True)):
+        keys = _splitmix64(_splitmix64(example + np.uint64(point))[:, None] + np.arange(width, dtype=np.uint64))
+        expected = keys < np.sort(keys, axis=1)[:, width // 2, None]
+        np.testing.assert_array_equal(mask.numpy(), expected)
 
 
 # ---------------------------------------------------------------------------------- separated halves
@@ -90,7 +111,7 @@ def test_a_half_and_its_complement_share_only_the_classifier_bias(model: str, cl
                 tensor.uniform_(0.5, 1.5)
             for tensor in (norm.bias.data, norm.running_mean):
                 tensor.normal_(0, 0.1)
-    half = network.halves(np.array([3]), TRAIN_DOMAIN, torch.device("cpu"))
+    half = network.halves(torch.tensor([3]), TRAIN_DOMAIN)
     x = torch.randn(2, 1, 8, 8)
     own = _gradients(network, x[:1], half)
     other = _gradients(network, x[1:], [~mask for mask in half])
@@ -105,7 +126,7 @@ def test_mlp_output_under_a_half_ignores_every_weight_outside_it() -> None:
     cfg = turnover_cfg(Path("/unused"), "model=mlp")
     network = HalfMaskedNetwork(build_model(cfg.model, (64,), 10), seed=0).eval()
     x = torch.randn(1, 64)
-    (m1, m2) = network.halves(np.array([11]), TRAIN_DOMAIN, torch.device("cpu"))
+    (m1, m2) = network.halves(torch.tensor([11]), TRAIN_DOMAIN)
     network.use([m1, m2])
     with torch.no_grad():
         before = network(x)
@@ -127,13 +148,25 @@ def test_grouped_masks_equal_per_row_masks() -> None:
     cfg = turnover_cfg(Path("/unused"), "model=cnn_small")
     network = HalfMaskedNetwork(build_model(cfg.model, (1, 8, 8), 10), seed=0).eval()
     x = torch.randn(5, 1, 8, 8)
-    masks = network.halves(np.array([2, 40, 7]), TRAIN_DOMAIN, torch.device("cpu"))
+    masks = network.halves(torch.tensor([2, 40, 7]), TRAIN_DOMAIN)
     with torch.no_grad():
         network.use(masks, rows_per_mask=5)
         grouped = network(x)
         network.use([mask.repeat_interleave(5, dim=0) for mask in masks])
         per_row = network(x.repeat(3, 1, 1, 1))
     torch.testing.assert_close(grouped, per_row)
+
+
+def test_the_training_halves_table_holds_each_examples_halves(
+        trained: tuple[DictConfig, TurnoverClassifier]) -> None:
+    """The table a step gathers its batch's halves from (computed in chunks at fit start) equals the halves
+    computed for those examples alone."""
+    _, module = trained
+    assert module.train_halves is not None
+    probe = torch.tensor([0, 1, 1023, 1024, len(module.y_train) - 1])
+    for table, mask in zip(module.train_halves, module.network.halves(probe, TRAIN_DOMAIN), strict=True):
+        assert table.shape == (len(module.y_train), mask.shape[1])
+        assert torch.equal(table[probe], mask)
 
 
 # ------------------------------------------------------------------------------------------ estimates
@@ -157,9 +190,8 @@ def test_memorization_and_influence_equal_naive_loops(trained: tuple[DictConfig,
     estimates = estimate_turnover(module, dataset, cfg, train_time=np.zeros(2))
     arrays, summary = estimates.arrays, estimates.summary
     module.eval()
-    cpu = torch.device("cpu")
     probe = np.array([0, 7, 500, 1436, *dataset.flipped_idx[:2]], dtype=np.int64)
-    own = module.network.halves(probe, TRAIN_DOMAIN, cpu)
+    own = module.network.halves(torch.from_numpy(probe), TRAIN_DOMAIN)
     correct_own, prob_own = _per_row(module, module.x_train[probe], module.y_train[probe], own)
     correct_flip, prob_flip = _per_row(module, module.x_train[probe], module.y_train[probe], [~m for m in own])
     np.testing.assert_array_equal(arrays["mem"][probe], correct_own - correct_flip)
@@ -167,7 +199,7 @@ def test_memorization_and_influence_equal_naive_loops(trained: tuple[DictConfig,
     n_test = len(dataset.y_test)
     infl, infl_soft = np.empty((INFLUENCE_CAP, n_test)), np.empty((INFLUENCE_CAP, n_test))
     for i in range(INFLUENCE_CAP):
-        half = [mask.expand(n_test, -1) for mask in module.network.halves(np.array([i]), TRAIN_DOMAIN, cpu)]
+        half = [mask.expand(n_test, -1) for mask in module.network.halves(torch.tensor([i]), TRAIN_DOMAIN)]
         c_own, p_own = _per_row(module, module.x_test, module.y_test, half)
         c_flip, p_flip = _per_row(module, module.x_test, module.y_test, [~mask for mask in half])
         infl[i], infl_soft[i] = c_own - c_flip, p_own - p_flip

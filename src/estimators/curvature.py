@@ -15,7 +15,9 @@ partial batch gets another scale). They recompute grad_x l(x) for every directio
 Cost: 1 + `directions` forward-and-input-gradient passes over the subset per epoch (11 with the paper's 10
 directions), against one forward-and-backward pass of training: see benchmarks/estimators.py and
 docs/ESTIMATORS.md for the measured seconds. The directions of member k come from (seed k, epoch) alone, drawn
-batch by batch in subset order, so member k of a pack gets the directions of seed k trained alone.
+batch by batch in subset order, so member k of a pack gets the directions of seed k trained alone. They are drawn
+on the training device (a torch.Generator there), never copied from the host: the same directions on the CPU
+as before, others on a GPU (its generator's stream), each reproducible per seed.
 
 Records hold it when `record.scores` names it (`'record.scores=[learn_speed,loss,margin,curvature]'`; the
 settings are `record.curvature`); `python -m src.estimate <sweep> --estimator curvature` gives its mean over the
@@ -37,19 +39,19 @@ NAME = "curvature"
 DIRECTIONS_STREAM = 0x63757276  # ("curv"): the directions' random stream, apart from the epoch's batch order
 
 
-def directions_generator(seed: int, epoch: int) -> Any:
-    """The CPU generator of member `seed`'s directions in `epoch`."""
+def directions_generator(seed: int, epoch: int, device: Any) -> Any:
+    """The generator, on the training device, of member `seed`'s directions in `epoch`."""
     import torch
 
     state = np.random.SeedSequence([seed, epoch, DIRECTIONS_STREAM]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return torch.Generator(device=device).manual_seed(int(state))
 
 
 def rademacher(shape: tuple[int, ...], generator: Any) -> Any:
-    """Entries -1 or +1 with probability 1/2 each (float32, CPU)."""
+    """Entries -1 or +1 with probability 1/2 each (float32, on the generator's device)."""
     import torch
 
-    return torch.randint(0, 2, shape, generator=generator).float().mul_(2).sub_(1)
+    return torch.randint(0, 2, shape, generator=generator, device=generator.device).float().mul_(2).sub_(1)
 
 
 def batch_directions(generators: list[Any], batch: int, directions: int, input_shape: tuple[int, ...]) -> Any:
@@ -101,13 +103,13 @@ class InputCurvature(RecordScore):
         self.epochs = 0
 
     def on_epoch_end(self, epoch: EpochEnd) -> None:
-        generators = [directions_generator(seed, epoch.epoch) for seed in epoch.seeds]
+        generators = [directions_generator(seed, epoch.epoch, epoch.subset_idx.device) for seed in epoch.seeds]
         if self.epochs == 0:  # the subsets are fixed for the whole run
             self.in_subset.scatter_(1, epoch.subset_idx, True)
         for start in range(0, epoch.subset_idx.shape[1], epoch.batch_size):
             idx = epoch.subset_idx[:, start:start + epoch.batch_size]
             x = epoch.inputs(idx)
-            v = batch_directions(generators, idx.shape[1], self.directions, tuple(x.shape[2:])).to(x.device)
+            v = batch_directions(generators, idx.shape[1], self.directions, tuple(x.shape[2:]))
             score = input_curvature(lambda inputs, rows=idx: epoch.losses(inputs, rows), x, v, self.step)
             self.total.scatter_add_(1, idx, score)
         self.epochs += 1

@@ -42,9 +42,10 @@ class SubsetClassifier(pl.LightningModule):
     the module once; a step gathers its (P, B) index batch there, scales, augments and normalises there.
     A member whose loss is not finite at the end of an epoch is stopped (its loss no longer counts);
     the others go on. Each step hands its batch to the record scores (src/estimators/base.py), which
-    accumulate on the device (no host sync). At the end of each epoch in `record_epochs` (1-based) every member
-    is evaluated on both splits and its correctness kept. The optimizer and the learning-rate schedule are
-    instantiated from the `optim` and `schedule` configs' `_target_`.
+    accumulate on the device. A step copies nothing to the host (no `.item()`, `.cpu()` or branch on a device
+    value: each makes the host wait for the GPU; tests/test_sync_free.py counts them). At the end of each epoch
+    in `record_epochs` (1-based) every member is evaluated on both splits and its correctness kept. The
+    optimizer and the learning-rate schedule are instantiated from the `optim` and `schedule` configs' `_target_`.
     """
 
     def __init__(self, members: Members, optim_cfg: DictConfig, schedule_cfg: DictConfig, dataset: Dataset,
@@ -68,8 +69,10 @@ class SubsetClassifier(pl.LightningModule):
         prepared = not self.augment and self.memory_format == torch.contiguous_format
         self.register_buffer("train_inputs", self.prepare(self.x_train) if prepared else None, persistent=False)
         self.register_buffer("alive", torch.ones(members.pack, dtype=torch.bool), persistent=False)
-        self.epoch_loss_sum = torch.zeros(members.pack)
-        self.epoch_log_sums, self.epoch_log_steps = torch.zeros(len(EPOCH_LOGGED)), 0
+        # Per-epoch sums, buffers so that they live on the training device: a step adds to them there.
+        self.register_buffer("epoch_loss_sum", torch.zeros(members.pack), persistent=False)
+        self.register_buffer("epoch_log_sums", torch.zeros(len(EPOCH_LOGGED)), persistent=False)
+        self.epoch_log_steps = 0
         self.record_epochs, self.eval_batch_size = tuple(sorted(record_epochs)), eval_batch_size
         self.epoch_correct: dict[str, list[np.ndarray]] = {"train": [], "test": []}  # per recorded epoch: (P, n)
         # DDP would broadcast these from rank 0 at the start and before every step: the data are already on
@@ -100,7 +103,7 @@ class SubsetClassifier(pl.LightningModule):
         member_loss = losses.sum(1) * weight
         loss = torch.where(self.alive, member_loss, torch.zeros_like(member_loss)).sum()
         # Summed on the device: divergence is checked once per epoch, not with a host sync per step.
-        self.epoch_loss_sum = self.epoch_loss_sum.to(loss.device) + member_loss.detach()
+        self.epoch_loss_sum = self.epoch_loss_sum + member_loss.detach()
         correct = logits.detach().argmax(2) == y
         step = TrainStep(idx, logits.detach(), y, losses.detach(), correct)
         for score in self.scores:
@@ -112,7 +115,7 @@ class SubsetClassifier(pl.LightningModule):
         # Summed as Lightning's mean reduction sums a per-step self.log (value times its batch size, P here),
         # so that the epoch means logged in on_train_epoch_end are what a self.log per step gave, without its
         # per-step bookkeeping (docs/PERFORMANCE.md, Training at the machine's limit).
-        self.epoch_log_sums = self.epoch_log_sums.to(loss.device) + means * self.members.pack
+        self.epoch_log_sums = self.epoch_log_sums + means * self.members.pack
         self.epoch_log_steps += 1
         return loss
 

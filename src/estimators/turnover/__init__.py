@@ -14,7 +14,8 @@ evaluated under m_i and under the complement ~m_i, a sub-network that never saw 
 `seed` fixes the initialisation, the data order and the masks, so several seeds are independent runs (a
 noise floor for src.compare); a `-m` sweep over seeds runs one job per seed, never packed.
 
-Masks (nothing stored: any example's mask is recomputed from (seed, domain, index) alone, `half_masks`):
+Masks (nothing written: any example's mask is recomputed from (seed, domain, index) alone, `half_masks`, on the
+training device; training keeps its examples' halves there as a table, network.py HALVES_TABLE_BYTES):
     splitmix64(z) = z += 0x9E3779B97F4A7C15; z = (z ^ z>>30) * 0xBF58476D1CE4E5B9;
                     z = (z ^ z>>27) * 0x94D049BB133111EB; z ^ z>>31                  (all mod 2^64)
     key(u) = splitmix64(splitmix64(splitmix64(splitmix64(splitmix64(seed) + domain) + index) + point) + u)

@@ -88,7 +88,7 @@ def own_half_outputs(module: TurnoverClassifier, split: str, domain: int, batch:
     parts: dict[str, list[torch.Tensor]] = {"correct_own": [], "prob_own": [], "correct_flip": [], "prob_flip": []}
     for start in range(0, len(labels), batch):
         rows = slice(start, start + batch)
-        own = module.network.halves(np.arange(len(labels))[rows], domain, module.device)
+        own = module.network.halves(torch.arange(len(labels), device=module.device)[rows], domain)
         for side, masks in (("own", own), ("flip", [~mask for mask in own])):
             module.network.use(masks)
             correct, prob = _outputs(module, x[rows], labels[rows])
@@ -113,7 +113,7 @@ def influence_pass(module: TurnoverClassifier, train_idx: np.ndarray, mem: np.nd
     started, next_report = time.perf_counter(), 1
     for start in range(0, len(train_idx), group):
         block = train_idx[start:start + group]
-        own = module.network.halves(block, TRAIN_DOMAIN, module.device)
+        own = module.network.halves(torch.from_numpy(block).to(module.device), TRAIN_DOMAIN)
         both = [torch.cat([mask, ~mask]) for mask in own]
         correct, prob = np.empty((2 * len(block), n_test)), np.empty((2 * len(block), n_test))
         for test_start in range(0, n_test, test_rows):

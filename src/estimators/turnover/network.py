@@ -1,5 +1,6 @@
 """The half-masked network: forward hooks that multiply every mask point's output by per-example masks, and the
-Lightning module whose training step gives every example its own half."""
+Lightning module whose training step gives every example its own half (on the training device, from the batch's
+indices: a step copies nothing to the host, issue 21)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
@@ -19,6 +19,10 @@ from src.training.module import SubsetClassifier
 
 SUPPORTED_TEXT = "model=mlp, model=cnn_small or a timm ResNet (model=resnet18, model=resnet50)"
 KEEP = 0.5  # fraction of units in a half; kept units are scaled by 1 / KEEP as in dropout with p = 0.5
+# The training examples' halves (one byte a unit) are computed once and kept on the device up to this size
+# (CIFAR with a ResNet-18: 195 MB), so that a step only gathers its batch's rows; above it (ImageNet-sized
+# runs) every step computes its batch's halves, which costs ~100 small kernels a step.
+HALVES_TABLE_BYTES = 1 << 30
 
 
 MaskPoint = tuple[nn.Module, int]  # a module whose output is masked, and its width (features or channels)
@@ -78,8 +82,9 @@ class HalfMaskedNetwork(nn.Module):
         for point, (module, _) in enumerate(points):
             module.register_forward_hook(partial(self._mask_output, point))
 
-    def halves(self, indices: np.ndarray, domain: int, device: torch.device) -> list[torch.Tensor]:
-        return [torch.from_numpy(mask).to(device) for mask in half_masks(self.seed, domain, indices, self.widths)]
+    def halves(self, indices: torch.Tensor, domain: int) -> list[torch.Tensor]:
+        """The halves of examples `indices` at every mask point, on the indices' device."""
+        return half_masks(self.seed, domain, indices, self.widths)
 
     def use(self, masks: list[torch.Tensor], rows_per_mask: int = 1) -> None:
         self._masks = [mask.float() / KEEP for mask in masks]
@@ -103,12 +108,26 @@ class HalfMaskedNetwork(nn.Module):
 
 
 class TurnoverClassifier(SubsetClassifier):
-    """SubsetClassifier (one member, the masked network) whose training step sets every example's half."""
+    """SubsetClassifier (one member, the masked network) whose training step sets every example's half, on the
+    device from the batch's indices: the table of every training example's halves where it fits
+    HALVES_TABLE_BYTES, else computed for the batch."""
+
+    train_halves: list[torch.Tensor] | None = None  # per mask point, (n_train, width) bool; set at fit start
 
     @property
     def network(self) -> HalfMaskedNetwork:
         return self.members.single
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        if self.n_train * sum(self.network.widths) <= HALVES_TABLE_BYTES:
+            chunks = [self.network.halves(rows, TRAIN_DOMAIN) for rows in
+                      torch.arange(self.n_train, device=self.device).split(self.eval_batch_size)]
+            self.train_halves = [torch.cat(point) for point in zip(*chunks, strict=True)]
+
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
-        self.network.use(self.network.halves(batch[0][0].cpu().numpy(), TRAIN_DOMAIN, self.device))
+        idx = batch[0][0]
+        halves = self.network.halves(idx, TRAIN_DOMAIN) if self.train_halves is None else \
+            [table[idx] for table in self.train_halves]
+        self.network.use(halves)
         return super().training_step(batch, batch_idx)
