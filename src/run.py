@@ -88,8 +88,10 @@ def hydra_entry(cfg: DictConfig) -> None:
             run_job = estimator.run_job
         else:
             from src.training.job import run_job  # torch and Lightning load in the job, not before Hydra starts
+        from src.training.devices import own_gpu
+
         CtrlC.check()  # a Ctrl-C lost in an earlier job or these imports (src/util/cli.py): stop before training
-        with job_marked(sweep_dir(cfg), cfg.seed, cfg.get("seeds"), keep_failure=multirun):
+        with job_marked(sweep_dir(cfg), cfg.seed, cfg.get("seeds"), keep_failure=multirun), own_gpu(cfg):
             run_job(cfg)
         if multirun and not runs_remotely(str(HydraConfig.get().launcher.get("_target_", ""))):
             print_progress(sweep_dir(cfg))

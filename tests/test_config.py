@@ -55,15 +55,15 @@ def test_experiments_set_the_papers_settings(compose_cfg: Callable[..., DictConf
     assert (cifar.dataset.name, cifar.model.name, cifar.subset.ratio) == ("cifar100", "resnet50", 0.7)
 
 
-UNCHANGED = ["seed=7", "logger=wandb", "logger=none", "trainer=gpu", "paths.output_dir=/elsewhere",
+UNCHANGED = ["seed=7", "logger=wandb", "logger=none", "paths.output_dir=/elsewhere",
              "paths.data_dir=/data", "overwrite=true", "dataset.eval_batch_size=7", "trainer.deterministic=true",
              "name=other", "record.save_model=true", "progress=true", "model.pack_default=3", "pack=4",
              "model.init=default", "subset.size_rule=round_half_up", "+trainer.gradient_clip_val=null",
              "+trainer.accumulate_grad_batches=1", "record.epochs=[1]", "+dataset.path=/moved/data.npz",
-             "subset.repeats=1"]
+             "subset.repeats=1", "perf.channels_last=true", "perf.compile=true"]
 CHANGED = ["optim.lr=0.05", "optim=adamw", "subset.ratio=0.5", "subset.salt=1", "dataset.normalize.mean=[0.5]",
            "schedule=cosine", "+trainer.gradient_clip_val=1.0", "model.kwargs.hidden=[64]",
-           "model=cnn_small", "trainer.max_epochs=3", "batch_size=32", "trainer.precision=bf16-mixed",
+           "model=cnn_small", "trainer.max_epochs=3", "batch_size=32", "trainer.precision=bf16-mixed", "trainer=gpu",
            "dataset.augment.hflip=true", "model.init=stax", "subset.size_rule=floor", "subset.repeats=2"]
 
 

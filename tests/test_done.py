@@ -68,6 +68,20 @@ def test_a_refused_relaunch_proposes_a_free_name_that_launches(finished: Callabl
         pending_seeds(finished(*changed), SEEDS)
 
 
+def test_an_fp32_gpu_sweep_relaunched_after_the_bf16_default_is_refused_naming_its_precision(
+        finished: Callable[..., DictConfig]) -> None:
+    """Records of trainer=gpu before its default became bf16-mixed are those of trainer=cpu's 32-true (devices are
+    not in the identity): relaunched as launched, the sweep is refused with the override that continues it."""
+    with pytest.raises(ConfigError, match=r"trainer.precision: 32-true → bf16-mixed: choose another name, e.g. "
+                                          r"name=done_precisionbf16-mixed \(free under .*\), or "
+                                          r"trainer.precision=32-true to go on with this sweep as it was trained, or "
+                                          r"overwrite=true to replace it$"):
+        pending_seeds(finished("trainer=gpu"), SEEDS)
+    assert pending_seeds(finished("trainer=gpu", "trainer.precision=32-true"), SEEDS) == []
+    with pytest.raises(ConfigError, match=r"e.g. name=\S+ \(free under [^)]*\), or overwrite=true"):  # not alone
+        pending_seeds(finished("trainer=gpu", "trainer.max_epochs=2", "record.epochs=[1,2]"), SEEDS)
+
+
 def test_a_relaunch_asking_for_new_epochs_trains_them(tmp_path: Path) -> None:
     args = ["src.run", "-m", *TINY, "trainer.max_epochs=2", f"paths.output_dir={tmp_path}", "name=e", "seed=0..1"]
     assert run_cli(*args, cwd=tmp_path).returncode == 0

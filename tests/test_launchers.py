@@ -216,6 +216,7 @@ def test_two_rank_ddp_writes_one_record_per_seed_equal_to_one_process(tmp_path: 
     ddp = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29561", "-m",
          "src.run", *common, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+         "trainer.precision=32-true",  # as the one process (trainer=ddp inherits trainer=gpu's bf16-mixed)
          f"paths.output_dir={tmp_path / 'ddp'}"],
         cwd=ROOT, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

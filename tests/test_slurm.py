@@ -259,8 +259,8 @@ def test_ddp_through_slurm_tasks_writes_one_record_per_seed_as_one_process(slurm
     common = ["-m", *TINY, "name=d", "seed=0..1", "pack=1"]
     ddp = subprocess.run([sys.executable, "-m", "src.run", *common, f"paths.output_dir={tmp_path / 'ddp'}",
                           *NODE_FIT, "hydra.launcher.tasks_per_node=2", "trainer=ddp", "trainer.accelerator=cpu",
-                          "trainer.devices=2"], cwd=ROOT, env=sweep_env(slurm), capture_output=True, text=True,
-                         timeout=SWEEP_TIMEOUT_S)
+                          "trainer.devices=2", "trainer.precision=32-true"], cwd=ROOT, env=sweep_env(slurm),
+                         capture_output=True, text=True, timeout=SWEEP_TIMEOUT_S)
     assert ddp.returncode == 0, f"{strip_sacct(ddp.stderr)[-3000:]}\n{slurm.logs()}"
     logs = "\n".join(path.read_text() for path in sorted((tmp_path / "ddp" / "d" / ".submitit").glob("*/*_log.*")))
     assert logs.count("global_rank=1(2))") == 2 and logs.count("global_rank=0(2))") == 2  # 2 jobs of 2 ranks

@@ -186,6 +186,7 @@ def test_prepared_training_inputs_are_the_normalised_batch_bit_for_bit(compose_c
     cfg = compose_cfg("seeds=[0,1]")
     module = SubsetClassifier(build_members(cfg, dataset, [0, 1]), cfg.optim, cfg.schedule, dataset,
                               list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std), 0, False, False)
+    module.on_fit_start()  # on the CPU: normalised once there
     idx = torch.randint(0, len(dataset.y_train), (2, 64))
     no_shift, no_flip = torch.zeros(2, 64, 2, dtype=torch.long), torch.zeros(2, 64, dtype=torch.bool)
     assert module.train_inputs is not None

@@ -19,12 +19,12 @@ from src.errors import ConfigError
 # Every true/false setting of conf/ (tests/test_config.py checks that no boolean default is missing): each takes
 # a boolean only, so that `overwrite=flase` or `record.save_model=no` is refused instead of reading as true.
 BOOLEAN_KEYS = (
-    "overwrite", "perf.channels_last", "perf.compile", "record.save_model", "optim.nesterov", "dataset.download",
+    "overwrite", "perf.compile", "record.save_model", "optim.nesterov", "dataset.download",
     "dataset.verify_checksums", "dataset.augment.hflip", "trainer.deterministic", "trainer.enable_checkpointing",
     "trainer.enable_model_summary", "trainer.benchmark", "trainer.sync_batchnorm",
 )
 # Settings that take a boolean or `auto`.
-BOOLEAN_OR_AUTO_KEYS = ("progress", "model.small_input_stem")
+BOOLEAN_OR_AUTO_KEYS = ("progress", "model.small_input_stem", "perf.channels_last")
 # The groups whose values define what a job trains (a retrained recipe takes them from a record's config).
 TRAINING_GROUPS = ("dataset", "model", "optim", "schedule", "trainer", "subset")
 TARGET_GROUPS = ("optim", "schedule", "logger")  # instantiated from their `_target_`
@@ -105,6 +105,48 @@ def validate_config(cfg: DictConfig) -> None:
     if str(cfg.name) in ("", ".", "..") or "/" in str(cfg.name):
         raise ConfigError(f"name={cfg.name!r} must be a plain directory name")
     check_optimizer(cfg.optim)
+
+
+GPU_ACCELERATORS = ("gpu", "cuda")  # Lightning's names of a CUDA device
+# Lightning's precision values that autocast to float16 behind a loss scaler ("16" is the older name of 16-mixed),
+# and those that compute in bfloat16.
+FP16_MIXED = ("16-mixed", "16")
+BF16 = ("bf16-mixed", "bf16", "bf16-true")
+MIXED = (*FP16_MIXED, "bf16-mixed", "bf16")  # autocast: the weights and the optimizer stay in float32
+
+
+def check_pack(trainer: DictConfig, pack: int) -> None:
+    """What packed members cannot share: DDP, a global gradient norm, fp16's loss scaler."""
+    if pack == 1:
+        return
+    if str(trainer.get("strategy", "auto")).startswith("ddp"):
+        raise ConfigError(f"pack={pack} with trainer.strategy={trainer.strategy}: packing and DDP do not combine; "
+                          "add pack=1")
+    if trainer.get("gradient_clip_val"):
+        raise ConfigError("trainer.gradient_clip_val clips the global norm, which would couple packed "
+                          "members; use pack=1 with gradient clipping")
+    if str(trainer.get("precision")) in FP16_MIXED:
+        raise ConfigError(f"trainer.precision={trainer.precision} at pack={pack}: its one loss scaler would skip "
+                          "every member's step when one member's gradients overflow; use "
+                          "trainer.precision=bf16-mixed (or 32-true), or pack=1")
+
+
+def check_device(trainer: DictConfig) -> None:
+    """What this machine's device cannot do, known before anything trains: a GPU trainer without a GPU, bf16 on a
+    GPU without bfloat16 arithmetic (torch would emulate it, slowly, or autocast would fail in the first step)."""
+    accelerator = str(trainer.get("accelerator", "cpu"))
+    if accelerator not in GPU_ACCELERATORS:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} needs a GPU and this machine has none; use "
+                          "trainer=cpu, or launch on GPU nodes (hydra/launcher=slurm)")
+    precision = str(trainer.get("precision"))
+    if precision in BF16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ConfigError(f"trainer.precision={precision}: this GPU ({torch.cuda.get_device_name()}) has no "
+                          "bfloat16 arithmetic; add trainer.precision=16-mixed (pack=1 only) or "
+                          "trainer.precision=32-true")
 
 
 def config_identity(cfg: DictConfig, data_fingerprint: str) -> dict[str, Any]:

@@ -168,7 +168,7 @@ class TurnoverEstimator:
 
 @dataclass
 class Perf:
-    channels_last: Any = False  # a boolean
+    channels_last: Any = "auto"  # a boolean or auto
     compile: Any = False  # a boolean
 
 

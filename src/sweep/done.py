@@ -132,6 +132,18 @@ def free_name(sweep: Path, changes: list[str]) -> str:
     return next(name for name in itertools.chain(candidates, numbered) if not (sweep.parent / name).exists())
 
 
+PRECISION_KEY = "trainer.precision"
+
+
+def precision_hint(changes: list[str]) -> str:
+    """`, or trainer.precision=32-true to go on with this sweep ...` when the precision is all that changed (as
+    when an fp32 sweep of trainer=gpu, whose default became bf16-mixed, is relaunched as it was launched)."""
+    if len(changes) != 1 or not changes[0].startswith(f"{PRECISION_KEY}: "):
+        return ""
+    trained = changes[0].split(": ", 1)[1].split(" → ", 1)[0]
+    return "" if trained == "-" else f", or {PRECISION_KEY}={trained} to go on with this sweep as it was trained"
+
+
 def refuse_foreign(path: Path, state: RecordState, wanted: Wanted) -> None:
     """A record of another experiment, or of another seed than its directory's, stops the sweep unless
     overwrite=true; for another experiment the message proposes a free name."""
@@ -139,8 +151,9 @@ def refuse_foreign(path: Path, state: RecordState, wanted: Wanted) -> None:
         return
     if state.state is State.FOREIGN:
         sweep = path.parent.parent  # <sweep>/seed=<k>/record.npz
-        name = free_name(sweep, differences(state.meta or {}, wanted))
+        changes = differences(state.meta or {}, wanted)
+        name = free_name(sweep, changes)
         raise ConfigError(f"{path} {state.reason}: choose another name, e.g. name={name} (free under "
-                          f"{sweep.parent}), or overwrite=true to replace it")
+                          f"{sweep.parent}){precision_hint(changes)}, or overwrite=true to replace it")
     if state.state is State.MISPLACED:
         raise ConfigError(f"{path} {state.reason}, then relaunch (or overwrite=true to retrain the seed over it)")

@@ -21,7 +21,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig
 
-from src.config.checks import validate_config
+from src.config.checks import FP16_MIXED, check_device, check_pack, validate_config
 from src.config.compose import compose_config
 from src.config.paths import check_creatable, sweep_dir
 from src.contracts.records import find_records, record_path
@@ -39,10 +39,14 @@ def packable(timm_name: str) -> bool:
     return timm_name in PACKABLE_TIMM_NAMES
 
 
-def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int, ddp: bool = False) -> tuple[int, str]:
-    """The pack size for `n_seeds` seeds and why: `auto` takes the model's measured default (1 under DDP)."""
+def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int, ddp: bool = False,
+                 precision: str = "32-true") -> tuple[int, str]:
+    """The pack size for `n_seeds` seeds and why: `auto` takes the model's measured default (1 under DDP and with
+    fp16's loss scaler, which one member's overflow would make skip every member's step: check_pack)."""
     if requested in (None, "auto") and ddp:
         return 1, "DDP trains one model per job"
+    if requested in (None, "auto") and precision in FP16_MIXED:
+        return 1, f"trainer.precision={precision}: one loss scaler per job"
     if requested in (None, "auto"):
         pack, why = int(model_cfg.get("pack_default", 1)), f"model {model_cfg.name} default"
     elif isinstance(requested, int) and not isinstance(requested, bool):
@@ -133,21 +137,14 @@ def launcher_name(args: list[str]) -> str:
 
 
 def check_launch(cfg: DictConfig, pack: int, local: bool) -> None:
-    """What a job would refuse and a config check cannot see: devices (for jobs on this machine), DDP with packing,
-    a model that cannot take the data (built once on the CPU)."""
+    """What a job would refuse and a config check cannot see: devices (for jobs on this machine), what packed
+    members cannot share, a model that cannot take the data (built once on the CPU)."""
     from src.data.dataset import load_dataset
     from src.models.build import build_model
 
-    accelerator = str(cfg.trainer.get("accelerator", "cpu"))
-    if local and accelerator in ("gpu", "cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError(f"trainer.accelerator={accelerator} needs a GPU and this machine has none; use "
-                              "trainer=cpu, or launch on GPU nodes (hydra/launcher=slurm)")
-    if pack > 1 and str(cfg.trainer.get("strategy", "auto")).startswith("ddp"):
-        raise ConfigError(f"pack={pack} with trainer.strategy={cfg.trainer.strategy}: packing and DDP do not combine; "
-                          "add pack=1")
+    if local:
+        check_device(cfg.trainer)
+    check_pack(cfg.trainer, pack)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     build_model(cfg.model, dataset.input_shape, dataset.num_classes)
 
@@ -245,7 +242,7 @@ def plan_seeds(cfg: DictConfig, seeds: list[int], multirun: bool, local: bool) -
         check_launch(cfg, 1, local)
         return SweepPlan(cfg, seeds, pending, 1, "one run", tuple(notes))
     pack, why = resolve_pack(cfg.pack, cfg.model, len(pending), ddp=str(cfg.trainer.get("strategy", "")).startswith(
-        "ddp"))
+        "ddp"), precision=str(cfg.trainer.get("precision")))
     check_launch(cfg, pack, local)
     return SweepPlan(cfg, seeds, pending, pack, why, tuple(notes))
 

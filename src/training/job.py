@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.config.checks import validate_config
+from src.config.checks import GPU_ACCELERATORS, check_device, check_pack, validate_config
 from src.config.paths import job_seed_list, job_subdir, seed_record_path, sweep_dir
 from src.contracts.io import remove_stale_temps, write_atomic
 from src.contracts.records import Record, write_record
@@ -51,6 +51,7 @@ def run_job(cfg: DictConfig) -> list[Path]:
     """
     started = time.perf_counter()
     validate_config(cfg)
+    check_device(cfg.trainer)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     wanted = Wanted.of(cfg, dataset.fingerprint)
     requested = job_seeds(cfg)
@@ -109,9 +110,7 @@ def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Member
     for seed in seeds:
         pl.seed_everything(seed, workers=False, verbose=False)  # seed k's initialisation, as if alone
         models.append(build_model(cfg.model, dataset.input_shape, dataset.num_classes, check_forward=not models))
-    channels_last = bool(cfg.perf.channels_last)
-    if channels_last and (len(seeds) > 1 or not dataset.is_image):
-        raise ConfigError("perf.channels_last applies to unpacked image models: use pack=1 or drop it")
+    channels_last = uses_channels_last(cfg, dataset, len(seeds))
     if channels_last:
         models[0] = models[0].to(memory_format=torch.channels_last)
     arch_key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), dataset.input_shape,
@@ -119,14 +118,24 @@ def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Member
     return Members(models, arch_key, compile=bool(cfg.perf.compile))
 
 
+def uses_channels_last(cfg: DictConfig, dataset: Dataset, pack: int) -> bool:
+    """perf.channels_last: NHWC inputs and weights for an unpacked image model; `auto` takes it on a GPU, where
+    convolutions in bf16 and TF32 run in NHWC on the tensor cores (docs/PERFORMANCE.md, GPU defaults)."""
+    setting = cfg.perf.channels_last
+    applies = pack == 1 and dataset.is_image
+    if setting == "auto":
+        return applies and str(cfg.trainer.get("accelerator", "cpu")) in GPU_ACCELERATORS
+    if setting and not applies:
+        raise ConfigError("perf.channels_last applies to unpacked image models: use pack=1 or drop it")
+    return bool(setting)
+
+
 def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) -> SubsetClassifier:
-    if len(seeds) > 1 and cfg.trainer.get("gradient_clip_val"):
-        raise ConfigError("trainer.gradient_clip_val clips the global norm, which would couple packed "
-                          "members; use pack=1 with gradient clipping")
+    check_pack(cfg.trainer, len(seeds))
     augment = cfg.dataset.augment
     module = SubsetClassifier(build_members(cfg, dataset, seeds), cfg.optim, cfg.schedule, dataset,
                               list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std),
-                              augment.crop_padding, augment.hflip, bool(cfg.perf.channels_last),
+                              augment.crop_padding, augment.hflip, uses_channels_last(cfg, dataset, len(seeds)),
                               tuple(cfg.record.epochs), int(cfg.dataset.eval_batch_size),
                               tuple(record_scores(cfg.record.scores, cfg.record)))
     datamodule = SubsetDataModule(masks, seeds, cfg.batch_size, augment.crop_padding, augment.hflip)

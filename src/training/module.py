@@ -64,10 +64,9 @@ class SubsetClassifier(pl.LightningModule):
         for name, values in (("x_train", dataset.x_train), ("y_train", dataset.y_train),
                              ("x_test", dataset.x_test), ("y_test", dataset.y_test)):
             self.register_buffer(name, torch.from_numpy(values), persistent=False)
-        # Without augmentation a step's inputs are rows of the normalised training set: normalised once here
-        # (4 bytes a value, on the device), with the same elementwise operations as `prepare` (same bits).
-        prepared = not self.augment and self.memory_format == torch.contiguous_format
-        self.register_buffer("train_inputs", self.prepare(self.x_train) if prepared else None, persistent=False)
+        # Without augmentation on the CPU a step's inputs are rows of the training set normalised once, at the start
+        # of fit (`on_fit_start`); None: each batch is normalised from the stored values.
+        self.register_buffer("train_inputs", None, persistent=False)
         self.register_buffer("alive", torch.ones(members.pack, dtype=torch.bool), persistent=False)
         # Per-epoch sums, buffers so that they live on the training device: a step adds to them there.
         self.register_buffer("epoch_loss_sum", torch.zeros(members.pack), persistent=False)
@@ -76,8 +75,9 @@ class SubsetClassifier(pl.LightningModule):
         self.record_epochs, self.eval_batch_size = tuple(sorted(record_epochs)), eval_batch_size
         self.epoch_correct: dict[str, list[np.ndarray]] = {"train": [], "test": []}  # per recorded epoch: (P, n)
         # DDP would broadcast these from rank 0 at the start and before every step: the data are already on
-        # every rank.
-        self._ddp_params_and_buffers_to_ignore = [name for name, _ in self.named_buffers(recurse=False)]
+        # every rank. (train_inputs is set at the start of fit.)
+        self._ddp_params_and_buffers_to_ignore = [*(name for name, _ in self.named_buffers(recurse=False)),
+                                                  "train_inputs"]
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         """Stored values (B, ...) → normalised float inputs."""
@@ -179,6 +179,11 @@ class SubsetClassifier(pl.LightningModule):
         return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape)
 
     def on_fit_start(self) -> None:
+        # The normalised copy (4 bytes a value, with the same elementwise operations as `prepare`: the same bits)
+        # saves the CPU converting every batch (docs/PERFORMANCE.md, Per-step cuts); a GPU converts a batch in one
+        # kernel and holds the data set in memory it needs for training, so there the data stay uint8 (1 byte).
+        if not self.augment and self.memory_format == torch.contiguous_format and self.device.type == "cpu":
+            self.train_inputs = self.prepare(self.x_train)
         for score in self.scores:
             score.start(self.members.pack, self.n_train, self.device)
 
@@ -197,7 +202,8 @@ class SubsetClassifier(pl.LightningModule):
 
     @torch.inference_mode()
     def evaluate(self, split: str, batch_size: int) -> Evaluation:
-        """Every member's prediction, probability, loss and margin of the split's labels; no augmentation."""
+        """Every member's prediction, probability, loss and margin of the split's labels; no augmentation. The
+        members run in the layout and under the autocast of training (trainer.precision)."""
         self.eval()
         x, labels = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
         parts: list[tuple[torch.Tensor, ...]] = []
@@ -205,7 +211,8 @@ class SubsetClassifier(pl.LightningModule):
             xb = self.prepare(x[start:start + batch_size])
             if xb.ndim == 4:
                 xb = xb.contiguous(memory_format=self.memory_format)
-            logits = self.members(xb, shared_input=True).float()
+            with self.trainer.precision_plugin.test_step_context():  # the training step's autocast
+                logits = self.members(xb, shared_input=True).float()
             yb = labels[start:start + batch_size].expand(self.members.pack, -1)[..., None]
             prob = torch.softmax(logits, dim=2)
             loss = -torch.log_softmax(logits, dim=2).gather(2, yb)[..., 0]

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from src.config.checks import GPU_ACCELERATORS, MIXED
 from src.errors import ConfigError
 from src.util.cli import CtrlC
 
@@ -51,11 +53,27 @@ def make_trainer(cfg: DictConfig, seed_dir: Path, logger: Any) -> pl.Trainer:
     """Lightning's Trainer; its progress bar follows `progress` (auto: a single run on a terminal)."""
     from src.tracking.progress import in_multirun, progress_enabled
 
+    if str(cfg.trainer.get("accelerator", "cpu")) in GPU_ACCELERATORS:
+        set_tf32(str(cfg.trainer.get("precision")))
     trainer_kwargs = {**OmegaConf.to_container(cfg.trainer, resolve=True),
                       "enable_progress_bar": progress_enabled(cfg.progress, sys.stdout, in_multirun())}
     # EpochPlan gives each DDP rank its share of every batch, so Lightning must not wrap it in a sampler.
     return pl.Trainer(**trainer_kwargs, logger=logger, default_root_dir=str(seed_dir), plugins=cluster_plugins(),
                       use_distributed_sampler=False)
+
+
+def set_tf32(precision: str) -> None:
+    """TensorFloat-32 (float32 range, 10-bit mantissa) for the float32 matmuls and convolutions of a GPU, set for
+    every job rather than left to whatever a library imported on the way set (docs/PERFORMANCE.md, GPU defaults).
+
+    Mixed precision: on; the layers already run in bf16 or fp16 under autocast, and what stays in float32 may
+    round as TF32 too. 32-true: torch's defaults (matmuls in IEEE float32, cuDNN convolutions in TF32), with
+    which every float32 GPU record so far was trained, so that a 32-true sweep goes on as it was trained (TF32
+    matmuls would change its records at the rounding level without a new identity). The legacy `allow_tf32`
+    flags, not torch's `fp32_precision`: after the latter, torch raises when Lightning reads the matmul
+    precision (torch.get_float32_matmul_precision, in its CUDA accelerator's set-up; torch 2.14)."""
+    torch.backends.cuda.matmul.allow_tf32 = precision in MIXED
+    torch.backends.cudnn.allow_tf32 = True
 
 
 INTERACTIVE_SLURM_JOB_NAMES = ("bash", "interactive")  # Lightning's names for "not a SLURM task" (SLURMEnvironment)

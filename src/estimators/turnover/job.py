@@ -53,7 +53,7 @@ def check_turnover_config(cfg: DictConfig) -> None:
     if not isinstance(est.eval_rows, int) or isinstance(est.eval_rows, bool) or est.eval_rows < 1:
         raise ConfigError(f"estimator.eval_rows={est.eval_rows!r} must be a positive integer")
     thresholds(est).validate()
-    if cfg.get("seeds") or cfg.perf.compile or cfg.perf.channels_last:
+    if cfg.get("seeds") or cfg.perf.compile or cfg.perf.channels_last is True:  # (auto: contiguous here)
         raise ConfigError("estimator=turnover trains one unpacked, uncompiled model per job: drop seeds=, "
                           "perf.compile and perf.channels_last")
 
