@@ -170,6 +170,7 @@ class TurnoverEstimator:
 class Perf:
     channels_last: Any = False  # a boolean
     compile: Any = False  # a boolean
+    packing: str = "auto"  # auto or one of src.models.packing.MECHANISMS, checked by src.sweep.plan.pack_mechanism
 
 
 @dataclass

@@ -31,12 +31,41 @@ from src.estimators.registry import get_estimator, record_scores
 from src.sweep.done import State, Wanted, record_state, refuse_foreign
 from src.sweep.seeds import MULTIRUN_FLAGS, SEED_ARG, seeds_of
 
-# Families whose packed members equal single runs: exactly the timm names tests/test_packing.py checks.
-PACKABLE_TIMM_NAMES = ("meminf_mlp", "meminf_cnn_small", "resnet18")
+# Families whose packed members equal single runs, by timm name, with the mechanisms that pack them
+# (src/models/packing.py), the default (perf.packing=auto) first: exactly what tests/test_packing.py checks.
+PACKING = {"meminf_mlp": ("baddbmm",), "meminf_cnn_small": ("grouped", "vmap"), "resnet18": ("grouped", "vmap")}
+# Families whose blocks concatenate channels: under grouping that interleaves the members' channels, so they
+# train one model per job (docs/PERFORMANCE.md).
+CONCATENATING_TIMM_PREFIXES = ("densenet", "meminf_densenet", "inception", "meminf_inception")
 
 
 def packable(timm_name: str) -> bool:
-    return timm_name in PACKABLE_TIMM_NAMES
+    return timm_name in PACKING
+
+
+def pack_mechanism(model_cfg: Any, requested: str) -> str:
+    """How a pack of `model_cfg` runs (`perf.packing`): `auto` is the model's tested default."""
+    mechanisms = PACKING.get(str(model_cfg.timm_name), ())
+    if not mechanisms:
+        raise ConfigError(f"model {model_cfg.name} is not in the packing whitelist (PACKING in src/sweep/plan.py): "
+                          "train its seeds one per job (pack=1)")
+    if requested == "auto":
+        return mechanisms[0]
+    if requested not in mechanisms:
+        tested = ", ".join(f"perf.packing={name}" for name in mechanisms)
+        raise ConfigError(f"perf.packing={requested} is not tested for model {model_cfg.name} (tests/test_packing.py; "
+                          f"tested: {tested}); use perf.packing=auto or pack=1")
+    return requested
+
+
+def check_packing(cfg: DictConfig, pack: int) -> None:
+    """What a pack of `pack` models needs beyond the whitelist: a tested mechanism, channels_last only grouped."""
+    if pack == 1:
+        return
+    mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing))
+    if cfg.perf.channels_last and mechanism != "grouped":
+        raise ConfigError(f"perf.channels_last applies to unpacked or grouped image models, and pack={pack} of model "
+                          f"{cfg.model.name} packs by {mechanism}: use pack=1 or drop perf.channels_last")
 
 
 def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int, ddp: bool = False) -> tuple[int, str]:
@@ -51,6 +80,9 @@ def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int, ddp:
         raise ConfigError(f"pack={requested!r} must be a positive integer or auto")
     if pack < 1:
         raise ConfigError(f"pack={requested} must be a positive integer or auto")
+    if pack > 1 and str(model_cfg.timm_name).startswith(CONCATENATING_TIMM_PREFIXES):
+        return 1, (f"model {model_cfg.name} concatenates channels, which would interleave the members of a grouped "
+                   "pack: pack=1")
     if pack > 1 and not packable(str(model_cfg.timm_name)):
         return 1, f"model {model_cfg.name} is not in the packing whitelist (no equivalence test): pack=1"
     if 0 < n_seeds < pack:  # (no seed to train: no job, so nothing to clamp)
@@ -148,6 +180,7 @@ def check_launch(cfg: DictConfig, pack: int, local: bool) -> None:
     if pack > 1 and str(cfg.trainer.get("strategy", "auto")).startswith("ddp"):
         raise ConfigError(f"pack={pack} with trainer.strategy={cfg.trainer.strategy}: packing and DDP do not combine; "
                           "add pack=1")
+    check_packing(cfg, pack)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     build_model(cfg.model, dataset.input_shape, dataset.num_classes)
 

@@ -26,6 +26,7 @@ from src.estimators.registry import record_scores
 from src.models.build import build_model
 from src.models.packing import Members
 from src.sweep.done import MODEL_FILE, Wanted, record_state, refuse_foreign
+from src.sweep.plan import check_packing, pack_mechanism
 from src.training.epochs import SubsetDataModule
 from src.training.module import SubsetClassifier
 from src.training.record import member_record
@@ -110,13 +111,15 @@ def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Member
         pl.seed_everything(seed, workers=False, verbose=False)  # seed k's initialisation, as if alone
         models.append(build_model(cfg.model, dataset.input_shape, dataset.num_classes, check_forward=not models))
     channels_last = bool(cfg.perf.channels_last)
-    if channels_last and (len(seeds) > 1 or not dataset.is_image):
-        raise ConfigError("perf.channels_last applies to unpacked image models: use pack=1 or drop it")
+    if channels_last and not dataset.is_image:
+        raise ConfigError("perf.channels_last applies to image models: drop it")
+    check_packing(cfg, len(seeds))
+    mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing)) if len(seeds) > 1 else "vmap"
     if channels_last:
-        models[0] = models[0].to(memory_format=torch.channels_last)
+        models = [model.to(memory_format=torch.channels_last) for model in models]
     arch_key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), dataset.input_shape,
                            dataset.num_classes, channels_last], sort_keys=True)
-    return Members(models, arch_key, compile=bool(cfg.perf.compile))
+    return Members(models, arch_key, mechanism, compile=bool(cfg.perf.compile), channels_last=channels_last)
 
 
 def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) -> SubsetClassifier:
