@@ -108,7 +108,7 @@ class GroupedPack(nn.Module):
         super().__init__()
         why_not = groupable(models[0])
         if why_not:
-            raise ValueError(f"cannot group {type(models[0]).__name__}: {why_not}")
+            raise ValueError(f"cannot group {why_not}")
         self.pack, self.channels_last = len(models), channels_last
         self.body = copy.deepcopy(models[0])
         self.fused: list[str] = []
