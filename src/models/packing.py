@@ -119,18 +119,18 @@ class StackedMembers(nn.Module):
         _TEMPLATES[self.key].train(mode)
         return self
 
-    def state(self) -> dict[str, torch.Tensor]:
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         buffers = {name: getattr(self, f"buffer_{i}") for i, name in enumerate(self.buffer_names)}
-        return {**dict(zip(self.names, self.stacked, strict=True)), **buffers}
+        return dict(zip(self.names, self.stacked, strict=True)), buffers
 
     def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
         x_dim = None if shared_input else 0
         call = _compiled(self.key, x_dim, True) if self.compile else _functional(_TEMPLATES[self.key], x_dim, True)
-        params = dict(zip(self.names, self.stacked, strict=True))
-        return call(params, {name: getattr(self, f"buffer_{i}") for i, name in enumerate(self.buffer_names)}, x)
+        return call(*self.state(), x)
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
-        return {name: value[k].detach().clone() for name, value in self.state().items()}
+        params, buffers = self.state()
+        return {name: value[k].detach().clone() for name, value in {**params, **buffers}.items()}
 
 
 class Members(nn.Module):

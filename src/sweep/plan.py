@@ -60,6 +60,10 @@ def pack_mechanism(model_cfg: Any, requested: str) -> str:
 
 def check_packing(cfg: DictConfig, pack: int) -> None:
     """What a pack of `pack` models needs beyond the whitelist: a tested mechanism, channels_last only grouped."""
+    from src.models.packing import MECHANISMS
+
+    if cfg.perf.packing not in ("auto", *MECHANISMS):
+        raise ConfigError(f"perf.packing={cfg.perf.packing} is none of auto, {', '.join(MECHANISMS)}")
     if pack == 1:
         return
     mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing))
