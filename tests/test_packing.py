@@ -109,6 +109,9 @@ def test_packing_refuses_what_would_couple_members(compose_cfg: Callable[..., Di
                             "model.kwargs.hidden=32", *FEW_STEPS))
     with pytest.raises(ConfigError, match=r"perf\.packing=grouped is not tested for model mlp"):
         run_job(compose_cfg(f"seeds={SEEDS}", "perf.packing=grouped", *FEW_STEPS))
+    with pytest.raises(ConfigError, match="only an elementwise optimizer"):
+        run_job(compose_cfg(f"seeds={SEEDS}", "optim._target_=torch.optim.Adafactor", "~optim.momentum",
+                            "~optim.nesterov", *FEW_STEPS))
     with pytest.raises(ConfigError, match="repeats"):
         run_job(compose_cfg("seeds=[1,1]", *FEW_STEPS))
 

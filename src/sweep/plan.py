@@ -42,6 +42,11 @@ PACKING = {"meminf_mlp": ("baddbmm",), "meminf_cnn_small": ("grouped", "vmap"), 
 # Families whose blocks concatenate channels: under grouping that interleaves the members' channels, so they
 # train one model per job (docs/PERFORMANCE.md).
 CONCATENATING_TIMM_PREFIXES = ("densenet", "meminf_densenet", "inception", "meminf_inception")
+# Optimizers that update each parameter element from its own gradient and state only: one of them over a pack is
+# P independent ones, since the packed loss sums the members' mean losses (tests/test_grouped.py steps both
+# against P optimizers). Others are refused for packs: one with statistics over a whole tensor (Adafactor's
+# factored moments, LAMB's norms) would couple the members it holds.
+ELEMENTWISE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.AdamW")
 
 
 def unpacked_reason(model_cfg: Any) -> str | None:
@@ -70,7 +75,8 @@ def pack_mechanism(model_cfg: Any, requested: str) -> str:
 
 
 def check_packing(cfg: DictConfig, pack: int) -> None:
-    """What a pack of `pack` models needs beyond the whitelist: a tested mechanism, channels_last only grouped."""
+    """What a pack of `pack` models needs beyond the whitelist: a tested mechanism, an elementwise optimizer,
+    channels_last only grouped."""
     from src.models.packing import MECHANISMS
 
     if cfg.perf.packing not in ("auto", *MECHANISMS):
@@ -78,6 +84,9 @@ def check_packing(cfg: DictConfig, pack: int) -> None:
     if pack == 1:
         return
     mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing))
+    if cfg.optim._target_ not in ELEMENTWISE_OPTIMIZERS:
+        raise ConfigError(f"optim._target_={cfg.optim._target_} with pack={pack}: only an elementwise optimizer keeps "
+                          f"packed members independent ({', '.join(ELEMENTWISE_OPTIMIZERS)}); use pack=1")
     if cfg.perf.channels_last and mechanism != "grouped":
         raise ConfigError(f"perf.channels_last applies to unpacked or grouped image models, and pack={pack} of model "
                           f"{cfg.model.name} packs by {mechanism}: use pack=1 or drop perf.channels_last")
