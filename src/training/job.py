@@ -106,6 +106,7 @@ def _trains(path: Path, wanted: Wanted) -> bool:
 
 
 def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Members:
+    check_packing(cfg, len(seeds))  # before anything is built
     models = []
     for seed in seeds:
         pl.seed_everything(seed, workers=False, verbose=False)  # seed k's initialisation, as if alone
@@ -113,8 +114,7 @@ def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Member
     channels_last = bool(cfg.perf.channels_last)
     if channels_last and not dataset.is_image:
         raise ConfigError("perf.channels_last applies to image models: drop it")
-    check_packing(cfg, len(seeds))
-    mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing)) if len(seeds) > 1 else "vmap"
+    mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing)) if len(seeds) > 1 else "vmap"  # unused at pack 1
     if channels_last:
         models = [model.to(memory_format=torch.channels_last) for model in models]
     arch_key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), dataset.input_shape,
