@@ -112,6 +112,8 @@ def test_packing_refuses_what_would_couple_members(compose_cfg: Callable[..., Di
     with pytest.raises(ConfigError, match="only an elementwise optimizer"):
         run_job(compose_cfg(f"seeds={SEEDS}", "optim._target_=torch.optim.Adafactor", "~optim.momentum",
                             "~optim.nesterov", *FEW_STEPS))
+    with pytest.raises(ConfigError, match="draws random numbers in its forward"):
+        run_job(compose_cfg(f"seeds={SEEDS}", *RESNET18, "+model.kwargs.drop_rate=0.5", *FEW_STEPS))
     with pytest.raises(ConfigError, match="repeats"):
         run_job(compose_cfg("seeds=[1,1]", *FEW_STEPS))
 

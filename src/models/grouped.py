@@ -9,7 +9,8 @@ optimizer (SGD, AdamW) over them is P independent optimizers; the packed loss su
 Every other operation of the model must act per channel or per (B, features) block: ReLU, pooling, residual
 sums, flatten of (P·C, h, w) (member-major). A model that concatenates channels (DenseNet, Inception) or mixes
 them otherwise would interleave members: it is not in the packing whitelist (src/sweep/plan.py), and the
-equivalence test (tests/test_packing.py, member k against seed k alone) is what admits a family.
+equivalence test (tests/test_packing.py, member k against seed k alone) is what admits a family. A model that
+draws random numbers in its forward (dropout) is refused (`draws_random_numbers`).
 """
 
 from __future__ import annotations
@@ -94,6 +95,17 @@ def groupable(model: nn.Module) -> str | None:
         if own and _grouper(module) is None:
             return f"{type(module).__name__} at '{path}' holds {[name for name, _ in own]}"
     return None
+
+
+def draws_random_numbers(model: nn.Module, input_shape: tuple[int, ...]) -> bool:
+    """Whether a training-mode forward of `model` (a copy: its BatchNorm statistics stay) on zeros of
+    `input_shape` draws from torch's CPU generator (dropout, drop-path). A grouped pack would draw for all its
+    members at once, so member k would no longer see seed k's draws."""
+    probe = copy.deepcopy(model).cpu().train()
+    before = torch.get_rng_state()
+    with torch.no_grad():
+        probe(torch.zeros(2, *input_shape))
+    return not torch.equal(before, torch.get_rng_state())
 
 
 class GroupedPack(nn.Module):

@@ -93,6 +93,15 @@ def check_packing(cfg: DictConfig, pack: int) -> None:
                           f"{cfg.model.name} packs by {mechanism}: use pack=1 or drop perf.channels_last")
 
 
+def check_grouped_forward(cfg: DictConfig, model: Any, input_shape: tuple[int, ...]) -> None:
+    """A grouped pack's model must draw no random numbers in its forward (src/models/grouped.py)."""
+    from src.models.grouped import draws_random_numbers
+
+    if pack_mechanism(cfg.model, str(cfg.perf.packing)) == "grouped" and draws_random_numbers(model, input_shape):
+        raise ConfigError(f"model {cfg.model.name} draws random numbers in its forward (dropout or drop-path), which "
+                          "a grouped pack would draw for all members at once; set its drop rates to 0 or use pack=1")
+
+
 def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int, ddp: bool = False) -> tuple[int, str]:
     """The pack size for `n_seeds` seeds and why: `auto` takes the model's measured default (1 under DDP)."""
     if requested in (None, "auto") and ddp:
@@ -205,7 +214,9 @@ def check_launch(cfg: DictConfig, pack: int, local: bool) -> None:
                           "add pack=1")
     check_packing(cfg, pack)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
-    build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    if pack > 1:
+        check_grouped_forward(cfg, model, dataset.input_shape)
 
 
 def plan_sweep(args: list[str]) -> SweepPlan | None:

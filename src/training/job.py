@@ -26,7 +26,7 @@ from src.estimators.registry import record_scores
 from src.models.build import build_model
 from src.models.packing import Members
 from src.sweep.done import MODEL_FILE, Wanted, record_state, refuse_foreign
-from src.sweep.plan import check_packing, pack_mechanism
+from src.sweep.plan import check_grouped_forward, check_packing, pack_mechanism
 from src.training.epochs import SubsetDataModule
 from src.training.module import SubsetClassifier
 from src.training.record import member_record
@@ -115,6 +115,8 @@ def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Member
     if channels_last and not dataset.is_image:
         raise ConfigError("perf.channels_last applies to image models: drop it")
     mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing)) if len(seeds) > 1 else "vmap"  # unused at pack 1
+    if len(seeds) > 1:
+        check_grouped_forward(cfg, models[0], dataset.input_shape)
     if channels_last:
         models = [model.to(memory_format=torch.channels_last) for model in models]
     arch_key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), dataset.input_shape,
