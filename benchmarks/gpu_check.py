@@ -9,10 +9,11 @@ build_members` per seed (seed k's initialisation, the small stem from conf/model
 `small_input_stem=true`), optimizer from conf/optim (SGD as shipped), batch size from conf/config.yaml.
 Every configuration is trained eagerly at pack 1, 4 and 16 by two mechanisms:
 - `vmap`: `src.models.packing.Members`, the project's packing (functional_call under vmap at P > 1);
-- `grouped`: the K models fused into one module (`group_models` below): each Conv2d becomes one Conv2d
-  with groups=K (members side by side along the channels), each BatchNorm2d one over K·C channels, each
-  Linear one batched matmul. On a GPU this is one cuDNN grouped convolution per layer instead of vmap's
-  batching rules; at pack 1 it is the plain model, so it runs only at P > 1.
+- `grouped`: the K models fused into one module (`src.models.grouped.GroupedPack`, the project's
+  `perf.packing=grouped`): each Conv2d becomes one Conv2d with groups=K (members side by side along the
+  channels), each BatchNorm one over K·C channels, each Linear one batched matmul. On a GPU this is one cuDNN
+  grouped convolution per layer instead of vmap's batching rules; at pack 1 it is the plain model, so it runs
+  only at P > 1.
 each with bf16 autocast on and off and channels_last on and off. Then only the fastest eager configuration
 of each model is run again under `torch.compile`.
 
@@ -53,6 +54,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from src.config.compose import compose_config
+from src.models.grouped import GroupedPack
 from src.models.packing import Members
 from src.training.job import build_members
 
@@ -126,129 +128,6 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise ArgumentError(message)
-
-
-# ------------------------------------------------------------------------------------------ grouped packing
-
-
-class GroupedLinear(nn.Module):
-    """K Linear layers as one batched matmul on (B, K·in) inputs laid out member after member."""
-
-    def __init__(self, linears: Sequence[nn.Linear]) -> None:
-        super().__init__()
-        first = linears[0]
-        self.pack, self.in_features, self.out_features = len(linears), first.in_features, first.out_features
-        self.weight = nn.Parameter(torch.stack([lin.weight.detach().t() for lin in linears]).contiguous())
-        self.bias = (None if first.bias is None else
-                     nn.Parameter(torch.stack([lin.bias.detach() for lin in linears])[:, None, :].contiguous()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 2 or x.shape[1] != self.pack * self.in_features:
-            raise ValueError(f"GroupedLinear takes (B, {self.pack}·{self.in_features}) inputs, got {tuple(x.shape)}")
-        members = x.view(x.shape[0], self.pack, self.in_features).transpose(0, 1)  # (K, B, in)
-        out = members @ self.weight if self.bias is None else torch.baddbmm(self.bias, members, self.weight)
-        return out.transpose(0, 1).reshape(x.shape[0], self.pack * self.out_features)
-
-    def member_state(self, k: int) -> dict[str, torch.Tensor]:
-        state = {"weight": self.weight[k].detach().t()}
-        if self.bias is not None:
-            state["bias"] = self.bias[k, 0].detach()
-        return state
-
-
-def _grouped_conv(convs: Sequence[nn.Conv2d]) -> nn.Conv2d:
-    c, k = convs[0], len(convs)
-    # groups=K·g: group k·g + i reads member k's input channel block i and writes its output block i
-    fused = nn.Conv2d(k * c.in_channels, k * c.out_channels, c.kernel_size, c.stride, c.padding, c.dilation,
-                      groups=k * c.groups, bias=c.bias is not None, padding_mode=c.padding_mode)
-    with torch.no_grad():
-        fused.weight.copy_(torch.cat([conv.weight for conv in convs]))
-        if c.bias is not None:
-            fused.bias.copy_(torch.cat([conv.bias for conv in convs]))
-    return fused
-
-
-def _grouped_batchnorm(norms: Sequence[nn.BatchNorm2d]) -> nn.BatchNorm2d:
-    b, k = norms[0], len(norms)
-    fused = nn.BatchNorm2d(k * b.num_features, b.eps, b.momentum, b.affine, b.track_running_stats)
-    with torch.no_grad():
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            if getattr(b, name) is not None:
-                getattr(fused, name).copy_(torch.cat([getattr(norm, name) for norm in norms]))
-        if b.num_batches_tracked is not None:
-            fused.num_batches_tracked.copy_(b.num_batches_tracked)
-    return fused
-
-
-def _member_slice(module: nn.Module, k: int) -> dict[str, torch.Tensor]:
-    """Member k's part of a fused module (blocks of its first dimension), under the single module's names."""
-    if isinstance(module, GroupedLinear):
-        return module.member_state(k)
-    state = {}
-    for name, value in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-        # num_batches_tracked is a scalar shared by all members (they take the same number of steps)
-        state[name] = value.detach() if value.dim() == 0 else value.detach().chunk(module.meminf_pack)[k]
-    return state
-
-
-GROUPERS: dict[type[nn.Module], Callable[[Sequence[Any]], nn.Module]] = {
-    nn.Conv2d: _grouped_conv, nn.BatchNorm2d: _grouped_batchnorm, nn.Linear: GroupedLinear}
-
-
-class GroupedPack(nn.Module):
-    """K models of one architecture fused channel-wise: forward (K, B, C, H, W) → (K, B, classes).
-
-    The body sees (B, K·C, H, W): member k's channels are block k. Conv2d, BatchNorm2d and Linear (the only
-    modules with parameters or buffers allowed) are fused by GROUPERS; every other operation of the model
-    must act per channel or per (B, features) block (ReLU, pooling, residual sums, flatten of (K·C, h, w)):
-    a model that concatenates or mixes channels would silently mix members, which the equivalence check
-    (member k against seed k alone) catches.
-    """
-
-    def __init__(self, models: Sequence[nn.Module], channels_last: bool = False) -> None:
-        super().__init__()
-        self.pack, self.channels_last = len(models), channels_last
-        self.body = copy.deepcopy(models[0])
-        self.fused: list[str] = []
-        for path, module in models[0].named_modules():
-            grouper = GROUPERS.get(type(module))
-            if grouper is None:
-                own = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
-                if own:
-                    raise ValueError(f"cannot group {type(module).__name__} at '{path}' (it holds "
-                                     f"{[name for name, _ in own]}); only {[t.__name__ for t in GROUPERS]}")
-                continue
-            fused = grouper([model.get_submodule(path) for model in models])
-            fused.meminf_pack = self.pack
-            parent, _, name = path.rpartition(".")
-            setattr(self.body.get_submodule(parent), name, fused)
-            self.fused.append(path)
-        if channels_last:
-            self.body = self.body.to(memory_format=torch.channels_last)
-
-    def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
-        if shared_input:
-            x = x.expand(self.pack, *x.shape)
-        k, b, c, h, w = x.shape
-        if self.channels_last:  # one copy straight into (B, H, W, K·C) memory
-            x = x.permute(1, 3, 4, 0, 2).reshape(b, h, w, k * c).permute(0, 3, 1, 2)
-        else:
-            x = x.transpose(0, 1).reshape(b, k * c, h, w)
-        out = self.body(x)
-        return out.reshape(b, k, -1).transpose(0, 1)
-
-    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
-        """Member k's weights and buffers under the names of the single model's state dict."""
-        state = {}
-        for path in self.fused:
-            for name, value in _member_slice(self.body.get_submodule(path), k).items():
-                state[f"{path}.{name}" if path else name] = value.clone()
-        return state
-
-
-def group_models(models: Sequence[nn.Module], channels_last: bool = False) -> GroupedPack:
-    """The grouped-convolution pack of `models` (K independently initialised models): member k is models[k]."""
-    return GroupedPack(models, channels_last)
 
 
 # ------------------------------------------------------------------------------------------------ the check
@@ -346,7 +225,7 @@ class Pack:
         models = [copy.deepcopy(family.seeds[k]) for k in seeds]
         cl = setup.channels_last
         if setup.method == "grouped":
-            self.module: nn.Module = group_models(models, cl).to(ctx.device)
+            self.module: nn.Module = GroupedPack(models, cl).to(ctx.device)
             self.train_forward: Callable[..., torch.Tensor] = (
                 torch.compile(self.module) if setup.compile else self.module)
         else:
@@ -354,7 +233,7 @@ class Pack:
                 models[0] = models[0].to(memory_format=torch.channels_last)
             self.module = Members(models, family.arch_key + f"|cl={cl}", compile=setup.compile).to(ctx.device)
             if cl and len(models) > 1:  # the project refuses this; the benchmark times it
-                for param in self.module.stacked:
+                for param in self.module.network.stacked:
                     if param.dim() == 5:
                         param.data = per_member_channels_last(param.data)
             self.train_forward = self.module

@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/train_throughput.py --quick         # ~2 min
     .venv/bin/python benchmarks/train_throughput.py --workloads fz_mnist --threads 1
     .venv/bin/python benchmarks/train_throughput.py --end-to-end    # issue 13 §4, ~3 min: see end_to_end_table
+    .venv/bin/python benchmarks/train_throughput.py --workloads cnn_small,resnet18 --quick --packing grouped,vmap \
+        --rounds 3                                                      # issue 21 §2: grouped vs vmap vs P=1
 
 For each workload, s/model through `src.training.job.run_job` (the real Lightning path: data, model
 building, Trainer.fit, evaluation of every train and test example, record writing), against
@@ -16,8 +18,10 @@ it counts 2 FLOPs per multiply-add of matmuls and convolutions (bias, activation
 and optimizer are not counted). GFLOP/s counts training FLOPs only, divided by the whole s/model, which also
 holds evaluation (forward over all train + test examples) and the fixed costs of a job. A table of where a
 packed fz_mnist job's time goes follows.
+Every P > 1 runs with each `--packing` (perf.packing: how the pack runs as one, src/models/packing.py).
 The machine is shared: each ratio is taken within one run, each timing starts at a quiet moment and
-reports the cores other processes used meanwhile ("others' cores"), and repeats keep the fastest.
+reports the cores other processes used meanwhile ("others' cores", the most of any round), rounds alternate
+every configuration and the table gives each one's median round.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ class Workload:
     overrides: tuple[str, ...]
     packs: tuple[int, ...]
     epochs: int
-    repeats: int  # rounds of every P (hand loop and run_job side by side); the fastest round is kept
+    repeats: int  # rounds of every P (hand loop and run_job side by side); the table gives the median round
     images: tuple[int, int] | None = None  # synthetic 3x32x32 npz (n_train, n_test); None: the config's data
 
 
@@ -133,6 +137,7 @@ def own_cpu_s() -> float:
 
 QUIET_CORES = 0.15  # a timing during which others used more than this beyond the cores torch leaves free is retried
 RETRY_BUDGET_S = [300.0]  # seconds of the whole run that retries of contended timings may use
+QUIET_WAIT_S = [60.0]  # seconds each timing waits for a quiet moment (--quiet-wait-s)
 
 
 def spare_cores() -> int:
@@ -140,9 +145,9 @@ def spare_cores() -> int:
     return max(0, (os.cpu_count() or 1) - torch.get_num_threads())
 
 
-def wait_for_quiet_here(limit_s: float = 60, threshold: float = 0.3) -> None:
-    """wait_for_quiet, with the cores torch leaves free allowed to be busy."""
-    wait_for_quiet(limit_s, threshold + spare_cores())
+def wait_for_quiet_here(threshold: float = 0.3) -> None:
+    """wait_for_quiet for at most --quiet-wait-s, with the cores torch leaves free allowed to be busy."""
+    wait_for_quiet(QUIET_WAIT_S[0], threshold + spare_cores())
 
 
 def timed_call(func: Callable[[], T], retries: int = 2) -> tuple[T, float]:
@@ -376,7 +381,13 @@ def breakdown_rows(parts: dict[str, float], pack: int, hand_s: float, steps: int
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def measure(workload: Workload, out: Path, best_gemm: float) -> tuple[list[list[str]], Sequence[str]]:
+def median_round(rounds: list[tuple[float, float]]) -> tuple[float, float]:
+    """The median s/model of (s/model, others' cores) rounds, and the most cores others used in any of them."""
+    return statistics.median(s for s, _ in rounds), max(others for _, others in rounds)
+
+
+def measure(workload: Workload, out: Path, best_gemm: float,
+            packings: Sequence[str]) -> tuple[list[list[str]], Sequence[str]]:
     base = [*workload.overrides, f"trainer.max_epochs={workload.epochs}"]
     if workload.images:
         path = write_images(out / f"{workload.name}.npz", *workload.images)
@@ -389,22 +400,25 @@ def measure(workload: Workload, out: Path, best_gemm: float) -> tuple[list[list[
     # Warm-up: the first job of a process pays once-per-process costs (first Trainer, git metadata) that
     # measured 7.5 s of a 9.8 s first fz_mnist job, so one small job runs untimed first.
     time_run_job([*base, "trainer.max_epochs=1", "subset.ratio=0.05"], 1, out, f"{workload.name}_warmup")
-    seconds: dict[int, list[tuple[float, float]]] = defaultdict(list)  # (s/model, others' cores)
+    runs = [(pack, packing) for pack in workload.packs for packing in (packings if pack > 1 else ["-"])]
+    seconds: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)  # (s/model, others' cores)
     hand_s: dict[int, list[tuple[float, float]]] = defaultdict(list)
     for round_ in range(workload.repeats):
-        for pack in workload.packs:
+        for pack, packing in runs:
             # next to run_job, under the same load
             hand_s[pack].append(timed_call(lambda pack=pack: hand(pack)) if callable(hand) else hand)
-            name = f"{workload.name}_p{pack}_r{round_}"
-            seconds[pack].append(timed_call(lambda pack=pack, name=name: time_run_job(base, pack, out, name)))
-            print(f"  {workload.name} P={pack}: run_job {seconds[pack][-1][0]:.3f} s/model, hand "
-                  f"{hand_s[pack][-1][0]:.3f} s/model (others used {seconds[pack][-1][1]:.2f} and "
+            name, how = f"{workload.name}_p{pack}_{packing}_r{round_}", [f"perf.packing={packing}"] if pack > 1 else []
+            seconds[pack, packing].append(timed_call(
+                lambda pack=pack, name=name, how=how: time_run_job([*base, *how], pack, out, name)))
+            print(f"  {workload.name} P={pack} {packing}: run_job {seconds[pack, packing][-1][0]:.3f} s/model, hand "
+                  f"{hand_s[pack][-1][0]:.3f} s/model (others used {seconds[pack, packing][-1][1]:.2f} and "
                   f"{hand_s[pack][-1][1]:.2f} cores)", flush=True)
     rows = []
-    for pack in workload.packs:
-        (s, others), (h, hand_others) = min(seconds[pack]), min(hand_s[pack])
+    one_at_a_time = median_round(seconds[1, "-"])[0]
+    for pack, packing in runs:
+        (s, others), (h, hand_others) = median_round(seconds[pack, packing]), median_round(hand_s[pack])
         rate = train_flops / s / 1e9
-        rows.append([workload.name, pack, f"{s:.3f}", f"{min(seconds[1])[0] / s:.2f}x", f"{rate:.1f}",
+        rows.append([workload.name, pack, packing, f"{s:.3f}", f"{one_at_a_time / s:.2f}x", f"{rate:.1f}",
                      f"{100 * rate / best_gemm:.0f}%", f"{h:.3f}", f"{100 * h / s:.0f}%",
                      f"{max(others, hand_others):.2f}"])
     return rows, base
@@ -437,11 +451,24 @@ def main() -> None:
     parser.add_argument("--pack", type=int, default=16, help="--end-to-end: models per hand-loop pack")
     parser.add_argument("--repeats", type=int, default=1,
                         help="--end-to-end: sweep and hand loop pairs, back to back (the table gives medians)")
+    parser.add_argument("--packing", default="auto",
+                        help="comma-separated perf.packing values each P > 1 runs with: auto, grouped, vmap, baddbmm")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of every configuration (default: the "
+                                                                 "workload's; the table gives medians)")
+    parser.add_argument("--packs", default=None, help="comma-separated P values (default: the workload's)")
+    parser.add_argument("--quiet-wait-s", type=float, default=QUIET_WAIT_S[0],
+                        help="seconds each timing waits for a quiet moment (0 on a machine that is never quiet: "
+                             "then compare medians of --rounds)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.repeats < 1:
-        parser.error(f"--repeats {args.repeats}: give at least 1")
+    QUIET_WAIT_S[0] = args.quiet_wait_s
+    if args.repeats < 1 or (args.rounds is not None and args.rounds < 1):
+        parser.error(f"--repeats {args.repeats}, --rounds {args.rounds}: give at least 1")
+    packings = [name.strip() for name in args.packing.split(",") if name.strip()]
+    packs = None if args.packs is None else tuple(int(pack) for pack in args.packs.split(","))
+    if packs is not None and 1 not in packs:
+        parser.error(f"--packs {args.packs}: include 1 (the speed-ups are against it)")
     if args.end_to_end:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {os.getloadavg()}")
         with tempfile.TemporaryDirectory(prefix="meminf_bench_") as tmp:
@@ -463,14 +490,15 @@ def main() -> None:
         out = Path(tmp)
         for name in names:
             workload = quick(WORKLOADS[name]) if args.quick else WORKLOADS[name]
+            workload = replace(workload, packs=packs or workload.packs, repeats=args.rounds or workload.repeats)
             print(f"\n{name}: P in {workload.packs}, {workload.epochs} epoch(s), {workload.repeats} round(s)",
                   flush=True)
-            workload_rows, base = measure(workload, out, best_gemm)
+            workload_rows, base = measure(workload, out, best_gemm, packings)
             rows += workload_rows
             if name == "fz_mnist":
                 breakdown_base = (base, workload_rows, workload.epochs)
         print(f"\nThroughput (best GEMM rate of this run: {best_gemm:.1f} GFLOP/s)\n")
-        print(table(["workload", "P", "s/model", "speed-up vs P=1", "GFLOP/s", "% best GEMM", "hand s/model",
+        print(table(["workload", "P", "packing", "s/model", "speed-up vs P=1", "GFLOP/s", "% best GEMM", "hand s/model",
                      "% of hand loop", "others' cores"], rows), flush=True)
         if breakdown_base:
             print_breakdown(*breakdown_base, out)
@@ -478,7 +506,7 @@ def main() -> None:
 
 
 def print_breakdown(base: Sequence[str], rows: list[list[Any]], epochs: int, out: Path) -> None:
-    best = min(rows, key=lambda row: float(row[2]))[1]
+    best = min(rows, key=lambda row: float(row[3]))[1]
     cfg = compose_cfg(base)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     n = subset_size(len(dataset.y_train), float(cfg.subset.ratio))

@@ -1,9 +1,8 @@
-"""benchmarks/gpu_check.py (issue 13 §5) at tiny sizes on the CPU, so that the GPU check cannot rot, and its
-grouped-convolution packing against the K separate models it is built from."""
+"""benchmarks/gpu_check.py (issue 13 §5) at tiny sizes on the CPU, so that the GPU check cannot rot (its grouped
+packs are src/models/grouped.py's, tested in tests/test_grouped.py)."""
 
 from __future__ import annotations
 
-import copy
 import importlib
 import json
 import subprocess
@@ -14,11 +13,6 @@ from types import ModuleType
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
-
-from src.config.compose import compose_config
-from src.models.build import build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
@@ -28,7 +22,6 @@ TINY_RUN_TIMEOUT_S = 300  # ~15 s on 2 quiet cores; the machine is shared, so ge
 EAGER_CONFIGS = 2 * 3 * 2 * 2
 # The same tolerances as tests/test_packing.py: fused kernels sum in another order than the single ones
 ATOL, RTOL = 2e-4, 1e-3
-PACK = 3  # odd, so that a block layout mixed up between members cannot line up by chance
 
 
 @pytest.fixture(scope="module")
@@ -38,17 +31,6 @@ def gpu_check() -> Iterator[ModuleType]:
         yield importlib.import_module("gpu_check")
     finally:
         sys.path.remove(str(BENCHMARKS))
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """torch on one thread while another process shares the 2 cores: 2 threads made these tests ~8x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -122,77 +104,3 @@ def test_cuda_without_cuda_is_one_error_line(gpu_check: ModuleType, capsys: pyte
     assert gpu_check.main(["--device", "cuda", "--tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: --device cuda: CUDA is not available") and "\n" not in err, err
-
-
-# ----------------------------------------------------------------------------- grouped convolutions
-
-
-def seeded_models(overrides: list[str]) -> list[nn.Module]:
-    cfg = compose_config(overrides)
-    models = []
-    for seed in range(PACK):
-        torch.manual_seed(seed)
-        models.append(build_model(cfg.model, (3, 32, 32), 10).train())
-    return models
-
-
-MODELS = {
-    "cnn_small": ["model=cnn_small", "model.kwargs.channels=[8,8]", "model.kwargs.hidden=16"],
-    "resnet18": ["model=resnet18", "model.small_input_stem=true", "+model.kwargs.stem_width=8",
-                 "+model.kwargs.channels=[8,16,16,16]"],
-}
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.usefixtures("one_thread")
-def test_grouped_pack_equals_the_separate_models(gpu_check: ModuleType, name: str, channels_last: bool) -> None:
-    """Forward, one SGD step (momentum, so the step's state matters too) and the eval forward after it."""
-    torch.manual_seed(0)
-    models = seeded_models(MODELS[name])
-    assert len({model.state_dict()[next(iter(model.state_dict()))].sum().item() for model in models}) == PACK
-    grouped = gpu_check.group_models([copy.deepcopy(m) for m in models], channels_last)
-    for k, model in enumerate(models):  # member k starts as seed k's model
-        assert grouped.member_state_dict(k).keys() == model.state_dict().keys()
-        for key, value in model.state_dict().items():
-            assert torch.equal(grouped.member_state_dict(k)[key], value), key
-    x, y = torch.randn(PACK, 6, 3, 32, 32), torch.randint(10, (PACK, 6))
-    sgd = {"lr": 0.1, "momentum": 0.9}
-    opt_grouped = torch.optim.SGD(grouped.parameters(), **sgd)
-    opts = [torch.optim.SGD(model.parameters(), **sgd) for model in models]
-
-    logits = grouped(x)
-    alone = [model(x[k]) for k, model in enumerate(models)]
-    torch.testing.assert_close(logits, torch.stack(alone), atol=ATOL, rtol=RTOL)
-    F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1).sum().backward()
-    opt_grouped.step()
-    for k, (model, opt) in enumerate(zip(models, opts, strict=True)):
-        F.cross_entropy(alone[k], y[k]).backward()
-        opt.step()
-        for key, value in model.state_dict().items():
-            torch.testing.assert_close(grouped.member_state_dict(k)[key], value, atol=ATOL, rtol=RTOL, msg=key)
-    grouped.eval()
-    with torch.no_grad():
-        shared = torch.randn(5, 3, 32, 32)
-        evaluated = grouped(shared, shared_input=True)
-        for k, model in enumerate(models):
-            torch.testing.assert_close(evaluated[k], model.eval()(shared), atol=ATOL, rtol=RTOL)
-
-
-def test_grouped_pack_refuses_a_layer_it_cannot_split(gpu_check: ModuleType) -> None:
-    models = [nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4)) for _ in range(2)]
-    with pytest.raises(ValueError, match="cannot group GroupNorm at '1'"):
-        gpu_check.group_models(models)
-
-
-def test_grouped_pack_does_not_mix_members(gpu_check: ModuleType) -> None:
-    """Changing member 0's input changes only member 0's output."""
-    models = seeded_models(MODELS["cnn_small"])
-    grouped = gpu_check.group_models(models).eval()
-    x = torch.randn(PACK, 4, 3, 32, 32)
-    with torch.no_grad():
-        before = grouped(x)
-        x[0] += 1
-        after = grouped(x)
-    assert not torch.allclose(before[0], after[0])
-    torch.testing.assert_close(before[1:], after[1:], atol=0, rtol=0)

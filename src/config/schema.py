@@ -170,6 +170,7 @@ class TurnoverEstimator:
 class Perf:
     channels_last: Any = "auto"  # a boolean or auto
     compile: Any = False  # a boolean
+    packing: str = "auto"  # auto or one of src.models.packing.MECHANISMS, checked by src.sweep.plan.pack_mechanism
 
 
 @dataclass

@@ -1,21 +1,27 @@
-"""P subset models trained as one: stacked parameters, one vectorised forward, nothing shared.
+"""P subset models trained as one: one vectorised forward, nothing shared.
 
 `Members` holds P copies of one architecture, each built after seeding torch with its own seed (so
 member k starts exactly where seed k trained alone starts). The forward maps (P, B, ...) inputs to
-(P, B, classes) logits, by one of three mechanisms:
-- P = 1: the plain module (no vmap), so unpacked training costs what it did before;
-- the MLP of src/models/zoo.py at P > 1: weights stacked as (P, in, out), one `baddbmm` per layer, because
+(P, B, classes) logits, by one of these mechanisms (`MECHANISMS`; the model's own is chosen before launch,
+`src.sweep.plan.pack_mechanism`):
+- P = 1: the plain module (no packing), so unpacked training costs what it did before;
+- `baddbmm`, the MLP of src/models/zoo.py: weights stacked as (P, in, out), one `baddbmm` per layer, because
   batched linear layers under `vmap` over `functional_call` run well below baddbmm's GEMM rate
   (benchmarks/train_throughput.py; the figures are in docs/PERFORMANCE.md);
-- any other packable model at P > 1: `torch.func.functional_call` under `vmap` over the stacked
-  parameters and buffers; BatchNorm running statistics are stacked buffers updated in place per member.
+- `grouped`, convnets: one network whose convolutions have groups=P, BatchNorm over P·C channels and Linear
+  layers as one baddbmm (src/models/grouped.py); channels_last applies;
+- `vmap`: `torch.func.functional_call` under `vmap` over the stacked parameters and buffers; BatchNorm
+  running statistics are stacked buffers updated in place per member.
 tests/test_packing.py checks each mechanism against single runs.
-Gradients cannot mix: the training loss is a sum of per-member losses, and SGD/AdamW update every
-parameter element by element. vmap runs with randomness="error": a model that draws random numbers in
-its forward (dropout) cannot be packed and says so.
+Gradients cannot mix: the training loss is a sum of per-member losses, every parameter belongs to one member
+(a slice of a stacked or concatenated tensor), and SGD/AdamW update every parameter element by element, so
+one optimizer over the pack is P independent ones. vmap runs with randomness="error": a model that draws
+random numbers in its forward (dropout) cannot be packed by vmap and says so.
 
-Which models may be packed (`src.experiment.resolve_pack`) is a whitelist of families that pass the
-equivalence test (member k of a pack equals seed k trained alone); any other model runs at pack=1.
+With `compile`, the forward is a functional call of a data-free template of the network, compiled once per
+process and template key. The template of the plain or grouped network is taken at its first compiled
+forward, so it holds the layers the Trainer's strategy put there (DDP's SyncBatchNorm), and its key says
+whether it has SyncBatchNorm.
 """
 
 from __future__ import annotations
@@ -28,14 +34,18 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
+from src.models.grouped import GroupedPack
+
+MECHANISMS = ("baddbmm", "grouped", "vmap")
+
 _TEMPLATES: dict[str, nn.Module] = {}
 
 
-def _template(arch_key: str, model: nn.Module) -> nn.Module:
-    """A data-free (meta device) copy of the architecture, one per process and architecture key."""
-    if arch_key not in _TEMPLATES:
-        _TEMPLATES[arch_key] = copy.deepcopy(model).to("meta")
-    return _TEMPLATES[arch_key]
+def _template(key: str, model: nn.Module) -> nn.Module:
+    """A data-free (meta device) copy of the architecture, one per process and template key."""
+    if key not in _TEMPLATES:
+        _TEMPLATES[key] = copy.deepcopy(model).to("meta")
+    return _TEMPLATES[key]
 
 
 def _functional(template: nn.Module, x_dim: int | None, vmapped: bool) -> Callable[..., torch.Tensor]:
@@ -46,9 +56,9 @@ def _functional(template: nn.Module, x_dim: int | None, vmapped: bool) -> Callab
 
 
 @lru_cache(maxsize=16)
-def _compiled(arch_key: str, x_dim: int | None, vmapped: bool) -> Callable[..., torch.Tensor]:
+def _compiled(key: str, x_dim: int | None, vmapped: bool) -> Callable[..., torch.Tensor]:
     # Cached per process: later jobs of a sweep in the same process reuse the compiled graphs.
-    return torch.compile(_functional(_TEMPLATES[arch_key], x_dim, vmapped))
+    return torch.compile(_functional(_TEMPLATES[key], x_dim, vmapped))
 
 
 def mlp_forward(weights: list[torch.Tensor], biases: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -91,65 +101,91 @@ class PackedMLP(nn.Module):
         return state
 
 
+class StackedMembers(nn.Module):
+    """P models as stacked parameters and buffers, run by `functional_call` under `vmap`."""
+
+    def __init__(self, models: list[nn.Module], arch_key: str, compile: bool) -> None:
+        super().__init__()
+        self.key, self.compile = f"{arch_key}|vmap", compile
+        params, buffers = stack_module_state(models)
+        self.names, self.buffer_names = list(params), list(buffers)
+        self.stacked = nn.ParameterList([nn.Parameter(params[name]) for name in self.names])
+        for i, name in enumerate(self.buffer_names):
+            self.register_buffer(f"buffer_{i}", buffers[name])
+        _template(self.key, models[0])
+
+    def train(self, mode: bool = True) -> StackedMembers:
+        super().train(mode)
+        _TEMPLATES[self.key].train(mode)
+        return self
+
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        buffers = {name: getattr(self, f"buffer_{i}") for i, name in enumerate(self.buffer_names)}
+        return dict(zip(self.names, self.stacked, strict=True)), buffers
+
+    def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
+        x_dim = None if shared_input else 0
+        call = _compiled(self.key, x_dim, True) if self.compile else _functional(_TEMPLATES[self.key], x_dim, True)
+        return call(*self.state(), x)
+
+    def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
+        params, buffers = self.state()
+        return {name: value[k].detach().clone() for name, value in {**params, **buffers}.items()}
+
+
 class Members(nn.Module):
     """P models of one architecture: forward (P, B, ...) → (P, B, classes).
 
-    `arch_key` names the architecture (model config, input shape, classes); with `compile` the forward
-    is a functional call of a per-process template, compiled once per process and key.
+    `arch_key` names the architecture (model config, input shape, classes, layout); `mechanism` (one of
+    `MECHANISMS`) how P > 1 models run as one; with `compile` the forward is a functional call of a
+    per-process template, compiled once per process and template key.
     """
 
-    def __init__(self, models: list[nn.Module], arch_key: str, compile: bool = False) -> None:
+    def __init__(self, models: list[nn.Module], arch_key: str, mechanism: str = "vmap", compile: bool = False,
+                 channels_last: bool = False) -> None:
         super().__init__()
-        from src.models.archs import MLP
-
+        if mechanism not in MECHANISMS:
+            raise ValueError(f"packing mechanism {mechanism!r} is none of {MECHANISMS}")
         self.pack, self.arch_key, self.compile = len(models), arch_key, compile
-        self.mlp = PackedMLP(models, compile) if self.pack > 1 and isinstance(models[0], MLP) else None
-        if self.pack == 1:
-            self.single = models[0]
-        elif self.mlp is None:
-            params, buffers = stack_module_state(models)
-            self.names, self.buffer_names = list(params), list(buffers)
-            self.stacked = nn.ParameterList([nn.Parameter(params[name]) for name in self.names])
-            for i, name in enumerate(self.buffer_names):
-                self.register_buffer(f"buffer_{i}", buffers[name])
-        if self.mlp is None and (self.pack > 1 or compile):
-            _template(arch_key, models[0])
+        # Registered under the mechanism's name: `single` (P = 1, the plain model), `baddbmm`, `grouped`, `vmap`.
+        self.mechanism = "single" if self.pack == 1 else mechanism
+        builders: dict[str, Callable[[], nn.Module]] = {
+            "single": lambda: models[0], "baddbmm": lambda: PackedMLP(models, compile),
+            "grouped": lambda: GroupedPack(models, channels_last),
+            "vmap": lambda: StackedMembers(models, arch_key, compile)}
+        self.add_module(self.mechanism, builders[self.mechanism]())
 
     @property
-    def template(self) -> nn.Module:
-        return _TEMPLATES[self.arch_key]
+    def network(self) -> nn.Module:
+        return getattr(self, self.mechanism)
 
-    def train(self, mode: bool = True) -> Members:
-        super().train(mode)
-        if self.mlp is None and (self.pack > 1 or self.compile):
-            self.template.train(mode)
-        return self
+    def _traced(self) -> nn.Module | None:
+        """The module whose template the compiled forward calls (the plain or grouped network), else None."""
+        if not self.compile:
+            return None
+        return {"single": self.network, "grouped": getattr(self.network, "body", None)}.get(self.mechanism)
 
-    def _state(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        if self.pack == 1:
-            return dict(self.single.named_parameters()), dict(self.single.named_buffers())
-        params = dict(zip(self.names, self.stacked, strict=True))
-        buffers = {name: getattr(self, f"buffer_{i}") for i, name in enumerate(self.buffer_names)}
-        return params, buffers
+    def _compiled_call(self, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The compiled functional call of `module`'s template, taken from `module` as it is now: after DDP's
+        strategy swapped its BatchNorm layers for SyncBatchNorm, the template has them too (a key of its own)."""
+        sync = any(isinstance(layer, nn.SyncBatchNorm) for layer in module.modules())
+        key = f"{self.arch_key}|{self.mechanism}|pack={self.pack}|sync_batchnorm={sync}"
+        _template(key, module).train(self.training)
+        state = (dict(module.named_parameters()), dict(module.named_buffers()))
+        return lambda x: _compiled(key, None, False)(*state, x)
 
     def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
         """x: (P, B, ...) per-member inputs, or (B, ...) given to every member when shared_input."""
-        if self.mlp is not None:
-            return self.mlp(x, shared_input)
-        if self.pack == 1:
+        traced = self._traced()
+        if self.mechanism == "single":
             x = x if shared_input else x[0]
-            if not self.compile:
-                return self.single(x).unsqueeze(0)
-            return _compiled(self.arch_key, None, False)(*self._state(), x).unsqueeze(0)
-        x_dim = None if shared_input else 0
-        call = _compiled(self.arch_key, x_dim, True) if self.compile else _functional(self.template, x_dim, True)
-        return call(*self._state(), x)
+            return (self.network(x) if traced is None else self._compiled_call(traced)(x)).unsqueeze(0)
+        if self.mechanism == "grouped":
+            return self.network(x, shared_input, None if traced is None else self._compiled_call(traced))
+        return self.network(x, shared_input)
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's weights as the plain state dict of a single model (for model.pt and tests)."""
-        if self.mlp is not None:
-            return self.mlp.member_state_dict(k)
-        if self.pack == 1:
-            return {name: value.detach().clone() for name, value in self.single.state_dict().items()}
-        params, buffers = self._state()
-        return {name: value[k].detach().clone() for name, value in {**params, **buffers}.items()}
+        if self.mechanism == "single":
+            return {name: value.detach().clone() for name, value in self.network.state_dict().items()}
+        return self.network.member_state_dict(k)

@@ -31,12 +31,75 @@ from src.estimators.registry import get_estimator, record_scores
 from src.sweep.done import State, Wanted, record_state, refuse_foreign
 from src.sweep.seeds import MULTIRUN_FLAGS, SEED_ARG, seeds_of
 
-# Families whose packed members equal single runs: exactly the timm names tests/test_packing.py checks.
-PACKABLE_TIMM_NAMES = ("meminf_mlp", "meminf_cnn_small", "resnet18")
+# Families whose packed members equal single runs, by timm name, with the mechanisms that pack them
+# (src/models/packing.py), the default (perf.packing=auto) first: exactly what tests/test_packing.py checks.
+PACKING = {"meminf_mlp": ("baddbmm",), "meminf_cnn_small": ("grouped", "vmap"), "resnet18": ("grouped", "vmap"),
+           "resnet50": ("grouped",)}
+# mobilenetv2 groups (tests/test_grouped.py) but is not listed: on the digits test its packed members end one
+# epoch far beyond the tolerance from seed k alone (probabilities 0.37 apart). Not a packing error: in float64
+# a grouped pack stays within 3e-7 of the single models over 6 SGD steps, while in float32 one model against
+# itself on inputs scaled by 1 + 1e-6 goes from 4e-4 to 5 apart in its logits after one step (8x8 inputs, small
+# stem), so no tolerance admits it on that data.
+# Families whose blocks concatenate channels: under grouping that interleaves the members' channels, so they
+# train one model per job (docs/PERFORMANCE.md).
+CONCATENATING_TIMM_PREFIXES = ("densenet", "meminf_densenet", "inception", "meminf_inception")
+# Optimizers that update each parameter element from its own gradient and state only: one of them over a pack is
+# P independent ones, since the packed loss sums the members' mean losses (tests/test_grouped.py steps both
+# against P optimizers). Others are refused for packs: one with statistics over a whole tensor (Adafactor's
+# factored moments, LAMB's norms) would couple the members it holds.
+ELEMENTWISE_OPTIMIZERS = ("torch.optim.SGD", "torch.optim.AdamW")
 
 
-def packable(timm_name: str) -> bool:
-    return timm_name in PACKABLE_TIMM_NAMES
+def unpacked_reason(model_cfg: Any) -> str | None:
+    """Why a model trains one per job whatever pack is asked, or None for the families of `PACKING`."""
+    timm_name = str(model_cfg.timm_name)
+    if timm_name.startswith(CONCATENATING_TIMM_PREFIXES):
+        return f"model {model_cfg.name} concatenates channels, which would interleave the members of a grouped pack"
+    if timm_name not in PACKING:
+        return f"model {model_cfg.name} is not in the packing whitelist (no equivalence test)"
+    return None
+
+
+def pack_mechanism(model_cfg: Any, requested: str) -> str:
+    """How a pack of `model_cfg` runs (`perf.packing`): `auto` is the model's tested default."""
+    why_not = unpacked_reason(model_cfg)
+    if why_not:
+        raise ConfigError(f"{why_not}: train its seeds one per job (pack=1)")
+    mechanisms = PACKING[str(model_cfg.timm_name)]
+    if requested == "auto":
+        return mechanisms[0]
+    if requested not in mechanisms:
+        tested = ", ".join(f"perf.packing={name}" for name in mechanisms)
+        raise ConfigError(f"perf.packing={requested} is not tested for model {model_cfg.name} (tests/test_packing.py; "
+                          f"tested: {tested}); use perf.packing=auto or pack=1")
+    return requested
+
+
+def check_packing(cfg: DictConfig, pack: int) -> None:
+    """What a pack of `pack` models needs beyond the whitelist: a tested mechanism, an elementwise optimizer,
+    channels_last only grouped."""
+    from src.models.packing import MECHANISMS
+
+    if cfg.perf.packing not in ("auto", *MECHANISMS):
+        raise ConfigError(f"perf.packing={cfg.perf.packing} is none of auto, {', '.join(MECHANISMS)}")
+    if pack == 1:
+        return
+    mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing))
+    if cfg.optim._target_ not in ELEMENTWISE_OPTIMIZERS:
+        raise ConfigError(f"optim._target_={cfg.optim._target_} with pack={pack}: only an elementwise optimizer keeps "
+                          f"packed members independent ({', '.join(ELEMENTWISE_OPTIMIZERS)}); use pack=1")
+    if cfg.perf.channels_last is True and mechanism != "grouped":  # auto: only where it applies (job.py)
+        raise ConfigError(f"perf.channels_last applies to unpacked or grouped image models, and pack={pack} of model "
+                          f"{cfg.model.name} packs by {mechanism}: use pack=1 or drop perf.channels_last")
+
+
+def check_grouped_forward(cfg: DictConfig, model: Any, input_shape: tuple[int, ...]) -> None:
+    """A grouped pack's model must draw no random numbers in its forward (src/models/grouped.py)."""
+    from src.models.grouped import draws_random_numbers
+
+    if pack_mechanism(cfg.model, str(cfg.perf.packing)) == "grouped" and draws_random_numbers(model, input_shape):
+        raise ConfigError(f"model {cfg.model.name} draws random numbers in its forward (dropout or drop-path), which "
+                          "a grouped pack would draw for all members at once; set its drop rates to 0 or use pack=1")
 
 
 def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int, ddp: bool = False,
@@ -55,8 +118,9 @@ def resolve_pack(requested: int | str | None, model_cfg: Any, n_seeds: int, ddp:
         raise ConfigError(f"pack={requested!r} must be a positive integer or auto")
     if pack < 1:
         raise ConfigError(f"pack={requested} must be a positive integer or auto")
-    if pack > 1 and not packable(str(model_cfg.timm_name)):
-        return 1, f"model {model_cfg.name} is not in the packing whitelist (no equivalence test): pack=1"
+    why_not = unpacked_reason(model_cfg)
+    if pack > 1 and why_not:
+        return 1, f"{why_not}: pack=1"
     if 0 < n_seeds < pack:  # (no seed to train: no job, so nothing to clamp)
         return n_seeds, f"pack={pack} clamped to the {n_seeds} seed(s) to train"
     return pack, why
@@ -145,8 +209,11 @@ def check_launch(cfg: DictConfig, pack: int, local: bool) -> None:
     if local:
         check_device(cfg.trainer)
     check_pack(cfg.trainer, pack)
+    check_packing(cfg, pack)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
-    build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    model = build_model(cfg.model, dataset.input_shape, dataset.num_classes)
+    if pack > 1:
+        check_grouped_forward(cfg, model, dataset.input_shape)
 
 
 def plan_sweep(args: list[str]) -> SweepPlan | None:

@@ -26,6 +26,7 @@ from src.estimators.registry import record_scores
 from src.models.build import build_model
 from src.models.packing import Members
 from src.sweep.done import MODEL_FILE, Wanted, record_state, refuse_foreign
+from src.sweep.plan import check_grouped_forward, check_packing, pack_mechanism
 from src.training.epochs import SubsetDataModule
 from src.training.module import SubsetClassifier
 from src.training.record import member_record
@@ -106,27 +107,33 @@ def _trains(path: Path, wanted: Wanted) -> bool:
 
 
 def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Members:
+    check_packing(cfg, len(seeds))  # before anything is built
     models = []
     for seed in seeds:
         pl.seed_everything(seed, workers=False, verbose=False)  # seed k's initialisation, as if alone
         models.append(build_model(cfg.model, dataset.input_shape, dataset.num_classes, check_forward=not models))
-    channels_last = uses_channels_last(cfg, dataset, len(seeds))
+    mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing)) if len(seeds) > 1 else "vmap"  # unused at pack 1
+    if len(seeds) > 1:
+        check_grouped_forward(cfg, models[0], dataset.input_shape)
+    channels_last = uses_channels_last(cfg, dataset, len(seeds), mechanism)
     if channels_last:
-        models[0] = models[0].to(memory_format=torch.channels_last)
+        models = [model.to(memory_format=torch.channels_last) for model in models]
     arch_key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), dataset.input_shape,
                            dataset.num_classes, channels_last], sort_keys=True)
-    return Members(models, arch_key, compile=bool(cfg.perf.compile))
+    return Members(models, arch_key, mechanism, compile=bool(cfg.perf.compile), channels_last=channels_last)
 
 
-def uses_channels_last(cfg: DictConfig, dataset: Dataset, pack: int) -> bool:
-    """perf.channels_last: NHWC inputs and weights for an unpacked image model; `auto` takes it on a GPU, where
-    convolutions in bf16 and TF32 run in NHWC on the tensor cores (docs/PERFORMANCE.md, GPU defaults)."""
+def uses_channels_last(cfg: DictConfig, dataset: Dataset, pack: int, mechanism: str) -> bool:
+    """perf.channels_last: NHWC inputs and weights for an image model unpacked or in a grouped pack (a vmap pack
+    cannot keep the layout); `auto` takes it on a GPU, where convolutions in bf16 and TF32 run in NHWC on the
+    tensor cores (docs/PERFORMANCE.md, GPU defaults)."""
     setting = cfg.perf.channels_last
-    applies = pack == 1 and dataset.is_image
+    applies = dataset.is_image and (pack == 1 or mechanism == "grouped")
     if setting == "auto":
         return applies and str(cfg.trainer.get("accelerator", "cpu")) in GPU_ACCELERATORS
     if setting and not applies:
-        raise ConfigError("perf.channels_last applies to unpacked image models: use pack=1 or drop it")
+        raise ConfigError("perf.channels_last applies to image models unpacked or in a grouped pack: use pack=1, "
+                          "perf.packing=grouped, or drop it")
     return bool(setting)
 
 
