@@ -146,7 +146,7 @@ class Members(nn.Module):
         super().__init__()
         if mechanism not in MECHANISMS:
             raise ValueError(f"packing mechanism {mechanism!r} is none of {MECHANISMS}")
-        self.pack, self.arch_key, self.compile = len(models), arch_key, compile
+        self.pack, self.arch_key, self.compile, self.channels_last = len(models), arch_key, compile, channels_last
         # Registered under the mechanism's name: `single` (P = 1, the plain model), `baddbmm`, `grouped`, `vmap`.
         self.mechanism = "single" if self.pack == 1 else mechanism
         builders: dict[str, Callable[[], nn.Module]] = {

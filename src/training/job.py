@@ -123,7 +123,7 @@ def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Member
     return Members(models, arch_key, mechanism, compile=bool(cfg.perf.compile), channels_last=channels_last)
 
 
-def uses_channels_last(cfg: DictConfig, dataset: Dataset, pack: int, mechanism: str) -> bool:
+def uses_channels_last(cfg: DictConfig, dataset: Dataset, pack: int, mechanism: str = "vmap") -> bool:
     """perf.channels_last: NHWC inputs and weights for an image model unpacked or in a grouped pack (a vmap pack
     cannot keep the layout); `auto` takes it on a GPU, where convolutions in bf16 and TF32 run in NHWC on the
     tensor cores (docs/PERFORMANCE.md, GPU defaults)."""
@@ -140,9 +140,10 @@ def uses_channels_last(cfg: DictConfig, dataset: Dataset, pack: int, mechanism: 
 def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) -> SubsetClassifier:
     check_pack(cfg.trainer, len(seeds))
     augment = cfg.dataset.augment
-    module = SubsetClassifier(build_members(cfg, dataset, seeds), cfg.optim, cfg.schedule, dataset,
+    members = build_members(cfg, dataset, seeds)
+    module = SubsetClassifier(members, cfg.optim, cfg.schedule, dataset,
                               list(cfg.dataset.normalize.mean), list(cfg.dataset.normalize.std),
-                              augment.crop_padding, augment.hflip, uses_channels_last(cfg, dataset, len(seeds)),
+                              augment.crop_padding, augment.hflip, members.channels_last,
                               tuple(cfg.record.epochs), int(cfg.dataset.eval_batch_size),
                               tuple(record_scores(cfg.record.scores, cfg.record)))
     datamodule = SubsetDataModule(masks, seeds, cfg.batch_size, augment.crop_padding, augment.hflip)
