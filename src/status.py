@@ -14,11 +14,12 @@ from pathlib import Path
 
 from src.errors import ConfigError
 from src.sweep.status import status_rows, sweep_status
-from src.util.cli import cli_main
+from src.util.cli import cli_main, command_parser
+from src.util.tables import key_value_lines
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m src.status", description=__doc__.splitlines()[0])
+    parser = command_parser("python -m src.status", __doc__)
     parser.add_argument("sweep", type=Path, help="a sweep directory (<paths.output_dir>/<name>)")
     return parser.parse_args(argv)
 
@@ -26,9 +27,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> None:
     if not args.sweep.is_dir():
         raise ConfigError(f"{args.sweep} is not a directory; give a sweep directory, e.g. outputs/fz_mnist")
-    rows = status_rows(sweep_status(args.sweep))
-    width = max(len(key) for key, _ in rows)
-    print("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows))
+    print("\n".join(key_value_lines(status_rows(sweep_status(args.sweep)))))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,9 +29,9 @@ from src.errors import ConfigError
 from src.estimators.registry import get_estimator
 from src.sweep.plan import SweepPlan, plan_combinations
 from src.sweep.seeds import expand_seed_ranges
-from src.sweep.status import planned_rate, sweep_status
+from src.sweep.status import planned_rate, seeds_of, sweep_status
 from src.training.record import MemberOutputs, member_record
-from src.util.tables import duration_text
+from src.util.tables import duration_text, key_value_lines
 
 
 def record_bytes(cfg: DictConfig, dataset: Dataset, seed: int) -> int:
@@ -89,7 +89,7 @@ def dry_run_report(plan: SweepPlan) -> list[tuple[str, str]]:
     missing = len(plan.pending)
     status = sweep_status(sweep)
     flying = [job for job in status.in_flight if set(job.seeds) & pending]
-    n_flying = len(status.seeds_of(flying) & pending)
+    n_flying = len(seeds_of(flying) & pending)
     in_flight = f", {n_flying} in flight ({'; '.join(job.what for job in flying)})" if flying else ""
     accelerator = str(cfg.trainer.get("accelerator", "cpu"))
     rate = planned_rate(status, [(read_meta(path), path.stat().st_mtime) for path in done_paths], plan.pack,
@@ -114,4 +114,4 @@ def dry_run_report(plan: SweepPlan) -> list[tuple[str, str]]:
 def print_dry_run(args: list[str]) -> None:
     tables = dry_run_reports(args)
     width = max(len(key) for rows in tables for key, _ in rows)
-    print("\n\n".join("\n".join(f"{key.ljust(width)}  {value}" for key, value in rows) for rows in tables))
+    print("\n\n".join("\n".join(key_value_lines(rows, width)) for rows in tables))

@@ -29,7 +29,7 @@ from src.data.subsets import check_seed
 from src.errors import ConfigError
 from src.estimators.registry import get_estimator, record_scores
 from src.sweep.done import State, Wanted, record_state, refuse_foreign
-from src.sweep.seeds import MULTIRUN_FLAGS, SEED_ARG, seeds_of
+from src.sweep.seeds import MULTIRUN_FLAGS, SEED_ARG, pack_groups, seeds_of
 
 # Families whose packed members equal single runs, by timm name, with the mechanisms that pack them
 # (src/models/packing.py), the default (perf.packing=auto) first: exactly what tests/test_packing.py checks.
@@ -331,11 +331,6 @@ class PlannedJob:
     overrides: list[str]
 
 
-def job_groups(plan: SweepPlan) -> list[list[int]]:
-    """The seeds of each job of the plan: its pending seeds in packs of `plan.pack`."""
-    return [plan.pending[start:start + plan.pack] for start in range(0, len(plan.pending), plan.pack)]
-
-
 def job_override(seeds: list[int], pack: int) -> str:
     """A job's seeds as an override: `seed=<k>` at pack 1, else `seeds=[a,b,...]`."""
     return f"seed={seeds[0]}" if pack == 1 else "seeds=[" + ",".join(map(str, seeds)) + "]"
@@ -354,5 +349,6 @@ def plan_jobs(combinations: list[list[str]], seeds: list[int] | None, compose: C
             print(note, file=sys.stderr)
         print(plan_line(plan), file=sys.stderr)
         fixed = [override for override in combination if not SEED_ARG.match(override)]  # the job names its seeds
-        jobs += [PlannedJob(plan, group, [*fixed, job_override(group, plan.pack)]) for group in job_groups(plan)]
+        jobs += [PlannedJob(plan, group, [*fixed, job_override(group, plan.pack)])
+                 for group in pack_groups(plan.pending, plan.pack)]
     return jobs

@@ -56,6 +56,10 @@ def expand_seed_ranges(args: list[str]) -> list[str]:
     return expanded
 
 
+def pack_groups(seeds: list[int], pack: int) -> list[list[int]]:
+    """The seeds of each job when `seeds` are trained `pack` at a time, in order (the last group may be smaller)."""
+    return [seeds[start:start + pack] for start in range(0, len(seeds), pack)]
+
 
 def seed_ranges(seeds: list[int]) -> str:
     """Seeds as the command line writes them: `0..15,32,40..47` (sorted, contiguous runs as a..b)."""

@@ -34,7 +34,7 @@ from src.sweep.jobstate import (
     write_launch,
 )
 from src.sweep.queue import LEFT_QUEUE, ended_states, queued_states
-from src.sweep.seeds import seed_ranges
+from src.sweep.seeds import pack_groups, seed_ranges
 from src.util.tables import duration_text
 
 if TYPE_CHECKING:
@@ -130,16 +130,12 @@ class SweepStatus:
     def skipped(self) -> int:
         return len(self.launch.seeds) - len(self.pending) if self.launch else 0
 
-    def seeds_of(self, jobs: list[JobView]) -> set[int]:
-        return {seed for job in jobs for seed in job.seeds}
-
     @property
     def jobs(self) -> tuple[int, int]:
         """(jobs whose seeds are all trained, jobs of the launch), the launch's seeds grouped as it packed them."""
         if not self.launch:
             return 0, 0
-        pack = self.launch.pack
-        groups = [self.pending[start:start + pack] for start in range(0, len(self.pending), pack)]
+        groups = pack_groups(self.pending, self.launch.pack)
         return sum(all(seed in self.finished for seed in group) for group in groups), len(groups)
 
     @property
@@ -157,6 +153,10 @@ class SweepStatus:
             return "finished"
         return "stopped"
 
+    def duration_left(self, rate: Rate) -> str:
+        """The seeds left at `rate`, as text."""
+        return duration_text(rate.seconds_per_model * len(self.remaining))
+
     def time_left(self) -> str:
         if not self.remaining:
             return "none"
@@ -165,7 +165,12 @@ class SweepStatus:
         rate = self.rate
         if rate is None:
             return "unknown: no model of this launch has finished yet"
-        return f"about {duration_text(rate.seconds_per_model * len(self.remaining))} ({rate.text()})"
+        return f"about {self.duration_left(rate)} ({rate.text()})"
+
+
+def seeds_of(jobs: list[JobView]) -> set[int]:
+    """The seeds these jobs have not written yet."""
+    return {seed for job in jobs for seed in job.seeds}
 
 
 def process_alive(pid: int) -> bool:
@@ -173,8 +178,8 @@ def process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # another user's process: alive
+        pass
     return True
 
 
@@ -218,7 +223,7 @@ def sweep_status(sweep: Path, now: float | None = None) -> SweepStatus:
             views.append(marker_view(marker, missing, status.now, queue))
     status.in_flight = [view for alive, view in views if alive]
     add_slurm_tasks(status, tasks, queue)
-    flying = status.seeds_of(status.in_flight)
+    flying = seeds_of(status.in_flight)
     status.failed += [view for alive, view in views if not alive and not set(view.seeds) <= flying]
     return status
 
@@ -226,7 +231,7 @@ def sweep_status(sweep: Path, now: float | None = None) -> SweepStatus:
 def add_slurm_tasks(status: SweepStatus, tasks: dict[str, list[int]], queue: dict[str, str] | None) -> None:
     """The launch's array tasks that have seeds to write and no job file in flight: queued (in flight) or gone
     from the queue without their records (failed; sacct's state where the cluster keeps accounting)."""
-    flying = status.seeds_of(status.in_flight)
+    flying = seeds_of(status.in_flight)
     left = []
     for task_id, seeds in sorted(tasks.items()):
         missing = tuple(seed for seed in seeds if seed not in status.finished)
@@ -249,8 +254,7 @@ def when(timestamp: float) -> str:
 def jobs_text(jobs: list[JobView]) -> str:
     if not jobs:
         return "none"
-    seeds = sorted({seed for job in jobs for seed in job.seeds})
-    return f"{len(jobs)} job(s), {len(seeds)} seed(s): " + "; ".join(job.what for job in jobs)
+    return f"{len(jobs)} job(s), {len(seeds_of(jobs))} seed(s): " + "; ".join(job.what for job in jobs)
 
 
 def progress_line(status: SweepStatus) -> str:
@@ -261,11 +265,10 @@ def progress_line(status: SweepStatus) -> str:
     if not status.remaining:
         left = "none left"
     else:
-        left = f"about {duration_text(rate.seconds_per_model * len(status.remaining))} left" if rate else \
-            "time left unknown"
+        left = f"about {status.duration_left(rate)} left" if rate else "time left unknown"
     return (f"progress {status.sweep.name}: {len(status.trained)}/{len(status.pending)} models ({jobs_done}/"
-            f"{jobs_total} jobs), {len(status.seeds_of(status.in_flight))} in flight, "
-            f"{len(status.seeds_of(status.failed))} failed; {pace}{left}")
+            f"{jobs_total} jobs), {len(seeds_of(status.in_flight))} in flight, "
+            f"{len(seeds_of(status.failed))} failed; {pace}{left}")
 
 
 def status_rows(status: SweepStatus) -> list[tuple[str, str]]:
@@ -306,7 +309,7 @@ def closing_lines(status: SweepStatus, wall_s: float) -> list[str]:
     for seed in trained:
         with contextlib.suppress(RecordError):  # damaged since: the aggregator names it
             metas.append(read_meta(record_path(status.sweep, seed)))
-    failed = sorted(status.seeds_of(status.failed) | set(status.remaining))
+    failed = sorted(seeds_of(status.failed) | set(status.remaining))
     per_model = f" ({wall_s / len(trained):.2f} s/model)" if trained else ""
     lines = [f"sweep {status.sweep}: trained {len(trained)} of {len(status.pending)} model(s) in "
              f"{duration_text(wall_s)}{per_model}, {len(failed)} failed or not trained"

@@ -63,6 +63,12 @@ def fmt(value: Any, spec: str = ".4f") -> str:
     return str(value) if isinstance(value, (int, np.integer)) else format(float(value), spec)
 
 
+def key_value_lines(rows: Sequence[tuple[str, str]], width: int | None = None) -> list[str]:
+    """`key  value` lines, the keys padded to `width` (default: the longest key of `rows`)."""
+    width = max(len(key) for key, _ in rows) if width is None else width
+    return [f"{key.ljust(width)}  {value}" for key, value in rows]
+
+
 SECONDS_PER_MINUTE = 60
 SECONDS_PER_HOUR = 3600
 
