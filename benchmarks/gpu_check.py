@@ -55,7 +55,7 @@ from torch import nn
 
 from src.config.compose import compose_config
 from src.models.grouped import GroupedPack
-from src.models.packing import Members
+from src.models.packing import SINGLE, Members
 from src.training.job import build_members
 
 IMAGE_SHAPE = (3, 32, 32)  # CIFAR-10/100
@@ -231,7 +231,10 @@ class Pack:
         else:
             if cl and len(models) == 1:  # as build_members does for perf.channels_last at pack=1
                 models[0] = models[0].to(memory_format=torch.channels_last)
-            self.module = Members(models, family.arch_key + f"|cl={cl}", compile=setup.compile).to(ctx.device)
+            mechanism = SINGLE if len(models) == 1 else "vmap"
+            self.module = Members(models, family.arch_key + f"|cl={cl}", mechanism,
+                                  compile="default" if setup.compile else None).to(
+                ctx.device)
             if cl and len(models) > 1:  # the project refuses this; the benchmark times it
                 for param in self.module.network.stacked:
                     if param.dim() == 5:
@@ -259,7 +262,7 @@ class Pack:
         module = self.module
         saved = getattr(module, "compile", None)
         if isinstance(module, Members):
-            module.compile = False
+            module.compile = None
         if self.setup.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         module.eval()

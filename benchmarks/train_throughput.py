@@ -86,6 +86,7 @@ WORKLOADS = {
     "resnet18": Workload("resnet18", ("model=resnet18", "model.small_input_stem=true"), (1, 2, 4), epochs=1,
                          repeats=1, images=(400, 100)),
 }
+COMPILES = {"off": (False,), "on": (True,), "both": (False, True)}  # --compile: perf.compile values of every run
 QUICK_PACKS = {"fz_mnist": (1, 4, 16), "cnn_small": (1, 4), "resnet18": (1, 2)}
 
 
@@ -386,8 +387,8 @@ def median_round(rounds: list[tuple[float, float]]) -> tuple[float, float]:
     return statistics.median(s for s, _ in rounds), max(others for _, others in rounds)
 
 
-def measure(workload: Workload, out: Path, best_gemm: float,
-            packings: Sequence[str]) -> tuple[list[list[str]], Sequence[str]]:
+def measure(workload: Workload, out: Path, best_gemm: float, packings: Sequence[str],
+            compiles: Sequence[bool]) -> tuple[list[list[str]], Sequence[str]]:
     base = [*workload.overrides, f"trainer.max_epochs={workload.epochs}"]
     if workload.images:
         path = write_images(out / f"{workload.name}.npz", *workload.images)
@@ -400,28 +401,52 @@ def measure(workload: Workload, out: Path, best_gemm: float,
     # Warm-up: the first job of a process pays once-per-process costs (first Trainer, git metadata) that
     # measured 7.5 s of a 9.8 s first fz_mnist job, so one small job runs untimed first.
     time_run_job([*base, "trainer.max_epochs=1", "subset.ratio=0.05"], 1, out, f"{workload.name}_warmup")
-    runs = [(pack, packing) for pack in workload.packs for packing in (packings if pack > 1 else ["-"])]
-    seconds: dict[tuple[int, str], list[tuple[float, float]]] = defaultdict(list)  # (s/model, others' cores)
+    runs = [(pack, packing, compiled) for pack in workload.packs for packing in (packings if pack > 1 else ["-"])
+            for compiled in compiles]
+    first_job_s = {run: compiled_warm_up(base, run, out, workload.name) for run in runs if run[2]}
+    seconds: dict[tuple[int, str, bool], list[tuple[float, float]]] = defaultdict(list)  # (s/model, others' cores)
     hand_s: dict[int, list[tuple[float, float]]] = defaultdict(list)
     for round_ in range(workload.repeats):
-        for pack, packing in runs:
+        for run in runs:
+            pack, packing, compiled = run
             # next to run_job, under the same load
             hand_s[pack].append(timed_call(lambda pack=pack: hand(pack)) if callable(hand) else hand)
-            name, how = f"{workload.name}_p{pack}_{packing}_r{round_}", [f"perf.packing={packing}"] if pack > 1 else []
-            seconds[pack, packing].append(timed_call(
+            name, how = f"{workload.name}_p{pack}_{packing}_c{int(compiled)}_r{round_}", run_overrides(run)
+            seconds[run].append(timed_call(
                 lambda pack=pack, name=name, how=how: time_run_job([*base, *how], pack, out, name)))
-            print(f"  {workload.name} P={pack} {packing}: run_job {seconds[pack, packing][-1][0]:.3f} s/model, hand "
-                  f"{hand_s[pack][-1][0]:.3f} s/model (others used {seconds[pack, packing][-1][1]:.2f} and "
-                  f"{hand_s[pack][-1][1]:.2f} cores)", flush=True)
+            print(f"  {workload.name} P={pack} {packing}{' compiled' if compiled else ''}: run_job "
+                  f"{seconds[run][-1][0]:.3f} s/model, hand {hand_s[pack][-1][0]:.3f} s/model (others used "
+                  f"{seconds[run][-1][1]:.2f} and {hand_s[pack][-1][1]:.2f} cores)", flush=True)
     rows = []
-    one_at_a_time = median_round(seconds[1, "-"])[0]
-    for pack, packing in runs:
-        (s, others), (h, hand_others) = median_round(seconds[pack, packing]), median_round(hand_s[pack])
+    one_at_a_time = median_round(seconds[1, "-", False] if False in compiles else seconds[1, "-", True])[0]
+    for run in runs:
+        pack, packing, compiled = run
+        (s, others), (h, hand_others) = median_round(seconds[run]), median_round(hand_s[pack])
         rate = train_flops / s / 1e9
-        rows.append([workload.name, pack, packing, f"{s:.3f}", f"{one_at_a_time / s:.2f}x", f"{rate:.1f}",
-                     f"{100 * rate / best_gemm:.0f}%", f"{h:.3f}", f"{100 * h / s:.0f}%",
-                     f"{max(others, hand_others):.2f}"])
+        rows.append([workload.name, pack, packing, "yes" if compiled else "no", f"{s:.3f}",
+                     f"{one_at_a_time / s:.2f}x", f"{rate:.1f}", f"{100 * rate / best_gemm:.0f}%", f"{h:.3f}",
+                     f"{100 * h / s:.0f}%", f"{max(others, hand_others):.2f}",
+                     f"{first_job_s[run]:.1f}" if compiled else "-"])
     return rows, base
+
+
+def run_overrides(run: tuple[int, str, bool]) -> list[str]:
+    pack, packing, compiled = run
+    return [*([f"perf.packing={packing}"] if pack > 1 else []), *(["perf.compile=true"] if compiled else [])]
+
+
+def compiled_warm_up(base: Sequence[str], run: tuple[int, str, bool], out: Path, workload: str) -> float:
+    """s/model of the first compiled job of `run` in this process, outside the rounds: it compiles the forward,
+    which later jobs of the process (of the same architecture) reuse, as the jobs of a sweep do. Timed once, not
+    by `timed_call`: inductor compiles in worker processes, whose cores would read as another process's and
+    make it time again, warm. Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR) of an earlier run makes it
+    cheaper: point it at an empty directory for a first compilation."""
+    pack, packing, _ = run
+    wait_for_quiet_here()
+    seconds = time_run_job([*base, *run_overrides(run)], pack, out, f"{workload}_p{pack}_{packing}_compile")
+    print(f"  {workload} P={pack} {packing} compiled: first job {seconds:.3f} s/model, compiling included",
+          flush=True)
+    return seconds
 
 
 def hand_for(workload: Workload, cfg: DictConfig, n: int) -> Callable[[int], float] | tuple[float, float]:
@@ -453,6 +478,8 @@ def main() -> None:
                         help="--end-to-end: sweep and hand loop pairs, back to back (the table gives medians)")
     parser.add_argument("--packing", default="auto",
                         help="comma-separated perf.packing values each P > 1 runs with: auto, grouped, vmap, baddbmm")
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="off",
+                        help="perf.compile of every configuration: off, on, or both side by side (issue 21 §5)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of every configuration (default: the "
                                                                  "workload's; the table gives medians)")
     parser.add_argument("--packs", default=None, help="comma-separated P values (default: the workload's)")
@@ -493,20 +520,21 @@ def main() -> None:
             workload = replace(workload, packs=packs or workload.packs, repeats=args.rounds or workload.repeats)
             print(f"\n{name}: P in {workload.packs}, {workload.epochs} epoch(s), {workload.repeats} round(s)",
                   flush=True)
-            workload_rows, base = measure(workload, out, best_gemm, packings)
+            workload_rows, base = measure(workload, out, best_gemm, packings, COMPILES[args.compile])
             rows += workload_rows
             if name == "fz_mnist":
                 breakdown_base = (base, workload_rows, workload.epochs)
         print(f"\nThroughput (best GEMM rate of this run: {best_gemm:.1f} GFLOP/s)\n")
-        print(table(["workload", "P", "packing", "s/model", "speed-up vs P=1", "GFLOP/s", "% best GEMM", "hand s/model",
-                     "% of hand loop", "others' cores"], rows), flush=True)
+        print(table(["workload", "P", "packing", "compiled", "s/model", "speed-up vs P=1", "GFLOP/s", "% best GEMM",
+                     "hand s/model", "% of hand loop", "others' cores", "first compiled job s/model"], rows),
+              flush=True)
         if breakdown_base:
             print_breakdown(*breakdown_base, out)
     print(f"\ntotal {time.perf_counter() - started:.0f} s, load average at the end {os.getloadavg()}")
 
 
 def print_breakdown(base: Sequence[str], rows: list[list[Any]], epochs: int, out: Path) -> None:
-    best = min(rows, key=lambda row: float(row[3]))[1]
+    best = min(rows, key=lambda row: float(row[4]))[1]  # the P of the fastest s/model
     cfg = compose_cfg(base)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     n = subset_size(len(dataset.y_train), float(cfg.subset.ratio))

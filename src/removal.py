@@ -19,6 +19,7 @@ from src.analyses.removal import NEEDS, conditions, plan_jobs, retrain, retrain_
 from src.analyses.removal_table import condition_order, format_summary, summarize, write_outputs
 from src.contracts.estimates import read_estimates
 from src.errors import ConfigError, DataError
+from src.sweep.plan import check_launch
 from src.util.cli import cli_exit_code, command_parser, parse_seeds
 
 
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace, overrides: list[str]) -> None:
                         f"({est.summary['data_fingerprint']}); drop dataset overrides or fix paths.data_dir")
     chosen = selections(est, args.theta, args.top_q, args.pairs)
     items = [(condition, seed) for condition in conditions(chosen, est, args.draws) for seed in seeds]
-    jobs = plan_jobs(items, len(dataset.y_train), cfg.get("pack", "auto"), cfg.model)
+    jobs = plan_jobs(items, len(dataset.y_train), cfg)
+    check_launch(cfg, max(len(job) for job in jobs), local=True)  # what a job would refuse, before the first trains
     print(f"{len(items)} models ({len(items) // len(seeds)} conditions x {len(seeds)} seeds) in {len(jobs)} jobs")
     rows = sorted(retrain(cfg, dataset, jobs), key=lambda row: (*condition_order(row.selection, row.level, row.control),
                                                                  row.draw, row.seed))

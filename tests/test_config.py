@@ -89,6 +89,23 @@ def test_validate_config_rejects(compose_cfg: Callable[..., DictConfig], overrid
         validate_config(compose_cfg(override))
 
 
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["perf.compile=true", "perf.compile_mode=max_autotune"], "perf.compile_mode=max_autotune is none of default, "),
+    (["perf.compile_mode=max-autotune-no-cudagraphs"], "takes effect with perf.compile=true: add it"),
+    (["perf.compile=true", "perf.compile_mode=reduce-overhead"], "records CUDA graphs, which need trainer=gpu"),
+])
+def test_compile_mode_is_refused_where_it_would_not_take_effect(compose_cfg: Callable[..., DictConfig],
+                                                                overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        validate_config(compose_cfg(*overrides))
+
+
+def test_cuda_graph_compile_modes_pass_the_config_check_of_a_gpu_trainer(
+        compose_cfg: Callable[..., DictConfig]) -> None:
+    for mode in ("reduce-overhead", "max-autotune"):
+        validate_config(compose_cfg("trainer=gpu", "perf.compile=true", f"perf.compile_mode={mode}"))
+
+
 def _boolean_leaves(node: object, prefix: str = "") -> set[str]:
     """Dotted keys of every boolean value in a composed config (lists left out)."""
     if isinstance(node, DictConfig):

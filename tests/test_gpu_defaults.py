@@ -5,6 +5,7 @@ uint8 training set that stays uint8 on a device."""
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -27,7 +28,7 @@ from src.sweep.plan import check_launch, plan_seeds, resolve_pack
 from src.training.devices import lock_dir, own_gpu
 from src.training.job import build_members, fit, run_job, uses_channels_last
 from src.training.module import SubsetClassifier
-from src.training.trainer import make_trainer
+from src.training.trainer import cuda_graph_skips_reported, make_trainer
 
 IMAGES, ARRAYS = SimpleNamespace(is_image=True), SimpleNamespace(is_image=False)
 
@@ -37,9 +38,9 @@ def test_gpu_trainer_trains_in_bf16_with_channels_last_and_stays_a_trainer_key(
     for trainer in ("gpu", "ddp"):
         cfg = compose_cfg(f"trainer={trainer}")
         assert (cfg.trainer.precision, cfg.trainer.benchmark, cfg.perf.channels_last) == ("bf16-mixed", True, "auto")
-        assert uses_channels_last(cfg, IMAGES, pack=1)
-        assert not uses_channels_last(cfg, IMAGES, pack=2) and not uses_channels_last(cfg, ARRAYS, pack=1)
-    assert not uses_channels_last(compose_cfg(), IMAGES, pack=1)  # the CPU: as before
+        assert uses_channels_last(cfg, IMAGES, "single") and uses_channels_last(cfg, IMAGES, "grouped")
+        assert not uses_channels_last(cfg, IMAGES, "vmap") and not uses_channels_last(cfg, ARRAYS, "single")
+    assert not uses_channels_last(compose_cfg(), IMAGES, "single")  # the CPU: as before
     assert compose_cfg().trainer.precision == "32-true"
     # A bf16 GPU sweep is another experiment than an fp32 one; an fp32 one is trainer.precision=32-true.
     assert config_hash(compose_cfg("trainer=gpu"), "fp") != config_hash(compose_cfg(), "fp")
@@ -166,3 +167,19 @@ def test_the_training_set_stays_uint8_off_the_cpu(compose_cfg: Callable[..., Dic
     on_cpu = module()
     on_cpu.on_fit_start()  # the CPU keeps its normalised copy (tests/test_training.py: the same bits)
     assert on_cpu.train_inputs is not None and on_cpu.train_inputs.dtype == torch.float32
+
+
+def test_a_cuda_graph_mode_says_when_inductor_ran_graphs_without_them(caplog: pytest.LogCaptureFixture) -> None:
+    """Inductor reports a skipped CUDA graph only to its `cudagraphs` log artifact (off by default) and its
+    counter; a job with perf.compile_mode=reduce-overhead or max-autotune says so in its log."""
+    from torch._dynamo.utils import counters
+
+    with caplog.at_level(logging.WARNING, logger="src.training.trainer"):
+        with cuda_graph_skips_reported("reduce-overhead"):
+            counters["inductor"]["cudagraph_skips"] += 2
+        assert "perf.compile_mode=reduce-overhead: inductor ran 2 compiled graph(s) of this job without CUDA " \
+               "graphs" in caplog.text
+        caplog.clear()
+        with cuda_graph_skips_reported("reduce-overhead"), cuda_graph_skips_reported("default"):
+            pass  # nothing skipped; the default mode records no CUDA graphs
+        assert not caplog.text

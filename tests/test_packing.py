@@ -13,7 +13,8 @@ import src.training.job
 from src.config.paths import seed_record_path
 from src.contracts.records import read_record
 from src.errors import ConfigError, TrainingError
-from src.models.packing import Members
+from src.models.archs import MLP
+from src.models.packing import Members, _compiled, _compiled_mlp_forward
 from src.sweep.plan import PACKING, pack_mechanism, resolve_pack
 from src.training.job import run_job
 
@@ -128,17 +129,37 @@ def test_channels_last_unpacked_matches_default_layout(compose_cfg: Callable[...
 def test_compiled_forward_uses_the_sync_batchnorm_of_ddp(monkeypatch: pytest.MonkeyPatch) -> None:
     """trainer=ddp with sync_batchnorm: Lightning's strategy swaps BatchNorm for SyncBatchNorm in the module it
     was given; the compiled forward (a functional call of a template) must run those layers, not BatchNorm."""
-    monkeypatch.setattr(torch, "compile", lambda function: function)  # what is traced, not the compiler, is tested
+    # what is traced, not the compiler, is tested
+    monkeypatch.setattr(torch, "compile", lambda function, mode: function)
     calls = []
     sync_forward = torch.nn.SyncBatchNorm.forward
     monkeypatch.setattr(torch.nn.SyncBatchNorm, "forward",
                         lambda self, x: calls.append(tuple(x.shape)) or sync_forward(self, x))
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(1),
                                 torch.nn.Linear(4 * 3 * 3, 2))
-    members = Members([model], arch_key="sync batchnorm test", compile=True)
+    members = Members([model], arch_key="sync batchnorm test", compile="default")
     members = TorchSyncBatchNorm().apply(members)  # what DDPStrategy.setup does with trainer.sync_batchnorm=true
     members.eval()(torch.zeros(1, 2, 3, 5, 5))  # eval: SyncBatchNorm needs no process group
     assert calls == [(2, 4, 3, 3)]
+
+
+@pytest.mark.parametrize("mechanism", ["single", "vmap", "baddbmm", "grouped"])
+def test_every_mechanism_compiles_with_the_configured_mode(monkeypatch: pytest.MonkeyPatch, mechanism: str) -> None:
+    """perf.compile_mode reaches torch.compile, whichever mechanism runs the members (what is compiled, not the
+    compiler, is tested)."""
+    modes: list[str] = []
+    monkeypatch.setattr(torch, "compile", lambda function, mode: modes.append(mode) or function)
+    _compiled.cache_clear()
+    _compiled_mlp_forward.cache_clear()
+    def model() -> torch.nn.Module:  # inputs (3, 2, 2)
+        if mechanism == "baddbmm":
+            return MLP(12, [], 3)
+        return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 2), torch.nn.Flatten(1), torch.nn.Linear(4, 3))
+
+    models = [model() for _ in range(1 if mechanism == "single" else 2)]
+    members = Members(models, f"compile mode test {mechanism}", mechanism, compile="max-autotune-no-cudagraphs")
+    logits = members(torch.zeros(members.pack, 5, 3, 2, 2))
+    assert logits.shape == (members.pack, 5, 3) and modes == ["max-autotune-no-cudagraphs"]
 
 
 def test_resolve_pack(compose_cfg: Callable[..., DictConfig]) -> None:

@@ -132,7 +132,8 @@ def test_jobs_pack_equal_kept_sizes_only_and_hold_every_item_once() -> None:
     est = planted_estimates()
     found = conditions([theta_selection(MEM, 0.5), theta_selection(MEM, 0.8)], est, draws=3)
     items = [(condition, seed) for condition in found for seed in (0, 1, 2)]
-    jobs = plan_jobs(items, N, 4, OmegaConf.create({"name": "mlp", "timm_name": "meminf_mlp"}))
+    jobs = plan_jobs(items, N, OmegaConf.create({"pack": 4, "model": {"name": "mlp", "timm_name": "meminf_mlp"},
+                                                 "trainer": {"precision": "32-true"}}))
     assert sorted(id(c) * 10 + s for job in jobs for c, s in job) == sorted(id(c) * 10 + s for c, s in items)
     for job in jobs:
         assert len(job) <= 4 and len({c.removed.size for c, _ in job}) == 1

@@ -187,10 +187,11 @@ def conditions(selections: Iterable[Selection], est: Estimates, draws: int) -> l
     return found
 
 
-def plan_jobs(items: Sequence[tuple[Condition, int]], n_train: int, pack_request: Any,
-              model_cfg: Any) -> list[list[tuple[Condition, int]]]:
-    """(condition, seed) items grouped by kept-set size, each group cut into packs."""
-    from src.sweep.plan import resolve_pack
+def plan_jobs(items: Sequence[tuple[Condition, int]], n_train: int,
+              cfg: DictConfig) -> list[list[tuple[Condition, int]]]:
+    """(condition, seed) items grouped by kept-set size, each group cut into packs (the recipe's pack, model,
+    strategy and precision: `src.sweep.plan.config_pack`)."""
+    from src.sweep.plan import config_pack
 
     by_size: dict[int, list[tuple[Condition, int]]] = defaultdict(list)
     for item in items:
@@ -200,7 +201,7 @@ def plan_jobs(items: Sequence[tuple[Condition, int]], n_train: int, pack_request
         if size < 1:
             raise ConfigError("a removal leaves no training example; use a larger --theta or a smaller --top-q")
         group = by_size[size]
-        pack, _ = resolve_pack(pack_request, model_cfg, len(group))
+        pack, _ = config_pack(cfg, len(group))
         jobs += [group[start:start + pack] for start in range(0, len(group), pack)]
     return jobs
 

@@ -105,6 +105,7 @@ def validate_config(cfg: DictConfig) -> None:
     if str(cfg.name) in ("", ".", "..") or "/" in str(cfg.name):
         raise ConfigError(f"name={cfg.name!r} must be a plain directory name")
     check_optimizer(cfg.optim)
+    check_compile(cfg)
 
 
 GPU_ACCELERATORS = ("gpu", "cuda")  # Lightning's names of a CUDA device
@@ -129,6 +130,25 @@ def check_pack(trainer: DictConfig, pack: int) -> None:
         raise ConfigError(f"trainer.precision={trainer.precision} at pack={pack}: its one loss scaler would skip "
                           "every member's step when one member's gradients overflow; use "
                           "trainer.precision=bf16-mixed (or 32-true), or pack=1")
+
+
+# torch.compile's modes; the CUDA-graph ones record a graph per batch shape and replay it, which only a GPU does.
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def check_compile(cfg: DictConfig) -> None:
+    """perf.compile_mode: a mode of torch.compile that takes effect (with perf.compile) on this trainer's device."""
+    mode = cfg.perf.compile_mode
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"perf.compile_mode={mode} is none of {', '.join(COMPILE_MODES)}")
+    if mode != "default" and not cfg.perf.compile:
+        raise ConfigError(f"perf.compile_mode={mode} takes effect with perf.compile=true: add it, or drop "
+                          "perf.compile_mode")
+    if mode in CUDA_GRAPH_MODES and str(cfg.trainer.get("accelerator", "cpu")) not in GPU_ACCELERATORS:
+        raise ConfigError(f"perf.compile_mode={mode} records CUDA graphs, which need trainer=gpu; on "
+                          f"trainer.accelerator={cfg.trainer.get('accelerator', 'cpu')} use default or "
+                          "max-autotune-no-cudagraphs")
 
 
 def check_device(trainer: DictConfig) -> None:

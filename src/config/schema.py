@@ -170,6 +170,7 @@ class TurnoverEstimator:
 class Perf:
     channels_last: Any = "auto"  # a boolean or auto
     compile: Any = False  # a boolean
+    compile_mode: str = "default"  # one of src.config.checks.COMPILE_MODES
     packing: str = "auto"  # auto or one of src.models.packing.MECHANISMS, checked by src.sweep.plan.pack_mechanism
 
 

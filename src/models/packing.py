@@ -18,10 +18,10 @@ Gradients cannot mix: the training loss is a sum of per-member losses, every par
 one optimizer over the pack is P independent ones. vmap runs with randomness="error": a model that draws
 random numbers in its forward (dropout) cannot be packed by vmap and says so.
 
-With `compile`, the forward is a functional call of a data-free template of the network, compiled once per
-process and template key. The template of the plain or grouped network is taken at its first compiled
-forward, so it holds the layers the Trainer's strategy put there (DDP's SyncBatchNorm), and its key says
-whether it has SyncBatchNorm.
+With `compile` (a mode of torch.compile; None: eager), the forward is a functional call of a data-free template
+of the network, compiled once per process, template key and mode. The template of the plain or grouped network
+is taken at its first compiled forward, so it holds the layers the Trainer's strategy put there (DDP's
+SyncBatchNorm), and its key says whether it has SyncBatchNorm.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from src.models.grouped import GroupedPack
 
 MECHANISMS = ("baddbmm", "grouped", "vmap")
+SINGLE = "single"  # the mechanism of P = 1: the plain module
+CHANNELS_LAST_MECHANISMS = (SINGLE, "grouped")  # those whose convolutions keep NHWC (vmap's stacking does not)
 
 _TEMPLATES: dict[str, nn.Module] = {}
 
@@ -56,9 +58,9 @@ def _functional(template: nn.Module, x_dim: int | None, vmapped: bool) -> Callab
 
 
 @lru_cache(maxsize=16)
-def _compiled(key: str, x_dim: int | None, vmapped: bool) -> Callable[..., torch.Tensor]:
+def _compiled(key: str, x_dim: int | None, vmapped: bool, mode: str) -> Callable[..., torch.Tensor]:
     # Cached per process: later jobs of a sweep in the same process reuse the compiled graphs.
-    return torch.compile(_functional(_TEMPLATES[key], x_dim, vmapped))
+    return torch.compile(_functional(_TEMPLATES[key], x_dim, vmapped), mode=mode)
 
 
 def mlp_forward(weights: list[torch.Tensor], biases: list[torch.Tensor], x: torch.Tensor) -> torch.Tensor:
@@ -70,13 +72,15 @@ def mlp_forward(weights: list[torch.Tensor], biases: list[torch.Tensor], x: torc
     return x
 
 
-_compiled_mlp_forward = lru_cache(maxsize=1)(lambda: torch.compile(mlp_forward))
+@lru_cache(maxsize=4)
+def _compiled_mlp_forward(mode: str) -> Callable[..., torch.Tensor]:
+    return torch.compile(mlp_forward, mode=mode)
 
 
 class PackedMLP(nn.Module):
     """P copies of `src.models.archs.MLP` with stacked, pre-transposed weights (one baddbmm per layer)."""
 
-    def __init__(self, models: list[nn.Module], compile: bool) -> None:
+    def __init__(self, models: list[nn.Module], compile: str | None) -> None:
         super().__init__()
         self.pack, self.compile = len(models), compile
         layers = [[module for module in model.modules() if isinstance(module, nn.Linear)] for model in models]
@@ -90,7 +94,7 @@ class PackedMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
         x = x.flatten(1).expand(self.pack, -1, -1) if shared_input else x.flatten(2)
-        forward = _compiled_mlp_forward() if self.compile else mlp_forward
+        forward = mlp_forward if self.compile is None else _compiled_mlp_forward(self.compile)
         return forward(list(self.weights), list(self.biases), x)
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
@@ -104,7 +108,7 @@ class PackedMLP(nn.Module):
 class StackedMembers(nn.Module):
     """P models as stacked parameters and buffers, run by `functional_call` under `vmap`."""
 
-    def __init__(self, models: list[nn.Module], arch_key: str, compile: bool) -> None:
+    def __init__(self, models: list[nn.Module], arch_key: str, compile: str | None) -> None:
         super().__init__()
         self.key, self.compile = f"{arch_key}|vmap", compile
         params, buffers = stack_module_state(models)
@@ -125,7 +129,8 @@ class StackedMembers(nn.Module):
 
     def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
         x_dim = None if shared_input else 0
-        call = _compiled(self.key, x_dim, True) if self.compile else _functional(_TEMPLATES[self.key], x_dim, True)
+        call = _functional(_TEMPLATES[self.key], x_dim, True) if self.compile is None else \
+            _compiled(self.key, x_dim, True, self.compile)
         return call(*self.state(), x)
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
@@ -137,20 +142,21 @@ class Members(nn.Module):
     """P models of one architecture: forward (P, B, ...) → (P, B, classes).
 
     `arch_key` names the architecture (model config, input shape, classes, layout); `mechanism` (one of
-    `MECHANISMS`) how P > 1 models run as one; with `compile` the forward is a functional call of a
-    per-process template, compiled once per process and template key.
+    `MECHANISMS`) how P > 1 models run as one; with `compile` (torch.compile's mode) the forward is a functional
+    call of a per-process template, compiled once per process, template key and mode.
     """
 
-    def __init__(self, models: list[nn.Module], arch_key: str, mechanism: str = "vmap", compile: bool = False,
+    def __init__(self, models: list[nn.Module], arch_key: str, mechanism: str = SINGLE, compile: str | None = None,
                  channels_last: bool = False) -> None:
         super().__init__()
-        if mechanism not in MECHANISMS:
-            raise ValueError(f"packing mechanism {mechanism!r} is none of {MECHANISMS}")
         self.pack, self.arch_key, self.compile, self.channels_last = len(models), arch_key, compile, channels_last
+        if (mechanism == SINGLE) != (self.pack == 1) or mechanism not in (SINGLE, *MECHANISMS):
+            raise ValueError(f"packing mechanism {mechanism!r} for {self.pack} models: {SINGLE} for one, else one "
+                             f"of {MECHANISMS}")
         # Registered under the mechanism's name: `single` (P = 1, the plain model), `baddbmm`, `grouped`, `vmap`.
-        self.mechanism = "single" if self.pack == 1 else mechanism
+        self.mechanism = mechanism
         builders: dict[str, Callable[[], nn.Module]] = {
-            "single": lambda: models[0], "baddbmm": lambda: PackedMLP(models, compile),
+            SINGLE: lambda: models[0], "baddbmm": lambda: PackedMLP(models, compile),
             "grouped": lambda: GroupedPack(models, channels_last),
             "vmap": lambda: StackedMembers(models, arch_key, compile)}
         self.add_module(self.mechanism, builders[self.mechanism]())
@@ -161,9 +167,9 @@ class Members(nn.Module):
 
     def _traced(self) -> nn.Module | None:
         """The module whose template the compiled forward calls (the plain or grouped network), else None."""
-        if not self.compile:
+        if self.compile is None:
             return None
-        return {"single": self.network, "grouped": getattr(self.network, "body", None)}.get(self.mechanism)
+        return {SINGLE: self.network, "grouped": getattr(self.network, "body", None)}.get(self.mechanism)
 
     def _compiled_call(self, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """The compiled functional call of `module`'s template, taken from `module` as it is now: after DDP's
@@ -172,12 +178,12 @@ class Members(nn.Module):
         key = f"{self.arch_key}|{self.mechanism}|pack={self.pack}|sync_batchnorm={sync}"
         _template(key, module).train(self.training)
         state = (dict(module.named_parameters()), dict(module.named_buffers()))
-        return lambda x: _compiled(key, None, False)(*state, x)
+        return lambda x: _compiled(key, None, False, self.compile)(*state, x)
 
     def forward(self, x: torch.Tensor, shared_input: bool = False) -> torch.Tensor:
         """x: (P, B, ...) per-member inputs, or (B, ...) given to every member when shared_input."""
         traced = self._traced()
-        if self.mechanism == "single":
+        if self.mechanism == SINGLE:
             x = x if shared_input else x[0]
             return (self.network(x) if traced is None else self._compiled_call(traced)(x)).unsqueeze(0)
         if self.mechanism == "grouped":
@@ -186,6 +192,6 @@ class Members(nn.Module):
 
     def member_state_dict(self, k: int) -> dict[str, torch.Tensor]:
         """Member k's weights as the plain state dict of a single model (for model.pt and tests)."""
-        if self.mechanism == "single":
+        if self.mechanism == SINGLE:
             return {name: value.detach().clone() for name, value in self.network.state_dict().items()}
         return self.network.member_state_dict(k)

@@ -196,6 +196,13 @@ def runs_remotely(launcher: str) -> bool:
     return REMOTE_LAUNCHER_MARK in launcher.lower()
 
 
+def config_pack(cfg: DictConfig, n_seeds: int) -> tuple[int, str]:
+    """`resolve_pack` of a composed config's pack, model, strategy and precision."""
+    return resolve_pack(cfg.get("pack", "auto"), cfg.model, n_seeds,
+                        ddp=str(cfg.trainer.get("strategy", "")).startswith("ddp"),
+                        precision=str(cfg.trainer.get("precision")))
+
+
 def launcher_name(args: list[str]) -> str:
     return next((arg.split("=", 1)[1] for arg in args if arg.lstrip("+~").startswith("hydra/launcher=")), "basic")
 
@@ -308,8 +315,7 @@ def plan_seeds(cfg: DictConfig, seeds: list[int], multirun: bool, local: bool) -
     if not multirun:
         check_launch(cfg, 1, local)
         return SweepPlan(cfg, seeds, pending, 1, "one run", tuple(notes))
-    pack, why = resolve_pack(cfg.pack, cfg.model, len(pending), ddp=str(cfg.trainer.get("strategy", "")).startswith(
-        "ddp"), precision=str(cfg.trainer.get("precision")))
+    pack, why = config_pack(cfg, len(pending))
     check_launch(cfg, pack, local)
     return SweepPlan(cfg, seeds, pending, pack, why, tuple(notes))
 

@@ -24,13 +24,13 @@ from src.data.subsets import check_seed, subset_mask, subset_seed
 from src.errors import ConfigError, TrainingError
 from src.estimators.registry import record_scores
 from src.models.build import build_model
-from src.models.packing import Members
+from src.models.packing import CHANNELS_LAST_MECHANISMS, SINGLE, Members
 from src.sweep.done import MODEL_FILE, Wanted, record_state, refuse_foreign
 from src.sweep.plan import check_grouped_forward, check_packing, pack_mechanism
 from src.training.epochs import SubsetDataModule
 from src.training.module import SubsetClassifier
 from src.training.record import member_record
-from src.training.trainer import train_module
+from src.training.trainer import compile_mode, train_module
 
 log = logging.getLogger(__name__)
 
@@ -112,23 +112,23 @@ def build_members(cfg: DictConfig, dataset: Dataset, seeds: list[int]) -> Member
     for seed in seeds:
         pl.seed_everything(seed, workers=False, verbose=False)  # seed k's initialisation, as if alone
         models.append(build_model(cfg.model, dataset.input_shape, dataset.num_classes, check_forward=not models))
-    mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing)) if len(seeds) > 1 else "vmap"  # unused at pack 1
+    mechanism = pack_mechanism(cfg.model, str(cfg.perf.packing)) if len(seeds) > 1 else SINGLE
     if len(seeds) > 1:
         check_grouped_forward(cfg, models[0], dataset.input_shape)
-    channels_last = uses_channels_last(cfg, dataset, len(seeds), mechanism)
+    channels_last = uses_channels_last(cfg, dataset, mechanism)
     if channels_last:
         models = [model.to(memory_format=torch.channels_last) for model in models]
     arch_key = json.dumps([OmegaConf.to_container(cfg.model, resolve=True), dataset.input_shape,
                            dataset.num_classes, channels_last], sort_keys=True)
-    return Members(models, arch_key, mechanism, compile=bool(cfg.perf.compile), channels_last=channels_last)
+    return Members(models, arch_key, mechanism, compile=compile_mode(cfg), channels_last=channels_last)
 
 
-def uses_channels_last(cfg: DictConfig, dataset: Dataset, pack: int, mechanism: str = "vmap") -> bool:
+def uses_channels_last(cfg: DictConfig, dataset: Dataset, mechanism: str) -> bool:
     """perf.channels_last: NHWC inputs and weights for an image model unpacked or in a grouped pack (a vmap pack
     cannot keep the layout); `auto` takes it on a GPU, where convolutions in bf16 and TF32 run in NHWC on the
     tensor cores (docs/PERFORMANCE.md, GPU defaults)."""
     setting = cfg.perf.channels_last
-    applies = dataset.is_image and (pack == 1 or mechanism == "grouped")
+    applies = dataset.is_image and mechanism in CHANNELS_LAST_MECHANISMS
     if setting == "auto":
         return applies and str(cfg.trainer.get("accelerator", "cpu")) in GPU_ACCELERATORS
     if setting and not applies:

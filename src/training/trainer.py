@@ -10,6 +10,8 @@ import re
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,11 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from src.config.checks import GPU_ACCELERATORS, MIXED
+from src.config.checks import CUDA_GRAPH_MODES, GPU_ACCELERATORS, MIXED
 from src.errors import ConfigError
 from src.util.cli import CtrlC
 
+log = logging.getLogger(__name__)
 # Notices that do not apply here, once per job in thousands of jobs: we train from in-memory tensors
 # without workers on purpose, log per epoch only, and keep run.log beside metrics.csv in the seed dir.
 # SRUN_HINT: the cluster environment is chosen here (cluster_plugins), so Lightning's advice to prepend srun,
@@ -131,9 +134,33 @@ def train_module(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.Lig
         if trainer.world_size > 1:  # for the process group fit starts; once however many jobs this process runs
             atexit.unregister(end_process_group)
             atexit.register(end_process_group)
-        fit_interruptibly(trainer, module, datamodule)
+        with cuda_graph_skips_reported(compile_mode(cfg)):
+            fit_interruptibly(trainer, module, datamodule)
     finally:
         finish_logger(logger)
+
+
+def compile_mode(cfg: DictConfig) -> str | None:
+    """torch.compile's mode for the members' forward (perf.compile, perf.compile_mode), or None: eager."""
+    return str(cfg.perf.compile_mode) if cfg.perf.compile else None
+
+
+@contextmanager
+def cuda_graph_skips_reported(mode: str | None) -> Iterator[None]:
+    """A warning when a CUDA-graph mode of torch.compile ran some graph without CUDA graphs: inductor then runs
+    the compiled kernels one launch at a time (a graph whose inputs it saw mutated, such as BatchNorm statistics
+    passed in, or one on several devices) and says so only to its `cudagraphs` log artifact."""
+    if mode not in CUDA_GRAPH_MODES:
+        yield
+        return
+    from torch._dynamo.utils import counters
+
+    before = counters["inductor"]["cudagraph_skips"]
+    yield
+    skipped = counters["inductor"]["cudagraph_skips"] - before
+    if skipped:
+        log.warning("perf.compile_mode=%s: inductor ran %d compiled graph(s) of this job without CUDA graphs; "
+                    "TORCH_LOGS=cudagraphs says why", mode, skipped)
 
 
 def fit_interruptibly(trainer: pl.Trainer, module: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:

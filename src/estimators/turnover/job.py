@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from src.config.checks import validate_config
+from src.config.checks import check_device, validate_config
 from src.contracts.estimates import Estimates, Thresholds, write_estimates
 from src.data.dataset import Dataset, load_dataset, record_extras
 from src.errors import ConfigError
@@ -190,6 +190,7 @@ def run_turnover_job(cfg: DictConfig) -> list[Path]:
     """Train one turn-over dropout model on the whole training set, estimate, write the estimates dir."""
     started = clock()
     check_turnover_config(cfg)
+    check_device(cfg.trainer)  # on the machine that trains (the launching one checks a local sweep: plan.py)
     dataset = load_dataset(cfg.dataset, cfg.paths.data_dir)
     out_dir = Path(cfg.estimator.out_dir)
     log.info("turnover seed=%d: %d training examples (all; subset.ratio is not used), model %s, influence %s",
