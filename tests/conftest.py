@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omegaconf import DictConfig
@@ -14,6 +16,7 @@ from omegaconf import DictConfig
 from src.config.compose import compose_config
 
 ROOT = Path(__file__).resolve().parent.parent
+LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")  # what a test under `no_network` may connect to
 CONF = ROOT / "conf"
 # Small and fast: the 8×8 digits, the MLP (64-512-256-10 there), 2 epochs, no logger.
 TINY = ["dataset=digits", "model=mlp", "trainer.max_epochs=2", "logger=none",
@@ -61,3 +64,39 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, **env: str) -> subprocess
     """`python -m <args>` in a subprocess with wandb kept offline (and `env` added to the environment)."""
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, env=cli_env(**env), capture_output=True,
                           text=True, timeout=timeout)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[Any]]:
+    """wandb offline under tmp_path; any connection other than a unix socket or localhost raises and is kept."""
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    home = tmp_path / "home"
+    for name in ("DIR", "CACHE_DIR", "CONFIG_DIR", "DATA_DIR", "ARTIFACT_DIR"):
+        (home / name).mkdir(parents=True)
+        monkeypatch.setenv(f"WANDB_{name}", str(home / name))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NETRC", str(home / "no-netrc"))
+    refused: list[Any] = []
+    connect, create_connection = socket.socket.connect, socket.create_connection
+
+    def local(family: int, address: Any) -> bool:
+        return family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in LOCAL_HOSTS)
+
+    def guarded_connect(self: socket.socket, address: Any) -> None:
+        if not local(self.family, address):
+            refused.append(address)
+            raise OSError(f"network blocked in tests: {address}")
+        return connect(self, address)
+
+    def guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+        if address[0] not in LOCAL_HOSTS:
+            refused.append(address)
+            raise OSError(f"network blocked in tests: {address}")
+        return create_connection(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
+    yield refused
+    assert refused == [], f"connections attempted: {refused}"

@@ -11,13 +11,10 @@ import json
 import os
 import pty
 import select
-import socket
 import struct
 import subprocess
 import sys
 import termios
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,138 +30,9 @@ from src.tracking.progress import progress_enabled
 from src.tracking.wandb import TOP_EXAMPLES, has_wandb_credentials, wandb_mode
 from src.training.job import run_job
 from tests.conftest import CONF, ROOT, TINY, cli_env, run_cli
+from tests.wandb_offline import offline_runs, record_key
 
-LOCAL_HOSTS = ("127.0.0.1", "::1", "localhost")
-# The .wandb file is a LevelDB-style log (wandb-core's store): a 7-byte file header ":W&B", magic 0xBEE1,
-# version; then 32 KiB blocks of chunks, each with a 7-byte header (crc32, length, type: 1 full, 2 first,
-# 3 middle, 4 last); a block tail shorter than a chunk header is zero padding. Each record is a protobuf
-# wandb.proto.wandb_internal_pb2.Record.
-WANDB_LOG_BLOCK = 32768
-WANDB_LOG_HEADER = 7
-WANDB_FULL, WANDB_FIRST, WANDB_MIDDLE, WANDB_LAST = 1, 2, 3, 4
-FLUSH_WAIT_S = 30
 TERMINAL_ROWS, TERMINAL_COLUMNS = 24, 120
-
-
-def wandb_records(path: Path) -> list[Any]:
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    ident, magic, _ = struct.unpack("<4sHB", data[:WANDB_LOG_HEADER])
-    assert ident == b":W&B" and magic == 0xBEE1
-    records, pending, pos = [], b"", WANDB_LOG_HEADER
-    while pos + WANDB_LOG_HEADER <= len(data):
-        left = WANDB_LOG_BLOCK - pos % WANDB_LOG_BLOCK
-        if left < WANDB_LOG_HEADER:
-            pos += left
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + WANDB_LOG_HEADER])
-        chunk = data[pos + WANDB_LOG_HEADER:pos + WANDB_LOG_HEADER + length]
-        if kind and len(chunk) < length:  # a chunk wandb-core is still writing
-            break
-        pos += WANDB_LOG_HEADER + length
-        if kind in (WANDB_FULL, WANDB_LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending + chunk)
-            records.append(record)
-            pending = b""
-        elif kind in (WANDB_FIRST, WANDB_MIDDLE):
-            pending += chunk
-        else:  # zeros: the unwritten end of the file
-            break
-    return records
-
-
-def finished_records(path: Path) -> list[Any]:
-    """The records of a finished run: wandb-core may still be flushing the file when finish() returns."""
-    deadline = time.monotonic() + FLUSH_WAIT_S
-    from google.protobuf.message import DecodeError
-
-    while True:
-        try:
-            records = wandb_records(path)
-        except DecodeError:  # a chunk read while it was being written: read the file again
-            if time.monotonic() > deadline:
-                raise
-            records = []
-        if any(record.WhichOneof("record_type") == "exit" for record in records) or time.monotonic() > deadline:
-            return records
-        time.sleep(0.1)
-
-
-def _key(item: Any) -> str:
-    return item.key or "/".join(item.nested_key)
-
-
-class OfflineRun:
-    """What an offline run directory holds: its run record, summary, history keys and artifacts."""
-
-    def __init__(self, directory: Path) -> None:
-        files = list(directory.glob("*.wandb"))
-        assert len(files) == 1, files
-        self.records = finished_records(files[0])
-        kinds = [record.WhichOneof("record_type") for record in self.records]
-        self.run = next(record.run for record, kind in zip(self.records, kinds, strict=True) if kind == "run")
-        self.summary: dict[str, Any] = {}
-        self.history_keys: set[str] = set()
-        self.artifacts = []
-        for record, kind in zip(self.records, kinds, strict=True):
-            if kind == "summary":
-                for item in record.summary.update:
-                    path = [item.key] if item.key else list(item.nested_key)
-                    node = self.summary
-                    for key in path[:-1]:
-                        node = node.setdefault(key, {})
-                    node[path[-1]] = json.loads(item.value_json)
-            elif kind == "history":
-                self.history_keys.update(item.key or item.nested_key[0] for item in record.history.item)
-            elif kind == "artifact":
-                self.artifacts.append(record.artifact)
-        assert "exit" in kinds  # finished
-
-    def artifact_files(self, kind: str) -> list[str]:
-        return sorted(entry.path for artifact in self.artifacts if artifact.type == kind
-                      for entry in artifact.manifest.contents)
-
-
-def offline_runs(directory: Path) -> list[OfflineRun]:
-    return [OfflineRun(run_dir) for run_dir in sorted((directory / "wandb").glob("offline-run-*"))]
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[Any]]:
-    """wandb offline under tmp_path; any connection other than a unix socket or localhost raises and is kept."""
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    home = tmp_path / "home"
-    for name in ("DIR", "CACHE_DIR", "CONFIG_DIR", "DATA_DIR", "ARTIFACT_DIR"):
-        (home / name).mkdir(parents=True)
-        monkeypatch.setenv(f"WANDB_{name}", str(home / name))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("NETRC", str(home / "no-netrc"))
-    refused: list[Any] = []
-    connect, create_connection = socket.socket.connect, socket.create_connection
-
-    def local(family: int, address: Any) -> bool:
-        return family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in LOCAL_HOSTS)
-
-    def guarded_connect(self: socket.socket, address: Any) -> None:
-        if not local(self.family, address):
-            refused.append(address)
-            raise OSError(f"network blocked in tests: {address}")
-        return connect(self, address)
-
-    def guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
-        if address[0] not in LOCAL_HOSTS:
-            refused.append(address)
-            raise OSError(f"network blocked in tests: {address}")
-        return create_connection(address, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
-    yield refused
-    assert refused == [], f"connections attempted: {refused}"
 
 
 def _tiny_cfg(output_dir: Path, *overrides: str) -> Any:
@@ -207,7 +75,7 @@ def test_training_job_logs_one_offline_run(no_network: list[Any], tmp_path: Path
     assert run.run.run_group == "tracked" and run.run.job_type == "train" and run.run.display_name == \
         f"tracked/{job_dir.name}"
     assert set(run.run.tags) == {"dataset=digits", "model=mlp", "ratio=0.7", f"pack={pack}", "estimator=subsample"}
-    config = {_key(item): json.loads(item.value_json) for item in run.run.config.update}
+    config = {record_key(item): json.loads(item.value_json) for item in run.run.config.update}
     assert config["seeds"] == json.loads(seeds)
     assert {"train/loss", "train/acc", "epoch"} <= run.history_keys
     assert run.summary["epoch"] == 0
