@@ -57,10 +57,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from src.analyses.removal_table import RemovalRow
 from src.config.checks import TRAINING_GROUPS
-from src.config.compose import compose_config, plain, upgrade_config
+from src.config.compose import compose_config, plain, stored_config
 from src.contracts.estimates import Estimates, check_threshold, most_memorized
-from src.contracts.identity import record_experiment_hash
-from src.contracts.records import RecordError, find_records, read_meta
+from src.contracts.records import experiment_metas
 from src.errors import ConfigError, MeminfError
 from src.util.cli import one_line
 
@@ -74,13 +73,9 @@ def sweep_config(estimates_dir: Path, summary: dict[str, Any], sweep: Path | Non
     (default: the estimates directory's parent), in today's config layout."""
     sweep = sweep if sweep is not None else estimates_dir.parent
     wanted = summary["experiment_hash"]
-    for path in find_records(sweep):
-        try:
-            meta = read_meta(path)
-        except RecordError:
-            continue
-        if record_experiment_hash(meta) == wanted and isinstance(meta.get("config"), dict):
-            return upgrade_config(meta["config"])
+    config = stored_config(experiment_metas(sweep, wanted))
+    if config is not None:
+        return config
     raise MeminfError(f"no readable record of experiment {wanted} under {sweep}; pass the sweep directory "
                       "with --sweep DIR")
 

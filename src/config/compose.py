@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,12 @@ def unknown_key_message(key: str, other_overrides: list[str]) -> str:
 def plain(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as plain dicts and lists (what records store)."""
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def stored_config(metas: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The resolved config stored by the first of these records that stores one, in today's layout (None when
+    none does)."""
+    return next((upgrade_config(meta["config"]) for meta in metas if isinstance(meta.get("config"), dict)), None)
 
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:

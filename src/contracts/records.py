@@ -40,12 +40,14 @@ from __future__ import annotations
 
 import json
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from src.contracts.identity import record_experiment_hash
 from src.contracts.io import load_error, write_atomic
 from src.errors import RecordError
 
@@ -140,6 +142,18 @@ def misplaced_reason(path: str | Path, seed: int) -> str | None:
 def find_records(sweep_dir: str | Path) -> list[Path]:
     """Every `record.npz` under the directory, sorted; temp files are never matched."""
     return sorted(Path(sweep_dir).rglob(RECORD_NAME))
+
+
+def experiment_metas(sweep_dir: str | Path, experiment_hash: str) -> Iterator[dict[str, Any]]:
+    """The metadata of each readable record under the directory that belongs to the experiment (its identity-2
+    hash), in path order; unreadable records are passed over (the aggregator names them)."""
+    for path in find_records(sweep_dir):
+        try:
+            meta = read_meta(path)
+        except RecordError:
+            continue
+        if record_experiment_hash(meta) == experiment_hash:
+            yield meta
 
 
 def _label_dtype(num_classes: int) -> type:
