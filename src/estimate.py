@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from src.contracts.estimates import Estimates, write_estimates
+from src.contracts.estimates import GALLERY_FILE, Estimates, write_estimates
 from src.data.images import Images, sweep_images
 from src.errors import ConfigError, MeminfError
 from src.estimators.base import ReduceOptions
@@ -117,7 +117,7 @@ def run(args: argparse.Namespace) -> None:
         images = sweep_images(args.sweep_dir, est.summary)
         add_train_paths(est, images)
         png = gallery_png(est, images, args.gallery)
-        written = write_estimates(out_dir, est, {} if png is None else {"gallery.png": png})
+        written = write_estimates(out_dir, est, {} if png is None else {GALLERY_FILE: png})
     finally:
         if est.dense is not None:
             est.dense.discard()

@@ -49,10 +49,11 @@ from src.util.tables import csv_text, fmt
 FORMAT_VERSION = 1
 ESTIMATES_FILE = "estimates.npz"
 SUMMARY_FILE = "summary.json"
+GALLERY_FILE = "gallery.png"
 DENSE_FILE = "influence.npy"
 DEFAULT_DIR = "estimates"
 # Every file write_estimates may write (besides the dense matrix): a rerun removes those it does not write again.
-OUTPUT_FILES = (ESTIMATES_FILE, "memorization.csv", "pairs.csv", SUMMARY_FILE, "gallery.png")
+OUTPUT_FILES = (ESTIMATES_FILE, "memorization.csv", "pairs.csv", SUMMARY_FILE, GALLERY_FILE)
 REQUIRED_ARRAYS = ("summary", "mem", "train_label", "orig_label", "flipped", "test_label", "seeds")
 SUMMARY_KEYS = ("estimator", "dataset", "model", "experiment_name", "experiment_hash", "data_fingerprint",
                 "n_train", "n_test", "num_classes", "ratio", "salt", "runs_used", "mean_test_acc",
