@@ -45,7 +45,8 @@ Outputs (in --out, default <first input's sweep dir>/compare/), each written ato
 computed: compare.csv (one row per pair), compare.json (inputs, pairs, floors by experiment, notes) and
 compare.png (matrices of spearman, jaccard_mem and jaccard_pairs; boxed cells are noise-floor pairs). Each input
 in compare.json names the estimates it read (dir, experiment_hash, estimator, runs, estimates_fingerprint), so
-that src.report can check a comparison it embeds.
+that src.report can check a comparison it embeds, and its `floor_group` (the `experiment` of its entry in
+`floors`, where it has a noise floor).
 
 API: `compare(estimates_dirs, theta_mem)` returns the rows as dicts.
 """
@@ -394,6 +395,7 @@ def _input_json(item: Input, theta_mem: float) -> dict[str, Any]:
             "memorized": int(np.sum(np.nan_to_num(item.mem, nan=-np.inf) >= theta_mem)),
             "pairs": None if item.pair_keys is None else int(item.pair_keys.size),
             "aggregator_thresholds": summary["thresholds"], "estimates_fingerprint": item.fingerprint,
+            "floor_group": item.floor_group,
             "health_checked": RUN_HEALTH in summary,
             "unhealthy_seeds": [run["seed"] for run in unhealthy_runs(summary)],
             "warnings": input_warnings(item)}
