@@ -90,12 +90,14 @@ def test_estimate_wandb_run_matches_summary_json(no_network: list[Any], sweep: P
     [run] = offline_runs(out)
     assert run.run.job_type == "aggregate" and run.run.run_group == "tracked"
     assert set(run.run.tags) == {"dataset=digits", "model=mlp", "ratio=0.7", "estimator=subsample"}
-    for key in ("runs_used", "n_train", "n_test", "mean_test_acc", "mean_train_in_acc", "memorized", "pairs",
-                "examples_with_estimate"):
-        assert run.summary[key] == summary[key], key
-    assert run.summary["runs_used"] == 5
-    assert run.summary["runs_needed/worst_case_se_now/plug_in"] == summary["runs_needed"]["worst_case_se_now"][
-        "plug_in"]
+    config = {record_key(item): json.loads(item.value_json) for item in run.run.config.update}
+    assert config["estimate"]["K"] == summary["runs_used"] == 5
+    for key, name in (("examples_with_estimate", "examples_with_estimate"), ("memorized", "memorized"),
+                      ("pairs", "pairs"), ("test_acc", "mean_test_acc"), ("train_acc_in_subset", "mean_train_in_acc"),
+                      ("pairs_by_chance", "expected_false_pairs")):
+        assert run.summary[key] == summary[name], key
+    assert run.summary["mem_fraction"] == summary["memorized"] / summary["examples_with_estimate"]
+    assert run.summary["reliability/pearson"] == summary["reliability"]["pearson"]
     assert run.summary["mem_mean"] == pytest.approx(float(np.nanmean(mem)), abs=1e-12)
     assert run.summary["mem_median"] == pytest.approx(float(np.nanmedian(mem)), abs=1e-12)
     assert run.summary["mem_histogram"]["_type"] == "histogram"
@@ -105,6 +107,7 @@ def test_estimate_wandb_run_matches_summary_json(no_network: list[Any], sweep: P
     assert {"most_memorized", "top_pairs", "mem_histogram"} <= run.history_keys
     assert not any(key.startswith(("mem/", "mem_se")) for key in run.summary)  # no per-example metrics
     assert run.artifact_files("estimates") == ["estimates.npz", "memorization.csv", "pairs.csv", "summary.json"]
+    assert run.summary["gallery"]["_type"] == "image-file"  # gallery.png
     images = [path for path in run.artifact_files("run_table") if path.endswith(".png")]
     assert len(images) >= TOP_EXAMPLES  # the 8x8 digits of the most memorized examples
 
@@ -124,6 +127,9 @@ def test_estimate_wandb_run_names_unhealthy_runs(no_network: list[Any], sweep: P
     assert estimate_cli.main([str(broken), "--out", str(out), "--null-perms", "1", "--wandb"]) == 0
     [run] = offline_runs(out)
     assert run.summary["run_health/unhealthy_runs"] == 1 and run.summary["run_health/unhealthy_seeds"] == [3]
+    assert run.summary["run_health/runs_checked"] == 5 and run.summary["run_health/excluded_runs"] == 0
+    runs = run.table("runs")
+    assert [row[runs["columns"].index("healthy")] for row in runs["data"]] == [True, True, True, False, True]
     assert run.summary["unhealthy_runs"]["nrows"] == 1 and "unhealthy_runs" in run.history_keys
 
 
@@ -136,10 +142,11 @@ def test_compare_wandb_run_matches_compare_json(no_network: list[Any], sweep: Pa
     assert run.run.job_type == "compare" and run.run.run_group == "compare:digits"
     [row] = document["pairs"]
     for metric in ("common", "pearson", "spearman", "jaccard_mem"):
-        assert run.summary[f"a vs b/{metric}"] == row[metric]
-    assert run.summary["a vs b/spearman"] == pytest.approx(1.0)
+        assert run.summary[f"first_pair/{metric}"] == row[metric]
+    assert run.summary["first_pair/spearman"] == pytest.approx(1.0)
     assert run.summary["matrix_spearman"]["nrows"] == 2 and run.summary["pairs"]["nrows"] == 1
-    assert run.artifact_files("compare") == ["compare.csv", "compare.json", "compare.png"]
+    assert run.artifact_files("compare") == ["compare.csv", "compare.json", "compare.png", "inputs/a/estimates.npz",
+                                             "inputs/b/estimates.npz"]
 
 
 def test_estimate_without_wandb_starts_no_run(sweep: Path) -> None:

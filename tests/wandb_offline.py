@@ -75,6 +75,7 @@ class OfflineRun:
     """What an offline run directory holds: its run record, summary, history keys and artifacts."""
 
     def __init__(self, directory: Path) -> None:
+        self.directory = directory
         files = list(directory.glob("*.wandb"))
         assert len(files) == 1, files
         self.records = finished_records(files[0])
@@ -96,6 +97,10 @@ class OfflineRun:
             elif kind == "artifact":
                 self.artifacts.append(record.artifact)
         assert "exit" in kinds  # finished
+
+    def table(self, key: str) -> dict[str, Any]:
+        """A logged wandb.Table: `columns` and `data`, from the file under files/ that its summary entry names."""
+        return json.loads((self.directory / "files" / self.summary[key]["path"]).read_text())
 
     def artifact_files(self, kind: str) -> list[str]:
         return sorted(entry.path for artifact in self.artifacts if artifact.type == kind

@@ -1,12 +1,34 @@
 """wandb runs of the aggregator and the comparison (training runs: src/tracking/loggers.py); offline
 automatically without credentials (`wandb sync` later).
 
-- `python -m src.estimate ... --wandb`: one run, job_type aggregate, group = the experiment name: the
-  summary numbers in run.summary, the mem histogram, a table of the most memorized examples and one of the
-  strongest high-influence pairs (with images when the training data load here), and the estimate files
-  as an artifact. Per-example arrays go only into the artifact, never into metrics.
-- `python -m src.compare ... --wandb`: one run, job_type compare: the agreement numbers per pair of
-  inputs in run.summary, the pair rows and the agreement matrices as tables, the outputs as an artifact.
+`python -m src.estimate ... --wandb`: one run, job_type aggregate, group = the experiment name.
+- config: the experiment's resolved config as its records store it, the shape of a training job's config
+  (`dataset`, `model`, `optim`, `schedule`, `trainer`, `subset`, ...; without the per-run `seed` and `seeds`),
+  so that `model.name` and `dataset.name` group aggregate and training runs alike (turn-over dropout, whose
+  estimates come from no records: `name`, `dataset.name`, `model.name`, `subset.ratio` from the summary); plus
+  `estimate` (`estimator`, `K`: the runs used, `thresholds`), `experiment_hash` and `experiment_identity`.
+- summary (measured numbers only; a key is absent where its number is undefined): `test_acc`,
+  `train_acc_in_subset`, `train_acc_out_of_subset` (means over the runs), `examples_with_estimate`, `memorized`
+  (mem >= theta_mem), `mem_fraction` (memorized / examples with an estimate), `mem_mean`, `mem_median`,
+  `pairs`, `pairs_by_chance` (the permutation null's mean), `reliability/<metric>` (split-half agreement:
+  RELIABILITY_NUMBERS), `projected/<metric>/...` (its projection to this K: `with_independent_sweep`,
+  `runs_for_target`, ...), `run_health/runs_checked`, `run_health/unhealthy_runs`, `run_health/excluded_runs`,
+  `run_health/unhealthy_seeds` (a list, when any).
+- media: `runs` (a table, one row per run used: RUN_COLUMNS, so the members' results reach wandb without
+  training runs), `most_memorized` and `top_pairs` (tables, with images when the training data load here),
+  `unhealthy_runs` (a table, when any), `mem_histogram`, `gallery` (gallery.png, when written).
+- artifact `<experiment>-estimates` (type estimates): ESTIMATE_FILES. Per-example arrays go only there.
+
+`python -m src.compare ... --wandb`: one run, job_type compare.
+- config: `theta_mem`, `inputs` (compare.json's, each with its `estimates_artifact` name), `first_pair`
+  (`a` and `b`: `label`, `model`, `dataset`, `K` of the first two inputs).
+- summary: `first_pair/<number>` for PAIR_NUMBERS of the first pair, the same keys in every compare run;
+  `pairs_compared`.
+- tables: `pairs` (one row per pair, PAIR_COLUMNS: each side's floor null where its experiment has none) and
+  `matrix_<metric>` (inputs x inputs).
+- artifact `compare-<labels>` (type compare): COMPARE_FILES. Lineage (`use_estimates`): online the run uses
+  each input's estimates artifact; offline (wandb refuses use_artifact) the compare artifact holds file://
+  references `inputs/<label>/estimates.npz` to them instead.
 
 wandb is imported only when a run is started, so nothing else pays for importing it.
 """
@@ -26,14 +48,17 @@ import numpy as np
 
 from src.contracts.estimates import (
     ESTIMATES_FILE,
+    GALLERY_FILE,
     RUN_HEALTH,
     SUMMARY_FILE,
     Estimates,
     read_estimates,
     unhealthy_runs,
 )
+from src.contracts.records import experiment_metas
 from src.data.images import Images, sweep_images
 from src.errors import MeminfError
+from src.estimators.subsample.reliability import METRICS as RELIABILITY_NUMBERS
 
 WANDB_HOST = "api.wandb.ai"
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -47,6 +72,14 @@ ARTIFACT_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 ESTIMATE_FILES = (ESTIMATES_FILE, "memorization.csv", "pairs.csv", SUMMARY_FILE)
 COMPARE_FILES = ("compare.csv", "compare.json", "compare.png")
 COMPARE_METRICS = ("pearson", "spearman", "jaccard_mem", "jaccard_pairs")
+PER_RUN_KEYS = ("seed", "seeds")  # keys of a record's config that name its run, not the experiment
+RUN_COLUMNS = ("seed", "test_acc", "train_acc_in_subset", "train_acc_out_of_subset", "healthy")
+FIRST_PAIR = "first_pair"
+# The measured numbers of a pair row (the compare run's summary keeps the first pair's); PAIR_COLUMNS puts each
+# side's label, model, dataset and K (runs used) and the pair's relation before them.
+PAIR_NUMBERS = ("common", *COMPARE_METRICS, *(f"floor_{metric}" for metric in COMPARE_METRICS),
+                *(f"floor_{side}_{metric}" for side in "ab" for metric in COMPARE_METRICS))
+PAIR_COLUMNS = ("a", "b", "relation", "model_a", "dataset_a", "K_a", "model_b", "dataset_b", "K_b", *PAIR_NUMBERS)
 
 
 # ---------------------------------------------------------------------------------------------- modes
@@ -101,16 +134,6 @@ def _start_run(args: argparse.Namespace, out_dir: Path, job_type: str, group: st
     keep_wandb_files_in(out_dir)
     return wandb.init(project=args.wandb_project, mode=wandb_mode(args.wandb_mode), dir=str(out_dir),
                       job_type=job_type, group=group, name=name, tags=tags, config=config)
-
-
-def _log_files(run: Any, out_dir: Path, name: str, kind: str, files: Sequence[str]) -> None:
-    import wandb
-
-    artifact = wandb.Artifact(ARTIFACT_NAME_UNSAFE.sub("_", name), type=kind)
-    for file_name in files:
-        if (out_dir / file_name).is_file():
-            artifact.add_file(str(out_dir / file_name), name=file_name)
-    run.log_artifact(artifact)
 
 
 def flat_numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, float | int]:
@@ -178,15 +201,29 @@ def pairs_table(est: Estimates, images: Images, count: int) -> Any:
     return wandb.Table(columns=columns + (["train_image", "test_image"] if with_images else []), data=rows)
 
 
-def estimate_numbers(summary: Mapping[str, Any], mem: np.ndarray) -> dict[str, float | int]:
-    """run.summary of an aggregator run: the summary's numbers plus the mean and median of mem."""
+def estimate_numbers(summary: Mapping[str, Any], mem: np.ndarray,
+                     out_of_subset: Sequence[float | None]) -> dict[str, float | int]:
+    """run.summary of an aggregate run under the names of the module docstring (absent where undefined)."""
     estimated = mem[~np.isnan(mem)]
-    numbers = flat_numbers(summary)
-    if RUN_HEALTH in summary:
-        numbers["run_health/unhealthy_runs"] = len(unhealthy_runs(summary))
-    if estimated.size:
-        numbers.update({"mem_mean": float(estimated.mean()), "mem_median": float(np.median(estimated))})
-    return numbers
+    health, reliability = summary.get(RUN_HEALTH), summary.get("reliability") or {}
+    unhealthy = len(unhealthy_runs(summary))
+    out = [value for value in out_of_subset if value is not None]
+    numbers: dict[str, Any] = {
+        "test_acc": summary["mean_test_acc"], "train_acc_in_subset": summary["mean_train_in_acc"],
+        "train_acc_out_of_subset": float(np.mean(out)) if out else None,
+        "examples_with_estimate": summary.get("examples_with_estimate"), "memorized": summary.get("memorized"),
+        "mem_fraction": summary["memorized"] / estimated.size if estimated.size else None,
+        "mem_mean": float(estimated.mean()) if estimated.size else None,
+        "mem_median": float(np.median(estimated)) if estimated.size else None,
+        "pairs": summary.get("pairs"), "pairs_by_chance": summary.get("expected_false_pairs"),
+        **{f"reliability/{key}": value for key, value in reliability.items() if key in RELIABILITY_NUMBERS},
+        **flat_numbers(reliability.get("projection") or {}, "projected/"),
+    }
+    if isinstance(health, Mapping):
+        numbers.update({"run_health/runs_checked": health["runs_checked"], "run_health/unhealthy_runs": unhealthy,
+                        "run_health/excluded_runs": unhealthy if health["excluded"] else 0})
+    return {key: value for key, value in numbers.items() if isinstance(value, (int, float))
+            and not isinstance(value, bool)}
 
 
 def unhealthy_table(unhealthy: Sequence[Mapping[str, Any]]) -> Any:
@@ -198,43 +235,118 @@ def unhealthy_table(unhealthy: Sequence[Mapping[str, Any]]) -> Any:
                                                "; ".join(run.get("reasons", []))] for run in unhealthy])
 
 
+def run_rows(est: Estimates, metas: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+    """RUN_COLUMNS for each run the estimates used: accuracies from the estimates, the out-of-subset accuracy from
+    its record (null where none is found), healthy unless the run-health check named it."""
+    arrays = est.arrays
+    seeds = arrays["seeds"].tolist()
+    out_of_subset = {int(meta["seed"]): meta.get("train_out_acc") for meta in metas}
+    unhealthy = {int(run["seed"]) for run in unhealthy_runs(est.summary)}
+    test_acc, train_in_acc = (arrays.get(key, np.full(len(seeds), np.nan)).tolist()
+                              for key in ("test_acc", "train_in_acc"))
+    return [[seed, test, train_in, out_of_subset.get(seed), seed not in unhealthy]
+            for seed, test, train_in in zip(seeds, test_acc, train_in_acc, strict=True)]
+
+
+def aggregate_config(summary: Mapping[str, Any], stored: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The aggregate run's config: the experiment's resolved config as its records store it (a training job's
+    shape; without the per-run keys), or where no record stores one (turn-over dropout's run) the summary's
+    dataset, model and subset ratio in that shape; plus `estimate` and the experiment's identity."""
+    base = ({key: value for key, value in stored.items() if key not in PER_RUN_KEYS} if stored is not None else
+            {"name": summary["experiment_name"], "dataset": {"name": summary["dataset"]},
+             "model": {"name": summary["model"]}, "subset": {"ratio": summary["ratio"]}})
+    return {**base, "estimate": {"estimator": summary["estimator"], "K": summary["runs_used"],
+                                 "thresholds": summary["thresholds"]},
+            "experiment_hash": summary["experiment_hash"], "experiment_identity": summary.get("experiment")}
+
+
+def estimates_artifact(directory: Path, experiment_name: str) -> Any:
+    """The artifact of an estimates directory: the aggregate run logs it, a compare run uses the same (same name
+    and files, so wandb finds the logged version by its digest)."""
+    import wandb
+
+    artifact = wandb.Artifact(artifact_name(f"{experiment_name}-estimates"), type="estimates")
+    for file_name in ESTIMATE_FILES:
+        if (directory / file_name).is_file():
+            artifact.add_file(str(directory / file_name), name=file_name)
+    return artifact
+
+
+def artifact_name(name: str) -> str:
+    return ARTIFACT_NAME_UNSAFE.sub("_", name)
+
+
 def log_estimates(args: argparse.Namespace, out_dir: Path, sweep_dir: Path) -> None:
-    """With --wandb: one aggregate run for the estimates written to `out_dir` (the sweep's records find the
-    images)."""
+    """With --wandb: one aggregate run for the estimates written to `out_dir` (the sweep's records give the config,
+    the out-of-subset accuracies and the images)."""
     if not args.wandb:
         return
     import wandb
 
+    from src.config.compose import stored_config
+
     est = read_estimates(out_dir)
     summary, arrays = est.summary, est.arrays
+    metas = list(experiment_metas(sweep_dir, str(summary["experiment_hash"])))
     images = sweep_images(sweep_dir, summary)
     name = str(summary["experiment_name"])
     tags = [f"dataset={summary['dataset']}", f"model={summary['model']}", f"ratio={summary['ratio']}",
             f"estimator={summary['estimator']}"]
     run = _start_run(args, out_dir, "aggregate", name, f"{name}/estimates", tags,
-                     {"thresholds": summary["thresholds"], "experiment_hash": summary["experiment_hash"]})
+                     aggregate_config(summary, stored_config(metas)))
     try:
-        run.summary.update(estimate_numbers(summary, arrays["mem"]))
+        rows = run_rows(est, metas)
+        out_of_subset = RUN_COLUMNS.index("train_acc_out_of_subset")
+        run.summary.update(estimate_numbers(summary, arrays["mem"], [row[out_of_subset] for row in rows]))
         mem = arrays["mem"][~np.isnan(arrays["mem"])]
-        tables = {"most_memorized": memorized_table(est, images, TOP_EXAMPLES)}
+        media: dict[str, Any] = {"runs": wandb.Table(columns=list(RUN_COLUMNS), data=rows),
+                                 "most_memorized": memorized_table(est, images, TOP_EXAMPLES)}
         if est.has("pair_train_idx", "pair_test_idx", "pair_infl", "pair_infl_se"):
-            tables["top_pairs"] = pairs_table(est, images, TOP_PAIRS)
+            media["top_pairs"] = pairs_table(est, images, TOP_PAIRS)
         unhealthy = unhealthy_runs(summary)
         if unhealthy:
             run.summary["run_health/unhealthy_seeds"] = [run_["seed"] for run_ in unhealthy]
-            tables["unhealthy_runs"] = unhealthy_table(unhealthy)
-        run.log({**({"mem_histogram": wandb.Histogram(mem)} if mem.size else {}), **tables})
-        _log_files(run, out_dir, f"{name}-estimates", "estimates", ESTIMATE_FILES)
+            media["unhealthy_runs"] = unhealthy_table(unhealthy)
+        if mem.size:
+            media["mem_histogram"] = wandb.Histogram(mem)
+        if (out_dir / GALLERY_FILE).is_file():
+            media["gallery"] = wandb.Image(str(out_dir / GALLERY_FILE), caption="the most memorized examples")
+        run.log(media)
+        run.log_artifact(estimates_artifact(out_dir, name))
     finally:
         run.finish()
     print(f"wandb: logged run {run.id} ({run.settings.mode}) under {out_dir / 'wandb'}")
 
 
-def compare_numbers(rows: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
-    """run.summary of a comparison run: `<a> vs <b>/<metric>` for every defined number of every pair."""
-    return {f"{row['a']} vs {row['b']}/{metric}": row[metric]
-            for row in rows for metric in ("common", *COMPARE_METRICS, *(f"floor_{m}" for m in COMPARE_METRICS))
-            if row[metric] is not None}
+def side_floors(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each input's label -> the noise floor of its experiment (compare.json's `floors`; {} where none exists)."""
+    floors = {floor["experiment"]: floor for floor in document["floors"]}
+    return {item["label"]: floors.get(item.get("floor_group"), {}) for item in document["inputs"]}
+
+
+def pair_rows(document: Mapping[str, Any]) -> list[list[Any]]:
+    """PAIR_COLUMNS for every pair of compare.json (each side's floor null where its experiment has none)."""
+    inputs = {item["label"]: item for item in document["inputs"]}
+    floors = side_floors(document)
+    rows = []
+    for pair in document["pairs"]:
+        sides = {side: (inputs[pair[side]], floors[pair[side]]) for side in "ab"}
+        row = {"a": pair["a"], "b": pair["b"], "relation": pair["relation"], "common": pair["common"],
+               **{f"{key}_{side}": item[source] for side, (item, _) in sides.items()
+                  for key, source in (("model", "model"), ("dataset", "dataset"), ("K", "runs"))},
+               **{metric: pair[metric] for metric in (*COMPARE_METRICS, *(f"floor_{m}" for m in COMPARE_METRICS))},
+               **{f"floor_{side}_{metric}": floor.get(metric) for side, (_, floor) in sides.items()
+                  for metric in COMPARE_METRICS}}
+        rows.append([row[column] for column in PAIR_COLUMNS])
+    return rows
+
+
+def compare_numbers(rows: Sequence[Sequence[Any]]) -> dict[str, float | int]:
+    """run.summary of a compare run: `first_pair/<column>` for the numbers of the first pair (the first two
+    inputs), the same keys in every compare run (absent where undefined), and `pairs_compared`."""
+    first = dict(zip(PAIR_COLUMNS, rows[0], strict=True))
+    return {"pairs_compared": len(rows), **{f"{FIRST_PAIR}/{column}": first[column] for column in PAIR_NUMBERS
+                                            if first[column] is not None}}
 
 
 def agreement_matrix_table(labels: Sequence[str], rows: Sequence[Mapping[str, Any]], metric: str) -> Any:
@@ -251,6 +363,29 @@ def agreement_matrix_table(labels: Sequence[str], rows: Sequence[Mapping[str, An
                                                                                                    strict=True)])
 
 
+def compare_config(document: Mapping[str, Any]) -> dict[str, Any]:
+    """theta_mem, the inputs (each with the name of its estimates artifact) and the first pair's sides under fixed
+    keys (`first_pair.a.model`, ...)."""
+    inputs = [{**item, "estimates_artifact": artifact_name(f"{item['experiment_name']}-estimates")}
+              for item in document["inputs"]]
+    sides = {side: {"label": item["label"], "model": item["model"], "dataset": item["dataset"], "K": item["runs"]}
+             for side, item in zip("ab", inputs, strict=False)}
+    return {"theta_mem": document["theta_mem"], "inputs": inputs, FIRST_PAIR: sides}
+
+
+def use_estimates(run: Any, document: Mapping[str, Any], artifact: Any) -> None:
+    """Lineage: online, the run uses each input's estimates artifact (wandb finds the version the aggregate run
+    logged by its digest, or creates it); offline, wandb 0.31 refuses use_artifact (TypeError), so `artifact` (the
+    comparison's) holds a file:// reference (path and checksum) to each input's estimates.npz instead."""
+    for item in document["inputs"]:
+        directory = Path(item["dir"])
+        if run.offline:
+            artifact.add_reference(f"file://{(directory / ESTIMATES_FILE).resolve()}",
+                                   name=f"inputs/{artifact_name(item['label'])}/{ESTIMATES_FILE}")
+        else:
+            run.use_artifact(estimates_artifact(directory, str(item["experiment_name"])))
+
+
 def log_compare(args: argparse.Namespace, out_dir: Path) -> None:
     """With --wandb: one compare run for the comparison written to `out_dir` (its compare.json)."""
     if not args.wandb:
@@ -258,19 +393,22 @@ def log_compare(args: argparse.Namespace, out_dir: Path) -> None:
     import wandb
 
     document = json.loads((out_dir / "compare.json").read_text())
-    inputs, rows = document["inputs"], document["pairs"]
+    inputs, pairs = document["inputs"], document["pairs"]
     labels = [item["label"] for item in inputs]
     tags = sorted({f"{key}={item[key]}" for item in inputs for key in ("dataset", "model", "ratio")})
     group = "compare:" + ",".join(sorted({str(item["dataset"]) for item in inputs}))
-    run = _start_run(args, out_dir, "compare", group, f"compare {' '.join(labels)}", tags,
-                     {"theta_mem": document["theta_mem"], "inputs": inputs})
+    run = _start_run(args, out_dir, "compare", group, f"compare {' '.join(labels)}", tags, compare_config(document))
     try:
+        rows = pair_rows(document)
         run.summary.update(compare_numbers(rows))
-        pair_columns = list(rows[0])
-        tables = {"pairs": wandb.Table(columns=pair_columns, data=[[row[c] for c in pair_columns] for row in rows])}
-        tables.update({f"matrix_{metric}": agreement_matrix_table(labels, rows, metric) for metric in COMPARE_METRICS})
+        tables = {"pairs": wandb.Table(columns=list(PAIR_COLUMNS), data=rows)}
+        tables.update({f"matrix_{metric}": agreement_matrix_table(labels, pairs, metric) for metric in COMPARE_METRICS})
         run.log(tables)
-        _log_files(run, out_dir, "compare-" + "-".join(labels), "compare", COMPARE_FILES)
+        artifact = wandb.Artifact(artifact_name("compare-" + "-".join(labels)), type="compare")
+        for file_name in COMPARE_FILES:
+            artifact.add_file(str(out_dir / file_name), name=file_name)
+        use_estimates(run, document, artifact)
+        run.log_artifact(artifact)
     finally:
         run.finish()
     print(f"wandb: logged run {run.id} ({run.settings.mode}) under {out_dir / 'wandb'}")
