@@ -7,11 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import src.estimate as estimate_cli
 from src import compare as compare_cli
-from src.tracking.wandb import ESTIMATE_FILES, use_estimates
+from src.tracking.wandb import ESTIMATE_FILES, aggregate_config, estimate_numbers, use_estimates
 from src.training.job import run_job
 from tests.test_tracking import _tiny_cfg
 from tests.wandb_offline import OfflineRun, offline_runs, record_key
@@ -151,3 +152,31 @@ def test_compare_run_rows_fixed_keys_and_lineage(no_network: list[Any], estimate
     assert references == {f"inputs/{name}/estimates.npz": f"file://{(estimated[name] / 'estimates').resolve()}"
                           "/estimates.npz" for name in ("mlp", "cnn_small", "mlp_b")}
 
+
+
+# A turn-over dropout summary's keys that the aggregate run reads (src/estimators/turnover/summary.py): one run,
+# no records, no split-half reliability, no run-health check.
+TURNOVER_SUMMARY = {"estimator": "turnover", "experiment_name": "turnover_digits", "dataset": "digits",
+                    "model": "mlp", "ratio": 1.0, "runs_used": 1, "experiment_hash": "0123456789abcdef",
+                    "experiment": {"model.timm_name": "meminf_mlp"}, "mean_test_acc": 0.9, "mean_train_in_acc": 1.0,
+                    "examples_with_estimate": 4, "memorized": 1, "pairs": 2, "expected_false_pairs": None,
+                    "thresholds": {"theta_mem": 0.25, "theta_infl": 0.15, "top_k": 5, "null_perms": 0, "seed": 0}}
+
+
+def test_estimates_from_no_records_still_carry_dataset_and_model() -> None:
+    """Turn-over dropout's estimates come from no records: the summary gives the config its dataset, model and
+    ratio in a training job's shape, and the summary the numbers it has."""
+    config = aggregate_config(TURNOVER_SUMMARY, stored=None)
+    assert config["dataset"] == {"name": "digits"} and config["model"] == {"name": "mlp"}
+    assert config["subset"] == {"ratio": 1.0} and config["estimate"]["K"] == 1
+    numbers = estimate_numbers(TURNOVER_SUMMARY, np.array([0.5, 0.0, 0.0, np.nan, 0.0]), [None])
+    assert set(numbers) == {"test_acc", "train_acc_in_subset", "examples_with_estimate", "memorized", "mem_fraction",
+                            "mem_mean", "mem_median", "pairs"}
+    assert numbers["mem_fraction"] == 0.25
+
+
+def test_runs_left_out_as_unhealthy_are_counted() -> None:
+    health = {"runs_checked": 8, "excluded": True, "unhealthy": [{"seed": 3, "reasons": ["test acc at chance"]}]}
+    numbers = estimate_numbers({**TURNOVER_SUMMARY, "run_health": health}, np.zeros(4), [0.8, None])
+    assert numbers["run_health/excluded_runs"] == numbers["run_health/unhealthy_runs"] == 1
+    assert numbers["run_health/runs_checked"] == 8 and numbers["train_acc_out_of_subset"] == 0.8
