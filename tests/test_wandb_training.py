@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from omegaconf import DictConfig
 
 from src.contracts.records import read_meta
 from src.training.job import run_job
-from tests.conftest import ROOT, TINY, run_cli
+from tests.conftest import ROOT, TINY, cli_env, run_cli
 from tests.wandb_offline import OfflineRun, offline_runs, record_key
 
 MEMBER_COLUMNS = ["seed", "test_acc", "train_in_acc", "train_out_acc"]
@@ -94,3 +96,19 @@ def test_a_sweep_job_prints_no_wandb_lines(no_network: list[Any], tmp_path: Path
     printed = (result.stdout + result.stderr).splitlines()
     assert not [line for line in printed if line.startswith("wandb:")], printed
     assert len(offline_runs(tmp_path / "quiet" / "pack=0-1")) == 1
+
+
+@pytest.mark.slow
+def test_ddp_job_logs_one_run_from_rank_zero(no_network: list[Any], tmp_path: Path) -> None:
+    """torchrun's two CPU ranks train each job: only rank 0 starts the job's run."""
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29563", "-m",
+         "src.run", "-m", *TINY, "trainer.max_epochs=1", "logger=wandb", "pack=1", "name=ddp", "seed=0..1",
+         "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+         f"paths.output_dir={tmp_path}"], cwd=ROOT, env=cli_env(OMP_NUM_THREADS="1"), capture_output=True,
+        text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for seed in (0, 1):
+        [run] = offline_runs(tmp_path / "ddp" / f"seed={seed}")
+        seeds = [json.loads(item.value_json) for item in run.run.config.update if record_key(item) == "seeds"]
+        assert seeds == [[seed]]

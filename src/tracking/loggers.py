@@ -60,10 +60,13 @@ def wandb_logger(save_dir: Path, job: JobInfo, project: str, entity: str | None,
     """The job's one run (named after its directory), saved under it, resumed when its id has one already."""
     import wandb
     from pytorch_lightning.loggers import WandbLogger
+    from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from src.tracking.progress import in_multirun
     from src.tracking.wandb import keep_wandb_files_in, wandb_mode
 
+    if rank_zero_only.rank != 0:  # DDP (the rank from torchrun's or srun's environment): rank 0 logs, and
+        return WandbLogger(save_dir=str(save_dir))  # Lightning's logger starts no run on the other ranks
     save_dir.mkdir(parents=True, exist_ok=True)
     keep_wandb_files_in(save_dir.parent)  # the sweep directory: one set of wandb folders for all its jobs
     # Started here rather than by WandbLogger, which passes wandb.init `anonymous=None` and so has wandb warn
