@@ -27,10 +27,11 @@ from src.models.build import build_model
 from src.models.packing import CHANNELS_LAST_MECHANISMS, SINGLE, Members
 from src.sweep.done import MODEL_FILE, Wanted, record_state, refuse_foreign
 from src.sweep.plan import check_grouped_forward, check_packing, pack_mechanism
+from src.tracking.loggers import log_members
 from src.training.epochs import SubsetDataModule
 from src.training.module import SubsetClassifier
 from src.training.record import member_record
-from src.training.trainer import compile_mode, train_module
+from src.training.trainer import compile_mode, job_logger, train_module
 
 log = logging.getLogger(__name__)
 
@@ -65,18 +66,22 @@ def run_job(cfg: DictConfig) -> list[Path]:
         remove_stale_temps(seed_record_path(cfg, seed))
     masks = np.stack([subset_mask(subset_seed(seed, cfg.subset.repeats), len(dataset.y_train), cfg.subset.ratio,
                                   cfg.subset.salt, cfg.subset.size_rule) for seed in seeds])
-    module = fit(cfg, dataset, seeds, masks)
-    # DDP: the ranks hold the same weights; rank 0 evaluates and writes while the others wait for it, so that no
-    # rank runs ahead into the next job or out of the process (docs/CLUSTER.md). One device: the barrier is a no-op.
-    written = write_job(cfg, dataset, seeds, masks, module, wanted.experiment_hash, started) \
-        if module.global_rank == 0 else []
-    module.trainer.strategy.barrier("job end")
+    job_dir = sweep_dir(cfg) / job_subdir(seeds[0], seeds)
+    with job_logger(cfg, job_dir, seeds, wanted.experiment_hash) as logger:
+        module = fit(cfg, dataset, seeds, masks, job_dir, logger)
+        # DDP: the ranks hold the same weights; rank 0 evaluates and writes while the others wait for it, so that
+        # no rank runs ahead into the next job or out of the process (docs/CLUSTER.md). One device: the barrier is
+        # a no-op.
+        written = write_job(cfg, dataset, seeds, masks, module, wanted.experiment_hash, started, logger) \
+            if module.global_rank == 0 else []
+        module.trainer.strategy.barrier("job end")
     return written
 
 
 def write_job(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray, module: SubsetClassifier,
-              exp_hash: str, started: float) -> list[Path]:
-    """Evaluate every example with the trained members; one record per member whose loss stayed finite."""
+              exp_hash: str, started: float, logger: Any) -> list[Path]:
+    """Evaluate every example with the trained members; one record per member whose loss stayed finite, and
+    their final metrics to the job's logger (src/tracking/loggers.py `log_members`)."""
     batch = int(cfg.dataset.eval_batch_size)
     train, test = (module.evaluate(split, batch) for split in ("train", "test"))
     wall_time = (time.perf_counter() - started) / len(seeds)
@@ -91,6 +96,7 @@ def write_job(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.nda
         log_record(record)
         metas.append(record.meta)
     log_job(metas, time.perf_counter() - started)
+    log_members(logger, metas)
     dead = [seeds[k] for k in range(len(seeds)) if not module.alive[k]]
     if dead:
         raise TrainingError(f"seeds {dead} diverged (loss not finite) and wrote no record; the other "
@@ -137,7 +143,8 @@ def uses_channels_last(cfg: DictConfig, dataset: Dataset, mechanism: str) -> boo
     return bool(setting)
 
 
-def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) -> SubsetClassifier:
+def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray, job_dir: Path,
+        logger: Any) -> SubsetClassifier:
     check_pack(cfg.trainer, len(seeds))
     augment = cfg.dataset.augment
     members = build_members(cfg, dataset, seeds)
@@ -147,7 +154,7 @@ def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray) 
                               tuple(cfg.record.epochs), int(cfg.dataset.eval_batch_size),
                               tuple(record_scores(cfg.record.scores, cfg.record)))
     datamodule = SubsetDataModule(masks, seeds, cfg.batch_size, augment.crop_padding, augment.hflip)
-    train_module(cfg, module, datamodule, sweep_dir(cfg) / job_subdir(seeds[0], seeds), pack=len(seeds))
+    train_module(cfg, module, datamodule, job_dir, logger, pack=len(seeds))
     return module
 
 

@@ -26,6 +26,13 @@ log = logging.getLogger(__name__)
 EPOCH_LOGGED = ("train/loss", "train/acc")  # the epoch means of the alive members' training loss and accuracy
 
 
+def epoch_logged(seeds: list[int]) -> list[str]:
+    """The names logged once per epoch: the pack's means, and each member's own (`train/acc/seed=<k>`) where a
+    pack trains several (one member's are the means)."""
+    members = [f"{name}/seed={seed}" for seed in seeds for name in EPOCH_LOGGED] if len(seeds) > 1 else []
+    return [*EPOCH_LOGGED, *members]
+
+
 class Evaluation(NamedTuple):
     """Every member's outputs on one split, (P, n) each, no augmentation."""
 
@@ -70,6 +77,7 @@ class SubsetClassifier(pl.LightningModule):
         self.register_buffer("alive", torch.ones(members.pack, dtype=torch.bool), persistent=False)
         # Per-epoch sums, buffers so that they live on the training device: a step adds to them there.
         self.register_buffer("epoch_loss_sum", torch.zeros(members.pack), persistent=False)
+        self.register_buffer("epoch_acc_sum", torch.zeros(members.pack), persistent=False)  # of batch accuracies
         self.register_buffer("epoch_log_sums", torch.zeros(len(EPOCH_LOGGED)), persistent=False)
         self.epoch_log_steps = 0
         self.record_epochs, self.eval_batch_size = tuple(sorted(record_epochs)), eval_batch_size
@@ -108,10 +116,11 @@ class SubsetClassifier(pl.LightningModule):
         step = TrainStep(idx, logits.detach(), y, losses.detach(), correct)
         for score in self.scores:
             score.on_step(step)
+        accuracy = correct.float().mean(1)
+        self.epoch_acc_sum = self.epoch_acc_sum + accuracy
         alive = self.alive.float()
         alive_count = alive.sum()
-        means = torch.stack([(member_loss.detach() * alive).sum(), (correct.float().mean(1) * alive).sum()]) \
-            / alive_count
+        means = torch.stack([(member_loss.detach() * alive).sum(), (accuracy * alive).sum()]) / alive_count
         # Summed as Lightning's mean reduction sums a per-step self.log (value times its batch size, P here),
         # so that the epoch means logged in on_train_epoch_end are what a self.log per step gave, without its
         # per-step bookkeeping (docs/PERFORMANCE.md, Training at the machine's limit).
@@ -121,11 +130,19 @@ class SubsetClassifier(pl.LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self.epoch_log_sums, self.epoch_log_steps = torch.zeros_like(self.epoch_log_sums), 0
+        self.epoch_acc_sum = torch.zeros_like(self.epoch_acc_sum)
 
     def log_epoch_means(self) -> None:
+        """The epoch's means over the pack and, in a pack of several, each member's: its mean batch loss (as
+        train/loss counts it) and accuracy (`epoch_logged` names them), copied to the host once an epoch."""
         means = self.epoch_log_sums / (self.epoch_log_steps * self.members.pack)
         for name, mean in zip(EPOCH_LOGGED, means, strict=True):
             self.log(name, mean, on_step=False, on_epoch=True)
+        names = epoch_logged(self.trainer.datamodule.plan.seeds)[len(EPOCH_LOGGED):]
+        if names:
+            members = torch.stack([self.epoch_loss_sum, self.epoch_acc_sum], 1).flatten() / self.epoch_log_steps
+            for name, value in zip(names, members.tolist(), strict=True):
+                self.log(name, value, on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
         self.log_epoch_means()

@@ -38,13 +38,29 @@ for notice in ("does not have many workers", "smaller than the logging interval"
     warnings.filterwarnings("ignore", message=f".*{notice}.*")
 
 
-def job_logger(cfg: DictConfig, job_dir: Path, pack: int) -> Any:
-    """The `logger` config's `_target_` (src/tracking/loggers.py) called for this job's directory."""
-    from src.tracking.loggers import JobInfo
+@contextmanager
+def job_logger(cfg: DictConfig, job_dir: Path, seeds: list[int], experiment_hash: str) -> Iterator[Any]:
+    """The `logger` config's `_target_` (src/tracking/loggers.py) called for this job's directory, open from
+    training to the members' final metrics; the job's wandb run (if any) is finished whatever happens, so that
+    a job has at most one."""
+    from src.tracking.loggers import JobInfo, finish_logger
+    from src.training.module import epoch_logged
 
-    info = JobInfo(experiment=str(cfg.name), job=job_dir.name, tags=run_tags(cfg, pack),
-                   config=OmegaConf.to_container(cfg, resolve=True))
-    return instantiate(cfg.logger)(save_dir=job_dir, job=info)
+    info = JobInfo(experiment=str(cfg.name), job=job_dir.name, seeds=seeds, experiment_hash=experiment_hash,
+                   tags=run_tags(cfg, len(seeds)), config=run_config(cfg, seeds), epoch_metrics=epoch_logged(seeds))
+    logger = instantiate(cfg.logger)(save_dir=job_dir, job=info)
+    try:
+        yield logger
+    finally:
+        finish_logger(logger)
+
+
+def run_config(cfg: DictConfig, seeds: list[int]) -> dict[str, Any]:
+    """The resolved config with the job's seeds and pack in place of `seed` (the default 0 beside a packed job's
+    seeds), `seeds` and `pack` (auto): a single-seed job's `seeds` is a list too."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    del config["seed"]
+    return {**config, "seeds": seeds, "pack": len(seeds)}
 
 
 def run_tags(cfg: DictConfig, pack: int) -> list[str]:
@@ -122,22 +138,15 @@ def in_slurm_task() -> bool:
 
 
 def train_module(cfg: DictConfig, module: pl.LightningModule, datamodule: pl.LightningDataModule,
-                 directory: Path, pack: int) -> None:
-    """Trainer.fit with the job's logger in `directory`; the job's wandb run (if any) is finished whatever
-    happens, so that a job has at most one."""
-    from src.tracking.loggers import finish_logger
-
-    logger = job_logger(cfg, directory, pack)
-    try:
-        trainer = make_trainer(cfg, directory, logger)
-        check_ddp(trainer, pack)
-        if trainer.world_size > 1:  # for the process group fit starts; once however many jobs this process runs
-            atexit.unregister(end_process_group)
-            atexit.register(end_process_group)
-        with cuda_graph_skips_reported(compile_mode(cfg)):
-            fit_interruptibly(trainer, module, datamodule)
-    finally:
-        finish_logger(logger)
+                 directory: Path, logger: Any, pack: int) -> None:
+    """Trainer.fit in `directory` with the job's logger (`job_logger`)."""
+    trainer = make_trainer(cfg, directory, logger)
+    check_ddp(trainer, pack)
+    if trainer.world_size > 1:  # for the process group fit starts; once however many jobs this process runs
+        atexit.unregister(end_process_group)
+        atexit.register(end_process_group)
+    with cuda_graph_skips_reported(compile_mode(cfg)):
+        fit_interruptibly(trainer, module, datamodule)
 
 
 def compile_mode(cfg: DictConfig) -> str | None:

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from src.config.checks import check_device, validate_config
+from src.config.checks import check_device, config_hash, validate_config
 from src.contracts.estimates import Estimates, Thresholds, write_estimates
 from src.data.dataset import Dataset, load_dataset, record_extras
 from src.errors import ConfigError
@@ -24,7 +24,7 @@ from src.estimators.turnover.summary import clock, turnover_summary
 from src.models.build import build_model
 from src.models.packing import Members
 from src.training.epochs import SubsetDataModule
-from src.training.trainer import train_module
+from src.training.trainer import job_logger, train_module
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,8 @@ def fit_turnover(cfg: DictConfig, dataset: Dataset, out_dir: Path) -> TurnoverCl
                                 augment.crop_padding, augment.hflip, channels_last=False)
     everything = np.ones((1, len(dataset.y_train)), dtype=bool)
     datamodule = SubsetDataModule(everything, [seed], cfg.batch_size, augment.crop_padding, augment.hflip)
-    train_module(cfg, module, datamodule, out_dir, pack=1)
+    with job_logger(cfg, out_dir, [seed], config_hash(cfg, dataset.fingerprint)) as logger:
+        train_module(cfg, module, datamodule, out_dir, logger, pack=1)
     return module
 
 
