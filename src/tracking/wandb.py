@@ -1,5 +1,5 @@
 """wandb runs of the aggregator and the comparison (training runs: src/tracking/loggers.py); offline
-automatically without credentials (`wandb sync` later).
+automatically without credentials (`python -m src.sync` later: src/tracking/sync.py).
 
 - `python -m src.estimate ... --wandb`: one run, job_type aggregate, group = the experiment name: the
   summary numbers in run.summary, the mem histogram, a table of the most memorized examples and one of the
@@ -76,7 +76,7 @@ def wandb_mode(requested: str) -> str:
 
 def add_wandb_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb", action="store_true", help="log the results to a wandb run (offline "
-                        "without credentials; upload later with wandb sync)")
+                        "without credentials; upload later with python -m src.sync)")
     parser.add_argument("--wandb-project", default=DEFAULT_PROJECT, help=f"wandb project (default {DEFAULT_PROJECT})")
     parser.add_argument("--wandb-mode", choices=WANDB_MODES, default="auto",
                         help="auto: WANDB_MODE if set, online with credentials, offline without")
