@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -66,37 +67,45 @@ def run_cli(*args: str, cwd: Path, timeout: int = 600, **env: str) -> subprocess
                           text=True, timeout=timeout)
 
 
+@contextlib.contextmanager
+def offline_without_network(home: Path) -> Iterator[list[Any]]:
+    """wandb offline with HOME and its folders under `home`; any connection other than a unix socket or localhost
+    raises and is kept (the list yielded, empty at the end). A context, so that module fixtures use it too."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+            monkeypatch.delenv(name, raising=False)
+        for name in ("DIR", "CACHE_DIR", "CONFIG_DIR", "DATA_DIR", "ARTIFACT_DIR"):
+            (home / name).mkdir(parents=True)
+            monkeypatch.setenv(f"WANDB_{name}", str(home / name))
+        monkeypatch.setenv("WANDB_SILENT", "true")
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.setenv("NETRC", str(home / "no-netrc"))
+        refused: list[Any] = []
+        connect, create_connection = socket.socket.connect, socket.create_connection
+
+        def local(family: int, address: Any) -> bool:
+            return family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in LOCAL_HOSTS)
+
+        def guarded_connect(self: socket.socket, address: Any) -> None:
+            if not local(self.family, address):
+                refused.append(address)
+                raise OSError(f"network blocked in tests: {address}")
+            return connect(self, address)
+
+        def guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+            if address[0] not in LOCAL_HOSTS:
+                refused.append(address)
+                raise OSError(f"network blocked in tests: {address}")
+            return create_connection(address, *args, **kwargs)
+
+        monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+        monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
+        yield refused
+        assert refused == [], f"connections attempted: {refused}"
+
+
 @pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[Any]]:
-    """wandb offline under tmp_path; any connection other than a unix socket or localhost raises and is kept."""
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    home = tmp_path / "home"
-    for name in ("DIR", "CACHE_DIR", "CONFIG_DIR", "DATA_DIR", "ARTIFACT_DIR"):
-        (home / name).mkdir(parents=True)
-        monkeypatch.setenv(f"WANDB_{name}", str(home / name))
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    monkeypatch.setenv("HOME", str(home))
-    monkeypatch.setenv("NETRC", str(home / "no-netrc"))
-    refused: list[Any] = []
-    connect, create_connection = socket.socket.connect, socket.create_connection
-
-    def local(family: int, address: Any) -> bool:
-        return family == socket.AF_UNIX or (isinstance(address, tuple) and address[0] in LOCAL_HOSTS)
-
-    def guarded_connect(self: socket.socket, address: Any) -> None:
-        if not local(self.family, address):
-            refused.append(address)
-            raise OSError(f"network blocked in tests: {address}")
-        return connect(self, address)
-
-    def guarded_create_connection(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
-        if address[0] not in LOCAL_HOSTS:
-            refused.append(address)
-            raise OSError(f"network blocked in tests: {address}")
-        return create_connection(address, *args, **kwargs)
-
-    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
-    monkeypatch.setattr(socket, "create_connection", guarded_create_connection)
-    yield refused
-    assert refused == [], f"connections attempted: {refused}"
+def no_network(tmp_path: Path) -> Iterator[list[Any]]:
+    """wandb offline under tmp_path/home, no connections (offline_without_network)."""
+    with offline_without_network(tmp_path / "home") as refused:
+        yield refused

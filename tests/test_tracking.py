@@ -220,16 +220,3 @@ def test_aggregator_bars_follow_progress_both_ways(tmp_path: Path) -> None:
     assert forced.returncode == silent.returncode == 0
     assert "records: 100%" in forced.stderr and "influence: 100%" in forced.stderr
     assert "records:" not in silent.stderr and "influence:" not in silent.stderr
-
-
-def test_wandb_keeps_its_folders_inside_the_sweep(no_network: list[Any], tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without WANDB_*_DIR set, nothing goes to ~/.cache/wandb or ~/.local/share/wandb: all under the sweep."""
-    for name in ("CACHE_DIR", "CONFIG_DIR", "DATA_DIR", "ARTIFACT_DIR", "DIR"):
-        monkeypatch.delenv(f"WANDB_{name}", raising=False)
-    home = Path(os.environ["HOME"])
-    run_job(_tiny_cfg(tmp_path / "out", "logger=wandb", "name=kept", "seeds=[0,1,2]"))
-    sweep = tmp_path / "out" / "kept"
-    assert estimate_cli.main([str(sweep), "--null-perms", "0", "--gallery", "0", "--wandb"]) == 0
-    assert not (home / ".cache" / "wandb").exists() and not (home / ".local" / "share" / "wandb").exists()
-    assert {path.name for path in (sweep / "wandb").iterdir()} >= {"cache", "data", "artifacts", "config"}

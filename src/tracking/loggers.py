@@ -63,12 +63,12 @@ def wandb_logger(save_dir: Path, job: JobInfo, project: str, entity: str | None,
     from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
     from src.tracking.progress import in_multirun
-    from src.tracking.wandb import keep_wandb_files_in, wandb_mode
+    from src.tracking.wandb import keep_wandb_files_in, stage_artifacts_in_run, wandb_mode
 
     if rank_zero_only.rank != 0:  # DDP (the rank from torchrun's or srun's environment): rank 0 logs, and
         return WandbLogger(save_dir=str(save_dir))  # Lightning's logger starts no run on the other ranks
     save_dir.mkdir(parents=True, exist_ok=True)
-    keep_wandb_files_in(save_dir.parent)  # the sweep directory: one set of wandb folders for all its jobs
+    keep_wandb_files_in(save_dir.parent)
     # Started here rather than by WandbLogger, which passes wandb.init `anonymous=None` and so has wandb warn
     # "The anonymous setting has no effect" once per process. silent: a sweep's jobs print wandb's warnings and
     # errors only, not its ~20 lines a run (where the run is saved, its history and summary).
@@ -76,6 +76,7 @@ def wandb_logger(save_dir: Path, job: JobInfo, project: str, entity: str | None,
                      name=f"{job.experiment}/{job.job}", tags=[*job.tags, *map(str, tags)], mode=wandb_mode(mode),
                      dir=str(save_dir), config=job.config, id=job.run_id, resume="allow",
                      settings=wandb.Settings(silent=in_multirun()))
+    stage_artifacts_in_run(run)  # its tables are staged in its own folder, nothing beside it in the sweep
     # Lightning adds trainer/global_step to every row; its own definitions (made only when it starts the run)
     # would chart everything over the step.
     run.define_metric(EPOCH_STEP)

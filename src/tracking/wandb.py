@@ -1,5 +1,5 @@
 """wandb runs of the aggregator and the comparison (training runs: src/tracking/loggers.py); offline
-automatically without credentials (`wandb sync` later).
+automatically without credentials (`python -m src.sync` later: src/tracking/sync.py).
 
 `python -m src.estimate ... --wandb`: one run, job_type aggregate, group = the experiment name.
 - config: the experiment's resolved config as its records store it, the shape of a training job's config
@@ -36,10 +36,13 @@ wandb is imported only when a run is started, so nothing else pays for importing
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
 import json
 import netrc
 import os
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -106,25 +109,47 @@ def wandb_mode(requested: str) -> str:
 
 def add_wandb_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wandb", action="store_true", help="log the results to a wandb run (offline "
-                        "without credentials; upload later with wandb sync)")
+                        "without credentials; upload later with python -m src.sync)")
     parser.add_argument("--wandb-project", default=DEFAULT_PROJECT, help=f"wandb project (default {DEFAULT_PROJECT})")
     parser.add_argument("--wandb-mode", choices=WANDB_MODES, default="auto",
                         help="auto: WANDB_MODE if set, online with credentials, offline without")
 
 
-# wandb's own folders besides a run's directory (artifact staging, cache, settings): by default under ~/.cache,
-# ~/.local/share and ~/.config; meminf keeps them in <folder>/wandb/ beside the runs unless WANDB_* says otherwise.
-WANDB_FOLDERS = {"WANDB_CACHE_DIR": "cache", "WANDB_DATA_DIR": "data", "WANDB_ARTIFACT_DIR": "artifacts",
-                 "WANDB_CONFIG_DIR": "config"}
+# wandb's own folders besides a run's directory: by default under ~/.cache, ~/.config and ~/.local/share (which
+# fill a cluster's home quota). Cache (wandb-core's logs), config and artifact downloads go to a folder of this
+# process, removed when it exits: nothing there is needed later. The data folder holds artifact staging, which an
+# offline run needs until `wandb sync` uploads from it: it goes into the run's own folder (stage_artifacts_in_run).
+PROCESS_FOLDERS = {"WANDB_CACHE_DIR": "cache", "WANDB_CONFIG_DIR": "config", "WANDB_ARTIFACT_DIR": "artifacts"}
+DATA_DIR = "WANDB_DATA_DIR"
+
+
+@functools.cache
+def _process_folder() -> Path:
+    """A temporary folder for this process. Removed at exit after wandb's own exit hook (registered later, by the
+    first run, so run earlier) has shut down wandb-core, which writes its log there."""
+    folder = tempfile.TemporaryDirectory(prefix="meminf-wandb-", ignore_cleanup_errors=True)
+    atexit.register(folder.cleanup)
+    return Path(folder.name)
 
 
 def keep_wandb_files_in(directory: Path) -> None:
-    """Point wandb's cache, data, artifact and config folders into `directory`/wandb (where not set already)."""
-    for variable, name in WANDB_FOLDERS.items():
+    """wandb's cache, config and artifact folders in a temporary folder of this process, and its data folder in
+    `directory`/wandb until a run stages its artifacts in its own folder; each where WANDB_* does not say already."""
+    for variable, name in PROCESS_FOLDERS.items():
         if variable not in os.environ:
-            folder = directory / "wandb" / name
+            folder = _process_folder() / name
             folder.mkdir(parents=True, exist_ok=True)
             os.environ[variable] = str(folder)
+    os.environ.setdefault(DATA_DIR, str(directory / "wandb" / "data"))
+
+
+def stage_artifacts_in_run(run: Any) -> None:
+    """Right after wandb.init: the run's artifact files (its tables, the estimate or compare files) are staged in
+    the run's own folder, `<wandb dir>/offline-run-*/artifacts/staging/`. wandb copies each file there when it is
+    added (read-only) and an offline run's log names those copies by absolute path, so `wandb sync` uploads from
+    them: kept inside the run, they leave no stray files beside it in the sweep."""
+    if not run.disabled:  # a disabled run has no folder
+        os.environ[DATA_DIR] = run.settings.sync_dir
 
 
 def _start_run(args: argparse.Namespace, out_dir: Path, job_type: str, group: str, name: str,
@@ -132,8 +157,10 @@ def _start_run(args: argparse.Namespace, out_dir: Path, job_type: str, group: st
     import wandb
 
     keep_wandb_files_in(out_dir)
-    return wandb.init(project=args.wandb_project, mode=wandb_mode(args.wandb_mode), dir=str(out_dir),
-                      job_type=job_type, group=group, name=name, tags=tags, config=config)
+    run = wandb.init(project=args.wandb_project, mode=wandb_mode(args.wandb_mode), dir=str(out_dir),
+                     job_type=job_type, group=group, name=name, tags=tags, config=config)
+    stage_artifacts_in_run(run)
+    return run
 
 
 def flat_numbers(values: Mapping[str, Any], prefix: str = "") -> dict[str, float | int]:
