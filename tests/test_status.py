@@ -107,6 +107,10 @@ def test_a_job_file_lives_while_its_job_runs_and_says_why_it_failed(tmp_path: Pa
     with pytest.raises(OSError), job_marked(sweep, 5, None, keep_failure=False):
         raise OSError("disk full")
     assert [marker.seeds for marker in read_markers(sweep)] == [[2, 3]]  # a single run leaves no failure behind
+    alone = tmp_path / "alone"
+    with job_marked(alone, 0, None, keep_failure=False):
+        assert (alone / JOBS_DIR).is_dir()
+    assert not (alone / JOBS_DIR).exists()  # a single run leaves no empty jobs/ behind
 
 
 def sweep_args(out: Path, *extra: str) -> list[str]:

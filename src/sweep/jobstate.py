@@ -121,7 +121,8 @@ def marker_path(sweep: Path, seed: int, seeds: Iterable[int] | None) -> Path:
 @contextlib.contextmanager
 def job_marked(sweep: Path, seed: int, seeds: Iterable[int] | None, keep_failure: bool) -> Iterator[None]:
     """The job's file for the duration of the job: running, then removed; failed (with its error) when the job
-    raises and `keep_failure`, else removed too."""
+    raises and `keep_failure`, else removed too. A single run (no `keep_failure`: no sweep's end to tidy after it)
+    also removes `jobs/` when that leaves it empty."""
     path = marker_path(sweep, seed, seeds)
     marker = JobMarker(RUNNING, job_seed_list(seed, seeds), time.time(), socket.gethostname(), os.getpid(),
                        this_slurm_task())
@@ -132,9 +133,16 @@ def job_marked(sweep: Path, seed: int, seeds: Iterable[int] | None, keep_failure
         if keep_failure and not isinstance(err, KeyboardInterrupt):
             write_json(path, asdict(JobMarker(**{**asdict(marker), "state": FAILED, "error": failure_line(err)})))
         else:
-            path.unlink(missing_ok=True)
+            _remove(path, keep_folder=keep_failure)
         raise
-    path.unlink(missing_ok=True)
+    _remove(path, keep_folder=keep_failure)
+
+
+def _remove(marker: Path, keep_folder: bool) -> None:
+    marker.unlink(missing_ok=True)
+    if not keep_folder:
+        with contextlib.suppress(OSError):  # another job's file in it: it stays
+            marker.parent.rmdir()
 
 
 def failure_line(err: BaseException) -> str:
