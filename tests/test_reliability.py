@@ -143,8 +143,8 @@ def test_reliability_reaches_the_printed_summary_the_report_and_wandb(tmp_path: 
     main([str(sweep_dir), "--gallery", "0"])
     est = read_estimates(sweep_dir / "estimates")
     assert est.summary["reliability"]["pearson"] is not None
-    numbers = estimate_numbers(est.summary, est.arrays["mem"])
-    assert "reliability/pearson" in numbers and "reliability/projection/pearson/runs_for_target" in numbers
+    numbers = estimate_numbers(est.summary, est.arrays["mem"], [])
+    assert "reliability/pearson" in numbers and "projected/pearson/runs_for_target" in numbers
 
     class Collect:
         def __init__(self) -> None:

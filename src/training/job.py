@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from src.config.checks import GPU_ACCELERATORS, check_device, check_pack, validate_config
+from src.config.checks import GPU_ACCELERATORS, check_device, check_pack, config_hash, validate_config
 from src.config.paths import job_seed_list, job_subdir, seed_record_path, sweep_dir
 from src.contracts.io import remove_stale_temps, write_atomic
 from src.contracts.records import Record, write_record
@@ -143,8 +143,19 @@ def uses_channels_last(cfg: DictConfig, dataset: Dataset, mechanism: str) -> boo
     return bool(setting)
 
 
-def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray, job_dir: Path,
-        logger: Any) -> SubsetClassifier:
+def fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray, job_dir: Path | None = None,
+        logger: Any = None) -> SubsetClassifier:
+    """The members of `seeds` trained on `masks`, in the job's directory (default: the sweep's for these seeds) with
+    the job's logger (default: one opened and finished for this fit, as src.removal and src.lastlayer train)."""
+    job_dir = job_dir if job_dir is not None else sweep_dir(cfg) / job_subdir(seeds[0], seeds)
+    if logger is not None:
+        return _fit(cfg, dataset, seeds, masks, job_dir, logger)
+    with job_logger(cfg, job_dir, seeds, config_hash(cfg, dataset.fingerprint)) as opened:
+        return _fit(cfg, dataset, seeds, masks, job_dir, opened)
+
+
+def _fit(cfg: DictConfig, dataset: Dataset, seeds: list[int], masks: np.ndarray, job_dir: Path,
+         logger: Any) -> SubsetClassifier:
     check_pack(cfg.trainer, len(seeds))
     augment = cfg.dataset.augment
     members = build_members(cfg, dataset, seeds)
