@@ -150,6 +150,7 @@ class Members(nn.Module):
                  channels_last: bool = False) -> None:
         super().__init__()
         self.pack, self.arch_key, self.compile, self.channels_last = len(models), arch_key, compile, channels_last
+        self.template_key: str | None = None  # of the compiled forward's template (`_compiled_call`)
         if (mechanism == SINGLE) != (self.pack == 1) or mechanism not in (SINGLE, *MECHANISMS):
             raise ValueError(f"packing mechanism {mechanism!r} for {self.pack} models: {SINGLE} for one, else one "
                              f"of {MECHANISMS}")
@@ -172,10 +173,13 @@ class Members(nn.Module):
         return {SINGLE: self.network, "grouped": getattr(self.network, "body", None)}.get(self.mechanism)
 
     def _compiled_call(self, module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The compiled functional call of `module`'s template, taken from `module` as it is now: after DDP's
-        strategy swapped its BatchNorm layers for SyncBatchNorm, the template has them too (a key of its own)."""
-        sync = any(isinstance(layer, nn.SyncBatchNorm) for layer in module.modules())
-        key = f"{self.arch_key}|{self.mechanism}|pack={self.pack}|sync_batchnorm={sync}"
+        """The compiled functional call of `module`'s template. The template key is taken at the first compiled
+        forward (after DDP's strategy swapped BatchNorm for SyncBatchNorm, the template has them too: a key of its
+        own) and kept, rather than found again by a walk over the network's modules at every step."""
+        if self.template_key is None:
+            sync = any(isinstance(layer, nn.SyncBatchNorm) for layer in module.modules())
+            self.template_key = f"{self.arch_key}|{self.mechanism}|pack={self.pack}|sync_batchnorm={sync}"
+        key = self.template_key
         _template(key, module).train(self.training)
         state = (dict(module.named_parameters()), dict(module.named_buffers()))
         return lambda x: _compiled(key, None, False, self.compile)(*state, x)
